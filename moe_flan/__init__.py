@@ -1,0 +1,1 @@
+"""moe_flan: sparse Mixture-of-Experts T5 (FLAN-MoE) in JAX/Flax."""

@@ -1,0 +1,163 @@
+"""Model configuration: one frozen dataclass for the T5.1.1 network, one for its MoE layers.
+
+Gin binds the fields of these two classes (see gin/models/*.gin); nothing else in the model
+is gin-configurable, so a model file is a short list of sizes and choices.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional, Sequence
+
+import gin
+
+ROUTER_TYPES = ('tokens_choose', 'experts_choose', 'hf_switch')
+DISPATCH_TYPES = ('einsum', 'scatter', 'dropless', 'expert_parallel')
+SPARSE_LAYOUTS = ('every', 'hf_every', 'top', 'bottom', 'all', 'none')
+# Dispatch paths that drop tokens beyond an expert's capacity.
+CAPACITY_DISPATCHES = ('einsum', 'scatter', 'expert_parallel')
+
+
+def _fail(setting: str, value, why: str):
+  raise ValueError(f'Bad config: {setting}={value!r}: {why}')
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class MoeConfig:
+  """How the sparse (MoE) feed-forward blocks route, dispatch and compute.
+
+  Capacity per expert and group is
+  `max(ceil(capacity_factor * num_selected_experts * group_size / num_experts), min_capacity)`.
+  """
+  num_experts: int = 8
+  num_selected_experts: int = 1            # k in top-k; for experts_choose, scales capacity
+  router_type: str = 'tokens_choose'       # one of ROUTER_TYPES
+  dispatch: str = 'einsum'                 # one of DISPATCH_TYPES
+  group_size: int = 4096                   # tokens per routing group (T)
+  train_capacity_factor: float = 1.25
+  eval_capacity_factor: float = 2.0
+  min_capacity: int = 4
+  batch_prioritized_routing: bool = False
+  jitter_noise: float = 0.0                # multiplicative router-input noise, training only
+  router_init_std: float = 2e-2
+  load_balancing_loss_weight: float = 1e-2
+  router_z_loss_weight: float = 0.0
+  expert_mlp_dim: int = 1024               # F of each expert
+  expert_activations: Sequence[str] = ('gelu', 'linear')  # ('relu',) for Switch classic
+  expert_dropout_rate: float = 0.0         # dropout inside experts (hidden activations)
+  extra_dense_mlp: bool = False            # ST-MoE: a dense MLP beside the experts in sparse blocks
+  # Which blocks are sparse, per stack: 'every' (every Nth, counting from the last block of
+  # each run of N, as t5x/flaxformer), 'top'/'bottom' (the top/bottom N blocks), 'all', 'none'.
+  encoder_sparse_layout: str = 'every'
+  encoder_sparse_every: int = 2
+  decoder_sparse_layout: str = 'every'
+  decoder_sparse_every: int = 2
+  # Decoder routing may differ from the encoder's (EC encoder + top-2 decoder); None = same.
+  decoder_router_type: Optional[str] = None
+  decoder_num_selected_experts: Optional[int] = None
+
+  def __post_init__(self):
+    if self.num_experts < 1:
+      _fail('MoeConfig.num_experts', self.num_experts, 'must be >= 1')
+    for name in ('router_type', 'decoder_router_type'):
+      value = getattr(self, name)
+      if value is not None and value not in ROUTER_TYPES:
+        _fail(f'MoeConfig.{name}', value, f'unknown router; choose one of {ROUTER_TYPES}')
+    if self.dispatch not in DISPATCH_TYPES:
+      _fail('MoeConfig.dispatch', self.dispatch,
+            f'unknown dispatch; choose one of {DISPATCH_TYPES}')
+    for name in ('num_selected_experts', 'decoder_num_selected_experts'):
+      k = getattr(self, name)
+      if k is not None and not 1 <= k <= self.num_experts:
+        _fail(f'MoeConfig.{name}', k,
+              f'must be between 1 and num_experts={self.num_experts}')
+    if self.dispatch in CAPACITY_DISPATCHES:
+      for name in ('train_capacity_factor', 'eval_capacity_factor'):
+        if getattr(self, name) <= 0:
+          _fail(f'MoeConfig.{name}', getattr(self, name),
+                f'must be > 0 with the capacity-based dispatch {self.dispatch!r}')
+    if (self.decoder_effective_router_type == 'experts_choose'
+        and self.decoder_sparse_layout != 'none'):
+      _fail('MoeConfig.decoder_router_type', 'experts_choose',
+            'experts choose tokens by looking at all positions, which breaks causal decoding; '
+            "use 'tokens_choose' in the decoder")
+    for name in ('encoder_sparse_layout', 'decoder_sparse_layout'):
+      if getattr(self, name) not in SPARSE_LAYOUTS:
+        _fail(f'MoeConfig.{name}', getattr(self, name), f'choose one of {SPARSE_LAYOUTS}')
+    if self.group_size < 1:
+      _fail('MoeConfig.group_size', self.group_size, 'must be >= 1')
+
+  @property
+  def decoder_effective_router_type(self) -> str:
+    return self.decoder_router_type or self.router_type
+
+  @property
+  def decoder_effective_num_selected_experts(self) -> int:
+    return self.decoder_num_selected_experts or self.num_selected_experts
+
+  def capacity_factor(self, training: bool) -> float:
+    return self.train_capacity_factor if training else self.eval_capacity_factor
+
+
+def sparse_block_indices(layout: str, every: int, num_layers: int) -> tuple[int, ...]:
+  """Indices of the sparse blocks of a stack of `num_layers` blocks.
+
+  'every' N marks blocks N-1, 2N-1, ... (t5x/flaxformer's `sparse_layout`-MIXED convention);
+  'hf_every' N marks blocks with i % N == 1 (HF SwitchTransformers' `*_sparse_step`);
+  'top' N / 'bottom' N mark the last / first N blocks.
+  """
+  if layout == 'none':
+    return ()
+  if layout == 'all':
+    return tuple(range(num_layers))
+  if every < 1:
+    _fail('MoeConfig.*_sparse_every', every, 'must be >= 1')
+  if layout == 'every':
+    return tuple(i for i in range(num_layers) if (i + 1) % every == 0)
+  if layout == 'hf_every':  # Hugging Face SwitchTransformers: i % N == 1 (every block if N == 1)
+    return tuple(i for i in range(num_layers) if every == 1 or i % every == 1)
+  if layout == 'top':
+    return tuple(range(max(num_layers - every, 0), num_layers))
+  if layout == 'bottom':
+    return tuple(range(min(every, num_layers)))
+  _fail('sparse layout', layout, f'choose one of {SPARSE_LAYOUTS}')
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class T5Config:
+  """The T5.1.1 encoder-decoder (and, with `moe`, its sparse FLAN-MoE variant)."""
+  vocab_size: int = 32128
+  emb_dim: int = 512                      # D
+  num_heads: int = 6                      # H
+  head_dim: int = 64                      # K
+  num_encoder_layers: int = 8
+  num_decoder_layers: int = 8
+  mlp_dim: int = 1024                     # F of dense MLP blocks
+  mlp_activations: Sequence[str] = ('gelu', 'linear')  # gated-GELU (T5.1.1); ('relu',) classic
+  dropout_rate: float = 0.0
+  logits_via_embedding: bool = False      # tie the output projection to the input embedding
+  relative_attention_num_buckets: int = 32
+  relative_attention_max_distance: int = 128
+  layer_norm_epsilon: float = 1e-6
+  dtype: str = 'float32'                  # activation dtype; params, logits and losses stay f32
+  moe: Optional[MoeConfig] = None         # None = dense model
+
+  def __post_init__(self):
+    for name in ('vocab_size', 'emb_dim', 'num_heads', 'head_dim', 'mlp_dim'):
+      if getattr(self, name) < 1:
+        _fail(f'T5Config.{name}', getattr(self, name), 'must be >= 1')
+    if not 0.0 <= self.dropout_rate < 1.0:
+      _fail('T5Config.dropout_rate', self.dropout_rate, 'must be in [0, 1)')
+
+  def encoder_sparse_blocks(self) -> tuple[int, ...]:
+    if self.moe is None:
+      return ()
+    return sparse_block_indices(self.moe.encoder_sparse_layout, self.moe.encoder_sparse_every,
+                                self.num_encoder_layers)
+
+  def decoder_sparse_blocks(self) -> tuple[int, ...]:
+    if self.moe is None:
+      return ()
+    return sparse_block_indices(self.moe.decoder_sparse_layout, self.moe.decoder_sparse_every,
+                                self.num_decoder_layers)
