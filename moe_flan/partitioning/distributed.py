@@ -1,0 +1,142 @@
+"""Multi-host start-up: `jax.distributed.initialize` from flags or environment, failing fast.
+
+One process per host (TPU VM pod) or per GPU (SLURM); all run the same command. Settings come,
+in order, from the arguments/flags, the environment (MOE_FLAN_COORDINATOR_ADDRESS,
+MOE_FLAN_NUM_PROCESSES, MOE_FLAN_PROCESS_ID), or JAX's own cluster auto-detection
+(SLURM with more than one task; Cloud TPU pods when asked for with `auto_detect=True`).
+A single process with nothing set runs without a distributed runtime.
+
+Flags are absl flags (t5x-style entry points): call `define_flags()` before `app.run`, then
+`initialize_from_flags()` first thing in `main`, before any other JAX call.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Optional
+
+import jax
+
+ENV_COORDINATOR = 'MOE_FLAN_COORDINATOR_ADDRESS'
+ENV_NUM_PROCESSES = 'MOE_FLAN_NUM_PROCESSES'
+ENV_PROCESS_ID = 'MOE_FLAN_PROCESS_ID'
+_SLURM_VARS = ('SLURM_JOB_ID', 'SLURM_STEP_NODELIST', 'SLURM_NTASKS', 'SLURM_PROCID',
+               'SLURM_LOCALID')
+DEFAULT_TIMEOUT_S = 300
+
+
+def _env_int(name: str) -> Optional[int]:
+  value = os.environ.get(name)
+  if value in (None, ''):
+    return None
+  try:
+    return int(value)
+  except ValueError:
+    raise ValueError(f'environment variable {name}={value!r} must be an integer') from None
+
+
+def slurm_detected() -> bool:
+  """True inside a multi-task SLURM step, where JAX finds coordinator/ids by itself."""
+  return all(v in os.environ for v in _SLURM_VARS) and (_env_int('SLURM_NTASKS') or 1) > 1
+
+
+def check_settings(coordinator_address: Optional[str], num_processes: Optional[int],
+                   process_id: Optional[int]) -> None:
+  """Raises ValueError naming the values when an explicit multi-process setting is incomplete."""
+  if num_processes is not None and num_processes < 1:
+    raise ValueError(f'num_processes={num_processes} must be >= 1')
+  if num_processes is not None and num_processes > 1 and not coordinator_address:
+    raise ValueError(
+        f'num_processes={num_processes} but no coordinator_address was given: pass '
+        f'--coordinator_address=HOST:PORT (process 0\'s host) or set {ENV_COORDINATOR}')
+  if coordinator_address:
+    if num_processes is None or process_id is None:
+      raise ValueError(
+          f'coordinator_address={coordinator_address!r} needs num_processes (got '
+          f'{num_processes}) and process_id (got {process_id}) as well')
+    if not 0 <= process_id < num_processes:
+      raise ValueError(f'process_id={process_id} must be in [0, num_processes={num_processes})')
+    host, _, port = coordinator_address.rpartition(':')
+    if not host or not port.isdigit():
+      raise ValueError(f'coordinator_address={coordinator_address!r} must look like HOST:PORT')
+
+
+def initialize(coordinator_address: Optional[str] = None,
+               num_processes: Optional[int] = None,
+               process_id: Optional[int] = None,
+               *,
+               auto_detect: bool = False,
+               local_device_ids: Optional[list[int]] = None,
+               timeout_s: int = DEFAULT_TIMEOUT_S) -> bool:
+  """Starts JAX's distributed runtime when this is a multi-process run.
+
+  Args:
+    coordinator_address: 'host:port' of process 0 (which also serves it).
+    num_processes: total processes in the job.
+    process_id: this process's index in [0, num_processes).
+    auto_detect: let JAX find the cluster (Cloud TPU VM pods, SLURM, Open MPI, k8s).
+    local_device_ids: restrict this process to these local accelerators.
+    timeout_s: give up (raise) when the processes have not all connected by then, instead of
+      waiting forever for a coordinator that is not there.
+  Returns:
+    True if a distributed runtime was started, False for a plain single-process run.
+  Raises:
+    ValueError: incomplete or inconsistent settings (naming them).
+    RuntimeError: the coordinator could not be reached within `timeout_s`.
+  """
+  coordinator_address = coordinator_address or os.environ.get(ENV_COORDINATOR) or None
+  num_processes = num_processes if num_processes is not None else _env_int(ENV_NUM_PROCESSES)
+  process_id = process_id if process_id is not None else _env_int(ENV_PROCESS_ID)
+  check_settings(coordinator_address, num_processes, process_id)
+  if jax.distributed.is_initialized():
+    return True
+  if coordinator_address is None and not (auto_detect or slurm_detected()):
+    return False  # single process; num_processes is None or 1 here (check_settings)
+  kwargs = {}
+  if coordinator_address is not None:
+    kwargs = dict(coordinator_address=coordinator_address, num_processes=num_processes,
+                  process_id=process_id)
+  logging.info('jax.distributed.initialize(%s) (timeout %ss)', kwargs or 'auto-detect', timeout_s)
+  try:
+    jax.distributed.initialize(local_device_ids=local_device_ids,
+                               initialization_timeout=timeout_s, **kwargs)
+  except (RuntimeError, ValueError) as e:  # XlaRuntimeError is a RuntimeError
+    raise RuntimeError(
+        f'jax.distributed.initialize failed (coordinator_address={coordinator_address!r}, '
+        f'num_processes={num_processes}, process_id={process_id}, timeout {timeout_s}s): '
+        f'{e}') from e
+  logging.info('process %d of %d; %d local / %d global devices', jax.process_index(),
+               jax.process_count(), jax.local_device_count(), jax.device_count())
+  return True
+
+
+# ---- flags ------------------------------------------------------------------------------------
+def define_flags(flag_values=None) -> None:
+  """Defines --coordinator_address, --num_processes, --process_id, --distributed_auto_detect,
+  --distributed_timeout_s as absl flags (idempotent)."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  fv = flags.FLAGS if flag_values is None else flag_values
+  if 'coordinator_address' in fv:
+    return
+  flags.DEFINE_string('coordinator_address', None,
+                      f'HOST:PORT of process 0 for multi-process runs (or ${ENV_COORDINATOR}).',
+                      flag_values=fv)
+  flags.DEFINE_integer('num_processes', None,
+                       f'Number of processes in the job (or ${ENV_NUM_PROCESSES}).',
+                       flag_values=fv)
+  flags.DEFINE_integer('process_id', None, f'This process\'s id (or ${ENV_PROCESS_ID}).',
+                       flag_values=fv)
+  flags.DEFINE_bool('distributed_auto_detect', False,
+                    'Let JAX detect the cluster (Cloud TPU VM pods; SLURM is always detected).',
+                    flag_values=fv)
+  flags.DEFINE_integer('distributed_timeout_s', DEFAULT_TIMEOUT_S,
+                       'Seconds to wait for all processes to connect before failing.',
+                       flag_values=fv)
+
+
+def initialize_from_flags(flag_values=None) -> bool:
+  """`initialize()` with the flags of `define_flags()`; call before any other JAX call."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  fv = flags.FLAGS if flag_values is None else flag_values
+  return initialize(fv.coordinator_address, fv.num_processes, fv.process_id,
+                    auto_detect=fv.distributed_auto_detect, timeout_s=fv.distributed_timeout_s)
