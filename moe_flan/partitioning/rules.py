@@ -50,10 +50,13 @@ def logical_axis_rules(
   """
   batch = tuple(batch_mesh_axes) if batch_mesh_axes else None
   defaults: Rules = [
+      # 'expert' first: in expert-major buffers <[E, G, C, D]> the experts take the 'expert'
+      # axis and the groups fall back to 'data' (the rule after next), which is exactly the
+      # layout change from <[G, T, D]> (groups over data x expert) that XLA does as an all-to-all.
+      (axes.EXPERT, mesh_lib.EXPERT),
       (axes.BATCH, batch),
       (axes.EXPERT_GROUP, batch),
-      (axes.EXPERT, mesh_lib.EXPERT),
-      # After the all-to-all the group axis of expert inputs is only split over what is left.
+      (axes.EXPERT_GROUP, mesh_lib.DATA),
       (axes.EXPERT_REPLICA, mesh_lib.DATA),
       (axes.VOCAB, mesh_lib.MODEL),
       (axes.MLP, mesh_lib.MODEL),
