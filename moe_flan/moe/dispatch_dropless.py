@@ -1,0 +1,33 @@
+"""Dropless dispatch: sort selections by expert and run a grouped matmul (`jax.lax.ragged_dot`).
+
+Every routed selection is processed; there are no capacity buffers, so with tokens-choose
+routing (the layer then routes with capacity = T) no token is dropped. Selections that the
+routing did not route (padding; experts-choose non-picks) sort to the end and are skipped.
+
+On accelerators ragged_dot is a real grouped matmul. On CPU (jax 0.10) it falls back to a dense
+computation doing E times the work, so this path is correct but slow there; use 'scatter' on CPU.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from moe_flan.moe.experts import ExpertFFN
+from moe_flan.moe.routing import Routing
+
+
+def dropless_dispatch(routing: Routing, x: jax.Array, ffn: ExpertFFN) -> jax.Array:
+  """x: <dtype>[G, T, D] -> <dtype>[G, T, D] (the dispatcher interface, see dispatch.py)."""
+  g, t, d = x.shape
+  s = routing.expert_index.shape[-1]
+  e = routing.num_experts
+  routed = routing.routed.reshape(-1)                                     # [G*T*S]
+  expert = jnp.where(routed, routing.expert_index.reshape(-1), e)         # e = "not routed"
+  order = jnp.argsort(expert, stable=True)
+  token = jnp.repeat(jnp.arange(g * t, dtype=jnp.int32), s)               # [G*T*S]
+  x_sorted = x.reshape(g * t, d)[token[order]]
+  group_sizes = jnp.zeros((e + 1,), jnp.int32).at[expert].add(1)[:e]
+  y_sorted = ffn.ragged(x_sorted, group_sizes).astype(x.dtype)
+  inverse = jnp.zeros_like(order).at[order].set(jnp.arange(order.shape[0], dtype=order.dtype))
+  y = y_sorted[inverse].reshape(g, t, s, d)
+  return jnp.einsum('GTSD,GTS->GTD', y, routing.combine_weight.astype(x.dtype))

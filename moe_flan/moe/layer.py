@@ -1,0 +1,90 @@
+"""MoeLayer: the sparse feed-forward block (group -> route -> dispatch -> experts -> combine).
+
+    MoeLayer(config: MoeConfig, emb_dim: int, router_type: str, num_selected_experts: int,
+             dtype=jnp.float32)(x <float>[B, L, D], padding_mask <bool|float>[B, L] | None,
+                                 enable_dropout: bool = False) -> <dtype>[B, L, D]
+
+Params: router/kernel <float32>[D, E]; experts/{wi_0, wi_1 | wi} <float32>[E, D, F];
+experts/wo <float32>[E, F, D] (see experts.py for axes).
+
+Tokens are flattened over batch and length and split into G groups of T tokens (capacity.py);
+`router_type` picks the routing strategy from `ROUTERS` (routing.py) and `config.dispatch` the
+dispatcher from `DISPATCHERS` (dispatch.py). `enable_dropout=True` is training: train capacity
+factor, router jitter and expert dropout on (rng stream 'dropout'). Per call the layer sows into
+'moe_metrics' the scalars 'load_balancing_loss', 'router_z_loss', 'fraction_dropped',
+'top1_prob' and 'expert_load' <float32>[E] (losses.py); the caller weights and adds the losses.
+With a dropless dispatcher tokens-choose routing runs with capacity = T (nothing is dropped);
+experts-choose always uses the configured capacity.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from moe_flan import axes
+from moe_flan.config import MoeConfig
+from moe_flan.moe import capacity as capacity_lib
+from moe_flan.moe import dispatch as dispatch_lib
+from moe_flan.moe import losses
+from moe_flan.moe import routing as routing_lib
+from moe_flan.moe.experts import ExpertFFN, ExpertParams
+
+_TOKEN_AXES = (axes.BATCH, axes.LENGTH, axes.EMBED)   # grouped tokens <[G, T, D]>
+
+
+class MoeLayer(nn.Module):
+  """Sparse MoE feed-forward block; see the module docstring."""
+  config: MoeConfig
+  emb_dim: int
+  router_type: str
+  num_selected_experts: int
+  dtype: Any = jnp.float32
+
+  def _capacity(self, tokens_per_group: int, training: bool) -> int:
+    cfg = self.config
+    if dispatch_lib.is_dropless(cfg.dispatch) and self.router_type != 'experts_choose':
+      return tokens_per_group
+    return capacity_lib.expert_capacity(
+        tokens_per_group, cfg.num_experts, self.num_selected_experts,
+        cfg.capacity_factor(training), cfg.min_capacity)
+
+  @nn.compact
+  def __call__(self, x: jax.Array, padding_mask: Optional[jax.Array] = None,
+               enable_dropout: bool = False) -> jax.Array:
+    cfg = self.config
+    b, l, d = x.shape
+    if d != self.emb_dim:
+      raise ValueError(f'MoeLayer: input width {d} != emb_dim={self.emb_dim}')
+    if not 1 <= self.num_selected_experts <= cfg.num_experts:
+      raise ValueError(f'Bad config: num_selected_experts={self.num_selected_experts!r}: must '
+                       f'be between 1 and num_experts={cfg.num_experts}')
+    route = routing_lib.get_router(self.router_type)
+    dispatch = dispatch_lib.get_dispatcher(cfg.dispatch)
+    g = capacity_lib.num_groups(b * l, cfg.group_size)
+    t = b * l // g
+    tokens = nn.with_logical_constraint(x.reshape(g, t, d).astype(self.dtype), _TOKEN_AXES)
+    if padding_mask is None:
+      real = jnp.ones((g, t), bool)
+    else:
+      real = jnp.asarray(padding_mask).reshape(g, t) > 0
+
+    logits = routing_lib.Router(cfg.num_experts, cfg.router_init_std, cfg.jitter_noise,
+                                name='router')(tokens, enable_dropout)
+    routing = route(logits, real, num_selected_experts=self.num_selected_experts,
+                    capacity=self._capacity(t, enable_dropout),
+                    batch_prioritized_routing=cfg.batch_prioritized_routing)
+
+    weights = ExpertParams(cfg.num_experts, d, cfg.expert_mlp_dim, tuple(cfg.expert_activations),
+                           name='experts')()
+    use_dropout = enable_dropout and cfg.expert_dropout_rate > 0
+    ffn = ExpertFFN(weights, tuple(cfg.expert_activations), self.dtype,
+                    cfg.expert_dropout_rate, self.make_rng('dropout') if use_dropout else None)
+    y = dispatch(routing, tokens, ffn)
+    y = nn.with_logical_constraint(y.astype(self.dtype), _TOKEN_AXES)
+
+    for name, value in losses.router_metrics(logits, real, routing).items():
+      self.sow('moe_metrics', name, value)
+    return y.reshape(b, l, d)

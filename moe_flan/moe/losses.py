@@ -1,0 +1,109 @@
+"""Router auxiliary losses and per-layer MoE metrics, and their average over layers.
+
+Both losses are computed over real (non-padding) tokens only, from the router logits, so they
+do not depend on the routing strategy or the dispatch path:
+
+* load balancing (Switch/GShard): `E * sum_e(f_e * P_e)` where f_e is the fraction of tokens
+  whose top-1 (argmax) expert is e and P_e the mean router probability of expert e. It equals 1
+  under perfectly balanced routing and E when every token's top-1 is the same expert with
+  probability 1. (flaxformer reports 0 for experts-choose, which is balanced by construction; we
+  compute the same formula for every router, and a gin file may set its weight to 0.)
+* router z-loss (ST-MoE): `mean_t(logsumexp_e(logits[t, e]) ** 2)`.
+
+Each MoE layer sows into the 'moe_metrics' collection (see `layer.MoeLayer`):
+'load_balancing_loss', 'router_z_loss', 'fraction_dropped', 'top1_prob' (scalars) and
+'expert_load' (<float32>[E], share of routed selections per expert, sums to 1).
+`collect_moe_metrics` averages each over layers.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Dict, List, Tuple
+
+import jax
+import jax.numpy as jnp
+
+METRIC_NAMES = ('load_balancing_loss', 'router_z_loss', 'fraction_dropped', 'expert_load',
+                'top1_prob')
+_VECTOR_METRICS = ('expert_load',)
+
+
+def _masked_mean(values: jax.Array, mask: jax.Array, axis=None) -> jax.Array:
+  """Mean of `values` where `mask`; values <float>[..., X], mask broadcastable."""
+  mask = jnp.broadcast_to(mask, values.shape).astype(jnp.float32)
+  return jnp.sum(values * mask, axis=axis) / jnp.maximum(jnp.sum(mask, axis=axis), 1.0)
+
+
+def load_balancing_loss(logits: jax.Array, padding_mask: jax.Array) -> jax.Array:
+  """logits: <float32>[G, T, E]; padding_mask: <bool>[G, T] -> <float32>[] (see module doc)."""
+  num_experts = logits.shape[-1]
+  probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+  top1 = jax.nn.one_hot(jnp.argmax(probs, axis=-1), num_experts, dtype=jnp.float32)
+  mask = padding_mask.astype(bool)[..., None]
+  tokens_per_expert = _masked_mean(top1, mask, axis=(0, 1))          # [E]
+  prob_per_expert = _masked_mean(probs, mask, axis=(0, 1))           # [E]
+  return num_experts * jnp.sum(tokens_per_expert * prob_per_expert)
+
+
+def router_z_loss(logits: jax.Array, padding_mask: jax.Array) -> jax.Array:
+  """logits: <float32>[G, T, E]; padding_mask: <bool>[G, T] -> <float32>[]."""
+  z = jax.nn.logsumexp(logits.astype(jnp.float32), axis=-1)
+  return _masked_mean(z ** 2, padding_mask.astype(bool))
+
+
+def router_metrics(logits: jax.Array, padding_mask: jax.Array, routing) -> Dict[str, jax.Array]:
+  """All per-layer metrics (see module doc) from logits and a `routing.Routing`."""
+  num_experts = logits.shape[-1]
+  probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+  routed = jax.nn.one_hot(routing.expert_index, num_experts, dtype=jnp.float32)
+  routed = jnp.sum(routed * routing.routed[..., None], axis=(0, 1, 2))        # [E]
+  return {
+      'load_balancing_loss': load_balancing_loss(logits, padding_mask),
+      'router_z_loss': router_z_loss(logits, padding_mask),
+      'fraction_dropped': jnp.asarray(routing.fraction_dropped, jnp.float32),
+      'expert_load': routed / jnp.maximum(jnp.sum(routed), 1.0),
+      'top1_prob': _masked_mean(jnp.max(probs, axis=-1), padding_mask.astype(bool)),
+  }
+
+
+def _natural_key(path: str) -> List[Any]:
+  return [int(p) if p.isdigit() else p for p in re.split(r'(\d+)', path)]
+
+
+def _per_layer_values(tree: Any) -> Dict[str, List[Tuple[str, jax.Array]]]:
+  """Metric name -> [(layer path, value)], one entry per layer (stacked leaves are split)."""
+  found: Dict[str, List[Tuple[str, jax.Array]]] = {}
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  for path, value in leaves:
+    keys = [str(getattr(k, 'key', getattr(k, 'idx', k))) for k in path]
+    name = next((k for k in reversed(keys) if k in METRIC_NAMES), None)
+    if name is None:
+      continue
+    value = jnp.asarray(value, jnp.float32)
+    base_ndim = 1 if name in _VECTOR_METRICS else 0
+    # Extra leading axes (layers stacked by nn.scan, or several sows) become separate layers.
+    rows = list(value.reshape((-1,) + value.shape[value.ndim - base_ndim:]))
+    where = '/'.join(keys)
+    found.setdefault(name, []).extend((f'{where}/{i}', row) for i, row in enumerate(rows))
+  return found
+
+
+def collect_moe_metrics(tree: Any) -> Dict[str, jax.Array]:
+  """Averages the sown 'moe_metrics' of all MoE layers.
+
+  tree: the 'moe_metrics' collection (or a dict holding it) as returned by
+  `apply(..., mutable=['moe_metrics'])`; sown values are tuples, and a leading layer axis (e.g.
+  from nn.scan) is split into layers. Returns name -> mean over layers for each metric in
+  METRIC_NAMES found, plus 'expert_load_per_layer' <float32>[num_layers, E] (layers in natural
+  path order). Returns {} when the tree holds no MoE metrics (a dense model).
+  """
+  found = _per_layer_values(tree)
+  out = {}
+  for name, entries in found.items():
+    entries = sorted(entries, key=lambda e: _natural_key(e[0]))
+    stacked = jnp.stack([v for _, v in entries])
+    out[name] = jnp.mean(stacked, axis=0)
+    if name == 'expert_load':
+      out['expert_load_per_layer'] = stacked
+  return out
+
