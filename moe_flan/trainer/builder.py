@@ -1,0 +1,189 @@
+"""Builds one run: checks inputs, makes the partitioner, model, optimizer, shardings, checkpointer.
+
+Everything that can reject bad input (task name, checkpoint paths, model shape vs the checkpoint
+in MODEL_DIR) runs in `build` before anything is jitted.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Callable, Iterator, Optional, Sequence
+
+import flax
+import flax.linen as nn
+import jax
+import numpy as np
+import optax
+from jax.sharding import NamedSharding, PartitionSpec
+
+from moe_flan import config as config_lib
+from moe_flan.trainer import checkpoints as ckpt_lib
+from moe_flan.trainer import data as data_lib
+from moe_flan.trainer import freezing
+from moe_flan.trainer import nan_guard
+from moe_flan.trainer import optimizers
+from moe_flan.trainer import train_state as ts
+from moe_flan.trainer import train_step as step_lib
+
+
+def _spec_for_opt_leaf(shape, param_shape, param_spec: PartitionSpec) -> PartitionSpec:
+  """Sharding of an optimizer-state leaf derived from its param's (full, row or column stats)."""
+  spec = tuple(param_spec) + (None,) * (len(param_shape) - len(param_spec))
+  if tuple(shape) == tuple(param_shape):
+    return PartitionSpec(*spec)
+  if len(param_shape) >= 2 and tuple(shape) == tuple(param_shape[:-1]):
+    return PartitionSpec(*spec[:-1])
+  if len(param_shape) >= 2 and tuple(shape) == tuple(param_shape[:-2] + param_shape[-1:]):
+    return PartitionSpec(*(spec[:-2] + spec[-1:]))
+  return PartitionSpec()
+
+
+def opt_state_shardings(abstract_opt_state: Any, param_shapes: dict[str, tuple],
+                        param_specs: dict[str, PartitionSpec], mesh) -> Any:
+  """Each opt-state leaf follows the param whose path ends its own path; others replicate."""
+  def one(path, leaf):
+    p = freezing.path_str(path)
+    match = max((k for k in param_shapes if p == k or p.endswith('/' + k)), key=len, default=None)
+    spec = PartitionSpec() if match is None else _spec_for_opt_leaf(
+        leaf.shape, param_shapes[match], param_specs[match])
+    return NamedSharding(mesh, spec)
+  return jax.tree_util.tree_map_with_path(one, abstract_opt_state)
+
+
+@dataclasses.dataclass
+class TrainSetup:
+  """The pieces of one run, built and checked; methods do the work the loop needs."""
+  model_dir: str
+  model_config: config_lib.T5Config
+  data: data_lib.DataConfig
+  eval_data: Optional[data_lib.DataConfig]
+  checkpoint: ckpt_lib.CheckpointConfig
+  optimizer: optimizers.OptimizerConfig
+  partitioner: Any
+  model: nn.Module
+  tx: optax.GradientTransformation
+  schedule: Callable
+  frozen: Any
+  abstract_state: ts.TrainState      # ShapeDtypeStructs with shardings
+  state_shardings: ts.TrainState
+  checkpointer: ckpt_lib.Checkpointer
+  seed: int
+  _eval_step: Optional[Callable] = None
+
+  # ---- state ------------------------------------------------------------------------------------
+  def initial_state(self) -> tuple[ts.TrainState, int]:
+    """(state, data position): resumed from MODEL_DIR, else fresh (+ initial checkpoint)."""
+    if self.checkpointer.latest_step() is not None:
+      state, meta = self.checkpointer.restore(self.abstract_state)
+      return state, int(meta['data_position'])
+    init = ts.init_params_fn(self.model, self.data.task_feature_lengths)
+    tx = self.tx
+
+    def fresh(rng):
+      params = nn.meta.unbox(init(rng))
+      return ts.new_state(params, tx, rng)
+
+    with self.partitioner.activate():
+      state = jax.jit(fresh, out_shardings=self.state_shardings)(jax.random.PRNGKey(self.seed))
+    if self.checkpoint.initial_checkpoint_path:
+      params = ckpt_lib.restore_initial_params(self.checkpoint, state.params)
+      state = state.replace(params=params)
+    return state, 0
+
+  def save(self, state: ts.TrainState, force: bool = False) -> None:
+    step = int(jax.device_get(state.step))
+    if not force and step % self.checkpoint.period:
+      return
+    if not bool(nan_guard.tree_all_finite(state.params)):
+      raise nan_guard.NonFiniteError(f'params are not finite at step {step}; not saving')
+    self.checkpointer.save(state, data_position=step, force=force)
+
+  def close(self) -> None:
+    self.checkpointer.close()
+
+  # ---- data -------------------------------------------------------------------------------------
+  def train_batches(self, start_batch: int) -> Iterator[dict[str, np.ndarray]]:
+    shard_id, num_shards = self.partitioner.data_shard_info()
+    return data_lib.batches(self.data, shard_id, num_shards, start_batch=start_batch)
+
+  def shard(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+    return self.partitioner.shard_batch(batch, self.data.batch_size)
+
+  # ---- steps ------------------------------------------------------------------------------------
+  def jit_train_step(self) -> Callable:
+    step = step_lib.make_train_step(self.model, self.model_config, self.tx, self.schedule,
+                                    self.frozen, self.optimizer.num_microbatches)
+    jitted = jax.jit(step, in_shardings=(self.state_shardings, self.partitioner.data_sharding),
+                     out_shardings=(self.state_shardings, self.partitioner.replicated),
+                     donate_argnums=(0,))
+
+    def run(state, batch):
+      with self.partitioner.activate():
+        return jitted(state, batch)
+    return run
+
+  def evaluate(self, params: Any, num_batches: int) -> dict[str, Any]:
+    """Mean eval metrics over `num_batches` batches of the eval data (validation split)."""
+    from moe_flan.trainer import evaluation  # pylint: disable=g-import-not-at-top
+    cfg = self.eval_data or dataclasses.replace(self.data, split='validation')
+    if self._eval_step is None:
+      step = step_lib.make_eval_step(self.model, self.model_config)
+      self._eval_step = jax.jit(step, in_shardings=(self.state_shardings.params,
+                                                    self.partitioner.data_sharding))
+    return evaluation.mean_metrics(self, params, cfg, num_batches)
+
+
+def _model(config: config_lib.T5Config) -> nn.Module:
+  from moe_flan.model import EncoderDecoder  # pylint: disable=g-import-not-at-top
+  return EncoderDecoder(config)
+
+
+def check_inputs(model_dir: str, data: data_lib.DataConfig,
+                 checkpoint: ckpt_lib.CheckpointConfig,
+                 eval_data: Optional[data_lib.DataConfig] = None) -> None:
+  """Raises ValueError naming the bad setting; nothing is compiled before this passes."""
+  if not isinstance(model_dir, str) or not model_dir:
+    raise ValueError(f'MODEL_DIR={model_dir!r} must be a non-empty path')
+  data_lib.check_task_exists(data.mixture_or_task_name)
+  if eval_data is not None:
+    data_lib.check_task_exists(eval_data.mixture_or_task_name)
+  if checkpoint.initial_checkpoint_path:
+    ckpt_lib.resolve_step_dir(checkpoint.initial_checkpoint_path)
+
+
+def build(model_dir: str, model_config: config_lib.T5Config, data: data_lib.DataConfig,
+          optimizer: optimizers.OptimizerConfig, checkpoint: ckpt_lib.CheckpointConfig,
+          frozen_groups: Sequence[str], seed: int,
+          eval_data: Optional[data_lib.DataConfig] = None, partitioner=None) -> TrainSetup:
+  """Checks inputs and builds a TrainSetup (no compilation)."""
+  from moe_flan.partitioning import partitioner as part_lib  # pylint: disable=g-import-not-at-top
+  check_inputs(model_dir, data, checkpoint, eval_data)
+  os.makedirs(model_dir, exist_ok=True)
+  partitioner = partitioner or part_lib.create_partitioner()
+  partitioner.check_batch_size(data.batch_size)
+  model = _model(model_config)
+  with partitioner.activate():
+    boxed = ts.abstract_params(model, data.task_feature_lengths, seed)
+    param_shardings = partitioner.shardings(boxed)
+  params = nn.meta.unbox(boxed)
+  checkpointer = ckpt_lib.Checkpointer(model_dir, checkpoint)
+  checkpointer.check_compatible(ts.param_shapes(params))
+  schedule = optimizers.make_schedule(optimizer.schedule)
+  tx = freezing.with_freezing(optimizers.make_optimizer(optimizer, schedule), params,
+                              frozen_groups)
+  frozen = freezing.frozen_mask(params, frozen_groups)
+  abstract_opt = jax.eval_shape(tx.init, params)
+  flat_shapes = ts.param_shapes(params)
+  flat_specs = flax.traverse_util.flatten_dict(
+      jax.tree.map(lambda s: s.spec, param_shardings), sep='/')
+  repl = partitioner.replicated
+  shardings = ts.TrainState(
+      step=repl, params=param_shardings, rng=repl,
+      opt_state=opt_state_shardings(abstract_opt, flat_shapes, flat_specs, partitioner.mesh))
+  rng = jax.eval_shape(lambda: jax.random.PRNGKey(0))
+  abstract = ts.TrainState(step=jax.ShapeDtypeStruct((), np.int32), params=params,
+                           opt_state=abstract_opt, rng=rng)
+  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                          abstract, shardings)
+  return TrainSetup(model_dir, model_config, data, eval_data, checkpoint, optimizer, partitioner,
+                    model, tx, schedule, frozen, abstract, shardings, checkpointer, seed)

@@ -1,0 +1,67 @@
+"""Input data settings and batch iterators over seqio mixtures (via `tasks.pipeline`)."""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from typing import Any, Iterator, Mapping, Optional
+
+import gin
+import numpy as np
+
+# Features the model consumes; anything else a pipeline yields (e.g. pretokenized text) is dropped.
+MODEL_FEATURES = ('encoder_input_tokens', 'decoder_input_tokens', 'decoder_target_tokens',
+                  'decoder_loss_weights', 'encoder_segment_ids', 'decoder_segment_ids',
+                  'encoder_positions', 'decoder_positions')
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  """Which mixture/task, lengths and batch size (global, over all processes)."""
+  mixture_or_task_name: str = ''
+  task_feature_lengths: Mapping[str, int] = dataclasses.field(
+      default_factory=lambda: {'inputs': 512, 'targets': 128})
+  batch_size: int = 8
+  split: str = 'train'
+  seed: int = 0
+  pack: bool = True
+  shuffle: bool = True
+  use_cached_tasks: bool = False
+
+  def __post_init__(self):
+    if not self.mixture_or_task_name:
+      raise ValueError('MIXTURE_OR_TASK_NAME (DataConfig.mixture_or_task_name) is not set')
+    for key in ('inputs', 'targets'):
+      if key not in self.task_feature_lengths:
+        raise ValueError(f'TASK_FEATURE_LENGTHS={dict(self.task_feature_lengths)} lacks {key!r}')
+    if self.batch_size < 1:
+      raise ValueError(f'BATCH_SIZE={self.batch_size}: must be >= 1')
+
+
+def check_task_exists(name: str) -> None:
+  """ValueError naming `name` if no seqio Task or Mixture is registered under it."""
+  import seqio  # pylint: disable=g-import-not-at-top
+  import tasks  # pylint: disable=g-import-not-at-top,unused-import  (registers tasks)
+  known = set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names())
+  if name not in known:
+    close = sorted(k for k in known if name.split('_')[0] in k)[:10]
+    raise ValueError(f'MIXTURE_OR_TASK_NAME={name!r} is not a registered seqio task or mixture'
+                     + (f'; similar: {close}' if close else ''))
+
+
+def batches(cfg: DataConfig, shard_id: int = 0, num_shards: int = 1, start_batch: int = 0,
+            repeat: bool = True, split: Optional[str] = None,
+            shuffle: Optional[bool] = None) -> Iterator[dict[str, np.ndarray]]:
+  """This process's rows of each global batch, from batch `start_batch` on (exact resume)."""
+  from tasks import pipeline  # pylint: disable=g-import-not-at-top
+  if cfg.batch_size % num_shards:
+    raise ValueError(f'BATCH_SIZE={cfg.batch_size} is not divisible by {num_shards} data shards')
+  kwargs: dict[str, Any] = dict(
+      split=split or cfg.split, task_feature_lengths=dict(cfg.task_feature_lengths),
+      batch_size=cfg.batch_size // num_shards, seed=cfg.seed, shard_id=shard_id,
+      num_shards=num_shards, pack=cfg.pack, shuffle=cfg.shuffle if shuffle is None else shuffle,
+      repeat=repeat, start_batch=start_batch)
+  if 'use_cached' in inspect.signature(pipeline.get_batches).parameters:
+    kwargs['use_cached'] = cfg.use_cached_tasks
+  for batch in pipeline.get_batches(cfg.mixture_or_task_name, **kwargs):
+    yield {k: np.asarray(v) for k, v in batch.items() if k in MODEL_FEATURES}

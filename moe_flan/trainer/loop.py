@@ -1,0 +1,141 @@
+"""The train loop: `train(model_dir, model, data, run, optimizer, checkpoint)`.
+
+Settings come grouped in small frozen dataclasses (DataConfig, RunConfig, OptimizerConfig,
+CheckpointConfig) bound by gin run files, instead of one function with dozens of keyword arguments.
+Bad input (unknown task, missing checkpoint path, a MODEL_DIR checkpoint of another model shape)
+fails in `_check_inputs`/`_build` before anything is compiled.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import threading
+import time
+from typing import Any, Mapping, Optional, Sequence
+
+import gin
+import jax
+import numpy as np
+
+from moe_flan import config as config_lib
+from moe_flan.trainer import checkpoints as ckpt_lib
+from moe_flan.trainer import data as data_lib
+from moe_flan.trainer import freezing
+from moe_flan.trainer import metrics as metrics_lib
+from moe_flan.trainer import nan_guard
+from moe_flan.trainer import optimizers
+from moe_flan.trainer import plots
+from moe_flan.trainer import progress as progress_lib
+from moe_flan.trainer import builder
+from moe_flan.trainer import train_step as step_lib
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+  """How long to train and how often to log/evaluate.
+
+  eval_period 0 = no periodic eval; frozen_groups: any of freezing.GROUPS.
+  """
+  train_steps: int = 100
+  log_period: int = 10
+  eval_period: int = 0
+  eval_steps: int = 4
+  seed: int = 0
+  frozen_groups: Sequence[str] = ()
+  write_plots: bool = True
+
+  def __post_init__(self):
+    if self.train_steps < 0:
+      raise ValueError(f'RunConfig.train_steps={self.train_steps}: must be >= 0')
+    if self.log_period < 1:
+      raise ValueError(f'RunConfig.log_period={self.log_period}: must be >= 1')
+    freezing.check_groups(self.frozen_groups)
+
+
+@dataclasses.dataclass
+class TrainResult:
+  """What a finished (or stopped) run reports."""
+  step: int
+  last_metrics: dict[str, Any]
+  stopped_by_signal: bool = False
+
+
+class _StopFlag:
+  """Set by SIGTERM: the loop saves a final checkpoint and returns cleanly."""
+
+  def __init__(self):
+    self.set = False
+    self._old = None
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._old = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.set = True
+
+  def __exit__(self, *exc):
+    if self._old is not None:
+      signal.signal(signal.SIGTERM, self._old)
+
+
+def _log_record(metrics: Mapping[str, Any], step_time: float) -> dict[str, Any]:
+  record = dict(metrics)
+  record['step_time'] = step_time
+  record['tokens_per_second'] = float(metrics.get('num_tokens', 0.0)) / max(step_time, 1e-9)
+  return record
+
+
+@gin.configurable
+def train(model_dir: str = gin.REQUIRED, model: config_lib.T5Config = gin.REQUIRED,
+          data: data_lib.DataConfig = gin.REQUIRED, run: RunConfig = RunConfig(),
+          optimizer: optimizers.OptimizerConfig = optimizers.OptimizerConfig(),
+          checkpoint: ckpt_lib.CheckpointConfig = ckpt_lib.CheckpointConfig(),
+          eval_data: Optional[data_lib.DataConfig] = None) -> TrainResult:
+  """Trains `model` on `data` for `run.train_steps` steps, resuming from MODEL_DIR if possible."""
+  setup = builder.build(model_dir, model, data, optimizer, checkpoint, run.frozen_groups,
+                          run.seed, eval_data)
+  state, start = setup.initial_state()
+  writer = metrics_lib.MetricsWriter(model_dir, 'train')
+  eval_writer = metrics_lib.MetricsWriter(model_dir, 'eval', tensorboard=True)
+  metrics_lib.truncate_after(writer.jsonl_path, start)
+  metrics_lib.truncate_after(eval_writer.jsonl_path, start)
+  batches = setup.train_batches(start)
+  train_step = setup.jit_train_step()
+  bar = progress_lib.Progress(start, run.train_steps)
+  last: dict[str, Any] = {}
+  stopped = False
+  try:
+    with _StopFlag() as stop:
+      t_last, last_logged = time.time(), start
+      for step in range(start + 1, run.train_steps + 1):
+        state, metrics = train_step(state, setup.shard(next(batches)))
+        scalars = jax.device_get({k: metrics[k] for k in nan_guard.GUARDED if k in metrics})
+        nan_guard.check_finite(step, scalars)
+        if step % run.log_period == 0 or step == run.train_steps or stop.set:
+          now = time.time()
+          step_time = (now - t_last) / (step - last_logged)
+          t_last, last_logged = now, step
+          last = writer.write(step, _log_record(metrics, step_time))
+          bar.update(step, {k: last[k] for k in ('loss', 'accuracy') if k in last})
+        if run.eval_period and step % run.eval_period == 0:
+          eval_writer.write(step, setup.evaluate(state.params, run.eval_steps))
+        if stop.set:
+          setup.save(state, force=True)
+          stopped = True
+          break
+        setup.save(state)
+      if not stopped:
+        setup.save(state, force=True)
+  finally:
+    bar.close()
+    setup.close()
+    writer.close()
+    eval_writer.close()
+  if run.write_plots and jax.process_index() == 0:
+    plots.plot_all(model_dir)
+  return TrainResult(int(jax.device_get(state.step)), last, stopped)
