@@ -32,6 +32,35 @@ def _path_str(path) -> str:
                   for k in path)
 
 
+def logical_spec(names: Sequence[Optional[str]], shape: Sequence[int],
+                 mesh: jax.sharding.Mesh | jax.sharding.AbstractMesh, rules: rules_lib.Rules,
+                 where: str = 'array') -> PartitionSpec:
+  """PartitionSpec of an array with logical axis `names` and `shape` on `mesh` under `rules`.
+
+  An 'expert' dimension smaller than the mesh axes it maps to (which it must divide) is
+  replicated: each expert then lives on `expert_partitions / num_experts` devices (replicas).
+  Raises:
+    ValueError: naming the array, dimension and sizes when a dimension does not divide.
+  """
+  rules_lib.check_known_names(names, where)
+  if len(names) != len(shape):
+    raise ValueError(f'{where}: {len(names)} logical names {tuple(names)} for shape '
+                     f'{tuple(shape)}')
+  spec = list(nn.logical_to_mesh_axes(tuple(names), rules))
+  for i, (name, size, mesh_axes) in enumerate(zip(names, shape, spec)):
+    parts = mesh_lib.mesh_axis_size(mesh, mesh_axes)
+    if size % parts == 0:
+      continue
+    if name == axes.EXPERT and parts % size == 0:
+      spec[i] = None  # fewer experts than expert partitions: replicate them
+      continue
+    raise ValueError(
+        f'{where}: dimension {i} ({name!r}) has size {size}, which is not divisible by mesh '
+        f'axes {mesh_axes} of size {parts} (mesh {dict(mesh.shape)}); change the mesh '
+        'shape or the model size')
+  return PartitionSpec(*spec)
+
+
 class Partitioner:
   """Maps logical axis names to NamedShardings on `mesh` with a rule table.
 
@@ -56,30 +85,8 @@ class Partitioner:
   # ---- specs and shardings -----------------------------------------------------------------
   def spec_for(self, names: Sequence[Optional[str]], shape: Sequence[int],
                where: str = 'array') -> PartitionSpec:
-    """PartitionSpec of an array with logical axis `names` and `shape` on this mesh.
-
-    An 'expert' dimension smaller than the mesh's expert axis (which it must divide) is
-    replicated: each expert then lives on `expert_axis / num_experts` devices (expert replicas).
-    Raises:
-      ValueError: naming the array, dimension and sizes when a dimension does not divide.
-    """
-    rules_lib.check_known_names(names, where)
-    if len(names) != len(shape):
-      raise ValueError(f'{where}: {len(names)} logical names {tuple(names)} for shape '
-                       f'{tuple(shape)}')
-    spec = list(nn.logical_to_mesh_axes(tuple(names), self.rules))
-    for i, (name, size, mesh_axes) in enumerate(zip(names, shape, spec)):
-      parts = mesh_lib.mesh_axis_size(self.mesh, mesh_axes)
-      if size % parts == 0:
-        continue
-      if name == axes.EXPERT and parts % size == 0:
-        spec[i] = None  # fewer experts than expert partitions: replicate them
-        continue
-      raise ValueError(
-          f'{where}: dimension {i} ({name!r}) has size {size}, which is not divisible by mesh '
-          f'axes {mesh_axes} of size {parts} (mesh {dict(self.mesh.shape)}); change the mesh '
-          'shape or the model size')
-    return PartitionSpec(*spec)
+    """PartitionSpec of an array with logical axis `names` and `shape`; see `logical_spec`."""
+    return logical_spec(names, shape, self.mesh, self.rules, where)
 
   def _leaf_spec(self, path, leaf) -> PartitionSpec:
     where = _path_str(path) or 'value'
