@@ -184,9 +184,11 @@ def restore_initial_params(cfg: CheckpointConfig, fresh_params: Any) -> Any:
   expected = ts.param_shapes(fresh_params)
   if cfg.upcycle_from_dense:
     loaded = upcycling.upcycle_flat(loaded, expected)
+  fresh_ok = set(upcycling.missing_after_upcycling(expected)) if cfg.upcycle_from_dense else set()
   bad = [m for m in shape_mismatches(expected, {k: v.shape for k, v in loaded.items()})
-         if not (cfg.allow_missing_params and m.endswith('missing in checkpoint'))
-         and not m.endswith('not in model')]
+         if not m.endswith('not in model')
+         and not (m.endswith('missing in checkpoint')
+                  and (cfg.allow_missing_params or m.split(':')[0] in fresh_ok))]
   if bad:
     raise ValueError(f'initial checkpoint {cfg.initial_checkpoint_path!r} does not fit the model:'
                      '\n  ' + '\n  '.join(bad))

@@ -14,6 +14,7 @@ from moe_flan.trainer import metrics as metrics_lib
 
 LOSS_PNG = 'loss_curves.png'
 EXPERT_PNG = 'expert_utilisation.png'
+EXPERT_KEY = 'moe/expert_load_per_layer'
 
 
 def plot_losses(model_dir: str) -> Optional[str]:
@@ -42,7 +43,7 @@ def plot_losses(model_dir: str) -> Optional[str]:
 def plot_expert_load(model_dir: str, last_n: int = 10) -> Optional[str]:
   """Mean per-layer expert load over the last `last_n` logged steps -> heatmap PNG."""
   train = metrics_lib.read_jsonl(os.path.join(model_dir, 'metrics', 'train.jsonl'))
-  loads = [r['expert_load_per_layer'] for r in train if 'expert_load_per_layer' in r]
+  loads = [r[EXPERT_KEY] for r in train if EXPERT_KEY in r]
   if not loads:
     return None
   load = np.mean(np.asarray(loads[-last_n:], np.float32), axis=0)  # [num_layers, E]

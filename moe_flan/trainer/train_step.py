@@ -2,7 +2,8 @@
 
 A step's dropout key is `fold_in(state.rng, state.step)`, so a resumed run draws the same keys as
 an uninterrupted one. Metrics are scalars except the per-layer MoE arrays
-(`expert_load_per_layer` <float32>[num_layers, E], `fraction_dropped_per_layer` [num_layers]).
+(`moe/expert_load_per_layer` <float32>[num_layers, E], `moe/fraction_dropped_per_layer`
+[num_layers]); other names come from `compute_loss` ('moe/...' for router metrics).
 """
 from __future__ import annotations
 
@@ -50,20 +51,17 @@ def forward_metrics(model: nn.Module, config: config_lib.T5Config, params: Any, 
                     rng: jax.Array | None, train: bool) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Loss and metrics of one (micro)batch."""
   from moe_flan.model import compute_loss  # pylint: disable=g-import-not-at-top
-  from moe_flan.moe.losses import collect_moe_metrics  # pylint: disable=g-import-not-at-top
   rngs = {'dropout': rng} if train else {}
   logits, variables = model.apply({'params': params}, **ts.model_inputs(batch),
                                   enable_dropout=train, rngs=rngs, mutable=['moe_metrics'])
   moe_tree = variables.get('moe_metrics', {})
   loss, metrics = compute_loss(config, logits, batch, moe_tree)
   metrics = {k: jnp.asarray(v, jnp.float32) for k, v in dict(metrics).items()}
-  for k, v in collect_moe_metrics(moe_tree).items():
-    metrics.setdefault(k, v)
   dropped = per_layer(moe_tree, 'fraction_dropped')
   if dropped is not None:
-    metrics['fraction_dropped_per_layer'] = dropped
+    metrics['moe/fraction_dropped_per_layer'] = dropped
   correct, count = token_accuracy(logits, batch)
-  metrics['accuracy'] = correct / jnp.maximum(count, 1.0)
+  metrics.setdefault('accuracy', correct / jnp.maximum(count, 1.0))
   metrics['num_tokens'] = count
   metrics['loss'] = loss
   return loss, metrics

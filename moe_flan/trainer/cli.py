@@ -1,0 +1,111 @@
+"""Command-line flags shared by the train / evaluate / infer entry points (t5x conventions).
+
+  --gin_file=F            (repeatable, or comma-separated) gin files; the repo's gin/ is searched
+  --gin_search_paths=P,Q  extra directories to search for gin files and includes
+  --gin.NAME=VALUE        one binding, e.g. --gin.MODEL_DIR="'/tmp/run'" or --gin.TRAIN_STEPS=100
+  --gin_bindings=B        (repeatable) a raw binding line, as in t5x
+  --coordinator_address, --num_processes, --process_id   multi-host (jax.distributed)
+
+Bad input fails here, before anything is built: an unknown configurable or parameter (gin's
+error names it) and any macro still at %gin.REQUIRED (named, with the flag that sets it).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import os
+from typing import Optional, Sequence
+
+import gin
+
+REPO_GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))), 'gin')
+
+# Modules whose gin configurables a run file may bind.
+CONFIGURABLE_MODULES = (
+    'moe_flan.config', 'moe_flan.model', 'moe_flan.partitioning.mesh',
+    'moe_flan.partitioning.rules', 'moe_flan.trainer.optimizers', 'moe_flan.trainer.data',
+    'moe_flan.trainer.checkpoints', 'moe_flan.trainer.loop', 'moe_flan.trainer.evaluation',
+    'moe_flan.trainer.inference')
+
+
+@dataclasses.dataclass(frozen=True)
+class Flags:
+  gin_files: tuple[str, ...]
+  gin_bindings: tuple[str, ...]
+  gin_search_paths: tuple[str, ...]
+  coordinator_address: Optional[str] = None
+  num_processes: Optional[int] = None
+  process_id: Optional[int] = None
+  distributed_auto_detect: bool = False
+
+
+def _split(values: Sequence[str]) -> tuple[str, ...]:
+  return tuple(v for value in values for v in value.split(',') if v)
+
+
+def parse_flags(argv: Sequence[str], prog: str = 'moe_flan') -> Flags:
+  """Flags from `argv` (without the program name). Unknown flags -> SystemExit with usage."""
+  parser = argparse.ArgumentParser(prog=prog, description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--gin_file', action='append', default=[])
+  parser.add_argument('--gin_bindings', action='append', default=[])
+  parser.add_argument('--gin_search_paths', action='append', default=[])
+  parser.add_argument('--coordinator_address', default=None)
+  parser.add_argument('--num_processes', type=int, default=None)
+  parser.add_argument('--process_id', type=int, default=None)
+  parser.add_argument('--distributed_auto_detect', action='store_true',
+                      help='let jax.distributed detect the cluster (TPU pods, SLURM)')
+  gin_dotted = [a for a in argv if a.startswith('--gin.')]
+  args = parser.parse_args([a for a in argv if not a.startswith('--gin.')])
+  bindings = list(args.gin_bindings)
+  for arg in gin_dotted:
+    name, sep, value = arg[len('--gin.'):].partition('=')
+    if not sep:
+      parser.error(f'{arg}: expected --gin.NAME=VALUE')
+    bindings.append(f'{name} = {value}')
+  if not args.gin_file:
+    parser.error('at least one --gin_file is required')
+  return Flags(_split(args.gin_file), tuple(bindings), _split(args.gin_search_paths),
+               args.coordinator_address, args.num_processes, args.process_id,
+               args.distributed_auto_detect)
+
+
+def import_configurables() -> None:
+  """Imports every module with gin configurables (and `tasks`, to register seqio tasks)."""
+  for name in CONFIGURABLE_MODULES:
+    importlib.import_module(name)
+
+
+def required_macros_unset() -> list[str]:
+  """Names of macros whose value is still %gin.REQUIRED."""
+  config = gin.config._CONFIG  # pylint: disable=protected-access
+  return sorted(scope for (scope, selector), params in config.items()
+                if selector == 'gin.macro' and str(params.get('value')) == '%gin.REQUIRED')
+
+
+def configure_gin(flags: Flags) -> None:
+  """Parses the gin files and bindings, checks REQUIRED macros, finalizes the config."""
+  import_configurables()
+  gin.clear_config()
+  for path in (REPO_GIN_DIR,) + flags.gin_search_paths:
+    gin.add_config_file_search_path(path)
+  gin.parse_config_files_and_bindings(list(flags.gin_files), list(flags.gin_bindings),
+                                      finalize_config=False)
+  missing = required_macros_unset()
+  if missing:
+    how = ' '.join(f'--gin.{m}=...' for m in missing)
+    raise ValueError(f'Required to be set: {", ".join(missing)} (gin macros still at '
+                     f'%gin.REQUIRED); set them, e.g. {how}')
+  gin.finalize()
+
+
+def initialize_distributed(flags: Flags) -> None:
+  """jax.distributed set-up for multi-host runs (no-op for one process without flags)."""
+  if (flags.coordinator_address is None and flags.num_processes in (None, 1)
+      and not flags.distributed_auto_detect):
+    return
+  from moe_flan.partitioning import distributed  # pylint: disable=g-import-not-at-top
+  distributed.initialize(flags.coordinator_address, flags.num_processes, flags.process_id,
+                         auto_detect=flags.distributed_auto_detect)
