@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
+import sys
+import time
 from typing import Optional
 
 import jax
@@ -61,6 +64,26 @@ def check_settings(coordinator_address: Optional[str], num_processes: Optional[i
       raise ValueError(f'coordinator_address={coordinator_address!r} must look like HOST:PORT')
 
 
+def wait_for_coordinator(coordinator_address: str, timeout_s: float) -> None:
+  """Blocks until HOST:PORT accepts TCP connections; RuntimeError after `timeout_s`.
+
+  JAX's own client aborts the whole process (a C++ fatal error, no Python exception) when the
+  coordinator never answers, so non-zero processes check reachability first and fail cleanly.
+  """
+  host, _, port = coordinator_address.rpartition(':')
+  deadline = time.monotonic() + timeout_s
+  while True:
+    try:
+      with socket.create_connection((host.strip('[]'), int(port)), timeout=2.0):
+        return
+    except OSError as e:
+      if time.monotonic() >= deadline:
+        raise RuntimeError(
+            f'coordinator_address={coordinator_address!r} is not reachable after {timeout_s}s '
+            f'({e}); start process 0 (which serves it) or fix --coordinator_address') from e
+      time.sleep(0.25)
+
+
 def initialize(coordinator_address: Optional[str] = None,
                num_processes: Optional[int] = None,
                process_id: Optional[int] = None,
@@ -96,7 +119,10 @@ def initialize(coordinator_address: Optional[str] = None,
   if coordinator_address is not None:
     kwargs = dict(coordinator_address=coordinator_address, num_processes=num_processes,
                   process_id=process_id)
-  logging.info('jax.distributed.initialize(%s) (timeout %ss)', kwargs or 'auto-detect', timeout_s)
+  print(f'moe_flan: jax.distributed.initialize({kwargs or "auto-detect"}), timeout {timeout_s}s',
+        file=sys.stderr, flush=True)
+  if coordinator_address is not None and process_id != 0:
+    wait_for_coordinator(coordinator_address, timeout_s)
   try:
     jax.distributed.initialize(local_device_ids=local_device_ids,
                                initialization_timeout=timeout_s, **kwargs)
