@@ -1,0 +1,12 @@
+"""moe_flan data: importing this package registers every seqio Task and Mixture.
+
+  import tasks
+  tasks.registry.get('flan_embedded')          # unknown names list the closest ones
+  tasks.pipeline.get_batches('flan_embedded', 'train', {'inputs': 128, 'targets': 32}, 8, seed=0)
+
+Registration is cheap (no data is generated or read at import) and idempotent.
+"""
+from tasks import embedded as _embedded
+from tasks import registry, vocab
+
+_embedded.register_all()

@@ -1,0 +1,222 @@
+"""Registers the embedded generated tasks and their mixtures (the offline quickstart data).
+
+Per TaskSpec `x` (see tasks/generators) three seqio Tasks exist:
+  emb_x      zero-shot (options shown when the task has them: FLAN's zs_opt, else zs_noopt)
+  emb_x_fs   few-shot: k exemplars from the train split, same template, bounded length
+  emb_x_cot  chain-of-thought (only tasks whose examples carry a rationale)
+Examples are generated lazily at first use and cached in memory (never at import), from
+`generation_seed()`; test, then validation, then train are drawn with separate seeded streams and
+an example already drawn for an earlier split is redrawn (within a budget) so splits do not overlap.
+
+Mixtures (held-out protocol in tasks/generators/__init__.py):
+  flan_embedded             training clusters; sub-mixtures zs/fs/cot weighted by gin
+  flan_embedded_{zs,fs,cot} the sub-mixtures alone
+  flan_embedded_n{N}        the first N training tasks (round-robin over clusters), zs/fs/cot
+  flan_embedded_heldout     held-out clusters, zero-shot (eval); `_fs`, `_cot` variants
+  flan_embedded_downstream  the downstream finetuning tasks
+  flan_embedded_all         every task, zero-shot
+  flan_embedded_cluster_{c} one cluster, zero-shot
+"""
+from __future__ import annotations
+
+import functools
+import random
+from typing import Dict, List, Sequence, Tuple
+
+import gin
+import seqio
+import tensorflow as tf
+
+from tasks import mixtures, registry, templates, vocab
+from tasks.generators import (ALL_TASKS, CLUSTERS, DOWNSTREAM_TASKS, HELDOUT_TASKS,
+                              TASKS_BY_NAME, TRAINING_TASKS, Example, TaskSpec)
+
+SPLITS = ('train', 'validation', 'test')
+VARIANTS = ('zs', 'fs', 'cot')
+NUM_TASKS_CHOICES = (1, 2, 4, 8, 16, 32)
+# Consecutive repeated draws after which a task's example space counts as exhausted, and repeats
+# (within and across splits) are accepted: small spaces (e.g. 12 months) cannot fill disjoint splits.
+EXHAUSTED_AFTER = 50
+
+
+@gin.configurable
+def generation_seed(seed: int = 0) -> int:
+  """Seed of the embedded data; a different seed gives a different (equally valid) dataset."""
+  return int(seed)
+
+
+@gin.configurable
+def few_shot_settings(k: int = 3, max_chars: int = 400) -> Tuple[int, int]:
+  """Exemplars per few-shot prompt and the prompt's character budget (~128 tokens)."""
+  if k < 1 or max_chars < 1:
+    raise ValueError(f'few_shot_settings: k={k!r} and max_chars={max_chars!r} must be >= 1')
+  return int(k), int(max_chars)
+
+
+def task_name(spec_name: str, variant: str = 'zs') -> str:
+  return f'emb_{spec_name}' + ('' if variant == 'zs' else f'_{variant}')
+
+
+def _check_example(spec: TaskSpec, ex: Example) -> Example:
+  answer = ex.get('answer')
+  if not isinstance(answer, str) or not answer.strip():
+    raise ValueError(f'Embedded task {spec.name!r} produced an empty answer: {ex}')
+  if ex.get('options') and answer not in ex['options']:
+    raise ValueError(f'Embedded task {spec.name!r}: answer {answer!r} not among options {ex}')
+  return ex
+
+
+@functools.lru_cache(maxsize=None)
+def generate_examples(spec_name: str, seed: int) -> Dict[str, Tuple[Example, ...]]:
+  """Raw examples per split for one task (cached)."""
+  spec = TASKS_BY_NAME[spec_name]
+  if spec.fixed_examples is not None:
+    return {s: tuple(_check_example(spec, e) for e in spec.fixed_examples(s)) for s in SPLITS}
+  seen, out = set(), {}
+  for split in ('test', 'validation', 'train'):
+    size = spec.train_size if split == 'train' else spec.eval_size
+    rng = random.Random(f'{seed}/{spec_name}/{split}')
+    examples, repeats = [], 0
+    while len(examples) < size:
+      ex = _check_example(spec, spec.generate(rng))
+      key = repr(sorted((k, v) for k, v in ex.items() if k != 'rationale'))
+      if key in seen and repeats < EXHAUSTED_AFTER:
+        repeats += 1
+        continue
+      repeats = 0 if key not in seen else repeats
+      seen.add(key)
+      examples.append(ex)
+    out[split] = tuple(examples)
+  return out
+
+
+def _render_one(spec, variant, ex, pool, rng, k, max_chars) -> Tuple[str, str, int]:
+  tid = rng.randrange(len(spec.templates))
+  template = spec.templates[tid]
+  has_options = bool(ex.get('options'))
+  if variant == 'zs':
+    fmt = 'zs_opt' if has_options else 'zs_noopt'
+    return (*templates.render(ex, template, fmt, task=spec.name), tid)
+  if variant == 'fs':
+    shots = [e for e in rng.sample(pool, min(k + 1, len(pool))) if e is not ex][:k]
+    fmt = 'fs_opt' if has_options else 'fs_noopt'
+    return (*templates.render(ex, template, fmt, shots, max_chars, spec.name), tid)
+  return (*templates.render(ex, template, 'cot', task=spec.name), tid)
+
+
+@functools.lru_cache(maxsize=None)
+def rendered(spec_name: str, variant: str, split: str, seed: int, k: int,
+             max_chars: int) -> Dict[str, List]:
+  """Columns {'inputs', 'targets', 'template_id'} of one task variant and split (cached)."""
+  spec = TASKS_BY_NAME[spec_name]
+  examples = generate_examples(spec_name, seed)
+  pool = list(examples['train'])
+  rng = random.Random(f'{seed}/{spec_name}/{split}/{variant}')
+  cols = {'inputs': [], 'targets': [], 'template_id': []}
+  for ex in examples[split]:
+    inputs, targets, tid = _render_one(spec, variant, ex, pool, rng, k, max_chars)
+    cols['inputs'].append(inputs)
+    cols['targets'].append(targets)
+    cols['template_id'].append(tid)
+  return cols
+
+
+def rendered_now(spec_name: str, variant: str, split: str) -> Dict[str, List]:
+  """`rendered` with the current gin settings."""
+  return rendered(spec_name, variant, split, generation_seed(), *few_shot_settings())
+
+
+def _dataset_fn(spec_name: str, variant: str):
+  def dataset_fn(split: str, shuffle_files: bool, seed=None) -> tf.data.Dataset:
+    del shuffle_files, seed  # one in-memory "file"; seqio shuffles examples afterwards
+    cols = rendered_now(spec_name, variant, split)
+    return tf.data.Dataset.from_tensor_slices(
+        {'inputs': tf.constant(cols['inputs'], tf.string),
+         'targets': tf.constant(cols['targets'], tf.string),
+         'template_id': tf.constant(cols['template_id'], tf.int32)})
+  return dataset_fn
+
+
+def _num_examples(spec: TaskSpec) -> Dict[str, int]:
+  if spec.fixed_examples is not None:
+    return {s: len(spec.fixed_examples(s)) for s in SPLITS}
+  return {'train': spec.train_size, 'validation': spec.eval_size, 'test': spec.eval_size}
+
+
+def exact_match(targets: Sequence[str], predictions: Sequence[str]) -> Dict[str, float]:
+  """Percentage of predictions equal to the target after stripping whitespace."""
+  hits = [str(t).strip() == str(p).strip() for t, p in zip(targets, predictions)]
+  return {'exact_match': 100.0 * sum(hits) / max(len(hits), 1)}
+
+
+def register_task(spec: TaskSpec, variant: str) -> seqio.Task:
+  source = seqio.FunctionDataSource(_dataset_fn(spec.name, variant), splits=SPLITS,
+                                    num_input_examples=_num_examples(spec))
+  return registry.add_task(
+      task_name(spec.name, variant), fingerprint=f'embedded:{spec.name}:{variant}',
+      source=source, output_features=vocab.output_features(),
+      preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim],
+      postprocess_fn=None, metric_fns=[exact_match])
+
+
+def variants_of(spec_name: str) -> Tuple[str, ...]:
+  return VARIANTS if TASKS_BY_NAME[spec_name].has_rationale else VARIANTS[:2]
+
+
+def round_robin(names: Sequence[str]) -> List[str]:
+  """Interleave task names cluster by cluster, so any prefix spans as many clusters as it can."""
+  by_cluster: Dict[str, List[str]] = {}
+  for n in names:
+    by_cluster.setdefault(TASKS_BY_NAME[n].cluster, []).append(n)
+  queues, out = list(by_cluster.values()), []
+  while any(queues):
+    for q in queues:
+      if q:
+        out.append(q.pop(0))
+  return out
+
+
+TRAINING_ORDER = tuple(round_robin(TRAINING_TASKS))
+
+
+def register_training_mixture(name: str, spec_names: Sequence[str]) -> seqio.Mixture:
+  submixes = {v: [task_name(s, v) for s in spec_names if v in variants_of(s)] for v in VARIANTS}
+  return mixtures.register_submixed(name, submixes)
+
+
+@gin.configurable
+def training_mixture(num_tasks: int = len(TRAINING_ORDER)) -> str:
+  """Name of the training mixture over the first `num_tasks` tasks of TRAINING_ORDER
+  (registered on demand): the paper's 'number of tasks' scale knob, e.g. in gin
+  `MIXTURE = @tasks.embedded.training_mixture()` with `training_mixture.num_tasks = 8`."""
+  if not 1 <= num_tasks <= len(TRAINING_ORDER):
+    raise ValueError(f'training_mixture.num_tasks={num_tasks!r}: must be in '
+                     f'[1, {len(TRAINING_ORDER)}]')
+  if num_tasks == len(TRAINING_ORDER):
+    return 'flan_embedded'
+  name = f'flan_embedded_n{num_tasks}'
+  register_training_mixture(name, TRAINING_ORDER[:num_tasks])
+  return name
+
+
+def register_all() -> None:
+  for spec in ALL_TASKS:
+    for variant in variants_of(spec.name):
+      register_task(spec, variant)
+  register_training_mixture('flan_embedded', TRAINING_ORDER)
+  for v in VARIANTS:
+    members = [task_name(s, v) for s in TRAINING_ORDER if v in variants_of(s)]
+    mixtures.register_proportional(f'flan_embedded_{v}', members)
+  for n in NUM_TASKS_CHOICES:
+    training_mixture(n)
+  mixtures.register_proportional('flan_embedded_heldout', [task_name(s) for s in HELDOUT_TASKS])
+  for v in VARIANTS[1:]:
+    mixtures.register_proportional(
+        f'flan_embedded_heldout_{v}',
+        [task_name(s, v) for s in HELDOUT_TASKS if v in variants_of(s)])
+  mixtures.register_proportional('flan_embedded_downstream',
+                                 [task_name(s) for s in DOWNSTREAM_TASKS])
+  mixtures.register_proportional('flan_embedded_all', [task_name(s.name) for s in ALL_TASKS])
+  for c in CLUSTERS:
+    mixtures.register_proportional(f'flan_embedded_cluster_{c}',
+                                   [task_name(s.name) for s in ALL_TASKS if s.cluster == c])
