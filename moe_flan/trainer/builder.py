@@ -122,10 +122,12 @@ class TrainSetup:
         return jitted(state, batch)
     return run
 
-  def evaluate(self, params: Any, num_batches: int) -> dict[str, Any]:
-    """Mean eval metrics over `num_batches` batches of the eval data (validation split)."""
+  def evaluate(self, params: Any, num_batches: int,
+               cfg: Optional[data_lib.DataConfig] = None) -> dict[str, Any]:
+    """Mean eval metrics over `num_batches` batches of `cfg` (default: eval data, else the
+    train mixture's validation split)."""
     from moe_flan.trainer import evaluation  # pylint: disable=g-import-not-at-top
-    cfg = self.eval_data or dataclasses.replace(self.data, split='validation')
+    cfg = cfg or self.eval_data or dataclasses.replace(self.data, split='validation')
     if self._eval_step is None:
       step = step_lib.make_eval_step(self.model, self.model_config)
       self._eval_step = jax.jit(step, in_shardings=(self.state_shardings.params,

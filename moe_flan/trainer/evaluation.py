@@ -1,22 +1,40 @@
 """Evaluation: teacher-forced loss/accuracy on a mixture; rank classification and generation.
 
-Rank classification scores every FLAN answer option of an example with
-`moe_flan.decoding.score_targets` and predicts the best one; generation decodes greedily and
-compares the text with the target (exact match).
+Rank classification decodes each example's prompt, reads its FLAN option block
+(`tasks.templates.parse_options`), scores every option as the target with
+`moe_flan.decoding.score_targets` and predicts the highest-scoring one. Generation decodes greedily
+and compares the decoded text with the target text (exact match).
 """
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+import json
+import os
+from typing import Any, Optional
 
+import gin
 import jax
 import numpy as np
 
+from moe_flan import config as config_lib
 from moe_flan.trainer import data as data_lib
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+  """What to evaluate: `num_batches` batches for loss/accuracy, and on the first `num_examples`
+  unpacked examples rank classification and/or greedy generation."""
+  num_batches: int = 4
+  num_examples: int = 16
+  rank_classification: bool = True
+  generation: bool = True
+  max_decode_length: int = 32
 
 
 def mean_metrics(setup, params: Any, cfg: data_lib.DataConfig, num_batches: int
                  ) -> dict[str, Any]:
-  """Token-weighted mean of the eval-step metrics over up to `num_batches` batches."""
+  """Token-weighted mean of the eval-step metrics over `num_batches` batches."""
   shard_id, num_shards = setup.partitioner.data_shard_info()
   it = data_lib.batches(cfg, shard_id, num_shards, repeat=True, shuffle=False)
   totals: dict[str, float] = {}
@@ -33,3 +51,110 @@ def mean_metrics(setup, params: Any, cfg: data_lib.DataConfig, num_batches: int
   out = {k: v / max(weight_sum, 1.0) for k, v in totals.items()}
   out['num_tokens'] = weight_sum
   return out
+
+
+def _pad_rows(rows: list[list[int]], length: int) -> np.ndarray:
+  out = np.zeros((len(rows), length), np.int32)
+  for i, r in enumerate(rows):
+    r = list(r)[:length]
+    out[i, :len(r)] = r
+  return out
+
+
+def rank_classify(model, params, vocab, inputs: np.ndarray, options: list[list[str]],
+                  target_length: int) -> list[int]:
+  """Index of the best-scoring option per example (score = sum log p(option | prompt))."""
+  from moe_flan import decoding  # pylint: disable=g-import-not-at-top
+  enc_rows, tgt_rows, owner = [], [], []
+  for i, opts in enumerate(options):
+    for opt in opts:
+      enc_rows.append(inputs[i])
+      tgt_rows.append(list(vocab.encode(opt)) + [1])
+      owner.append(i)
+  if not enc_rows:
+    return []
+  scores = np.asarray(decoding.score_targets(model, params, {
+      'encoder_input_tokens': np.stack(enc_rows),
+      'decoder_target_tokens': _pad_rows(tgt_rows, target_length)}))
+  best: dict[int, tuple[float, int]] = {}
+  counts: dict[int, int] = {}
+  for s, i in zip(scores, owner):
+    j = counts.get(i, 0)
+    counts[i] = j + 1
+    if i not in best or s > best[i][0]:
+      best[i] = (float(s), j)
+  return [best[i][1] for i in range(len(options)) if i in best]
+
+
+def example_metrics(model, params, cfg: data_lib.DataConfig, settings: EvalConfig
+                    ) -> tuple[dict[str, float], list[dict[str, Any]]]:
+  """Rank-classification accuracy and generation exact match on the first examples."""
+  import tasks  # pylint: disable=g-import-not-at-top,unused-import
+  from moe_flan import decoding  # pylint: disable=g-import-not-at-top
+  from tasks import templates, vocab as vocab_lib  # pylint: disable=g-import-not-at-top
+  vocab = vocab_lib.default_vocabulary()
+  unpacked = dataclasses.replace(cfg, pack=False, shuffle=False,
+                                 batch_size=min(cfg.batch_size, settings.num_examples))
+  it = data_lib.batches(unpacked, repeat=False)
+  records, ranked, ranked_ok, exact = [], 0, 0, 0
+  while len(records) < settings.num_examples:
+    batch = next(it, None)
+    if batch is None:
+      break
+    inputs = batch['encoder_input_tokens']
+    prompts = [vocab.decode([int(t) for t in row if t > 1]) for row in inputs]
+    targets = [vocab.decode([int(t) for t in row if t > 1])
+               for row in batch['decoder_target_tokens']]
+    outputs = [''] * len(prompts)
+    if settings.generation:
+      out = np.asarray(decoding.greedy_decode(model, params, inputs, settings.max_decode_length))
+      outputs = [vocab.decode([int(t) for t in row if t > 1]) for row in out]
+    options = [templates.parse_options(p) for p in prompts]
+    picks = [None] * len(prompts)
+    with_opts = [i for i, o in enumerate(options) if o]
+    if settings.rank_classification and with_opts:
+      chosen = rank_classify(model, params, vocab, inputs[with_opts],
+                             [options[i] for i in with_opts],
+                             batch['decoder_target_tokens'].shape[1])
+      for i, c in zip(with_opts, chosen):
+        picks[i] = options[i][c]
+    for p, t, o, pick in zip(prompts, targets, outputs, picks):
+      records.append({'input': p, 'target': t, 'output': o, 'rank_choice': pick})
+      exact += int(o.strip() == t.strip())
+      if pick is not None:
+        ranked += 1
+        ranked_ok += int(pick.strip() == t.strip())
+  n = max(len(records), 1)
+  metrics = {'num_examples': float(len(records))}
+  if settings.generation:
+    metrics['exact_match'] = exact / n
+  if settings.rank_classification and ranked:
+    metrics['rank_classification_accuracy'] = ranked_ok / ranked
+  return metrics, records
+
+
+@gin.configurable
+def evaluate(model_dir: str = gin.REQUIRED, model: config_lib.T5Config = gin.REQUIRED,
+             data: data_lib.DataConfig = gin.REQUIRED, checkpoint_path: Optional[str] = None,
+             settings: EvalConfig = EvalConfig()) -> dict[str, float]:
+  """Evaluates the checkpoint (default: latest in MODEL_DIR) on `data`; writes eval.jsonl and
+  MODEL_DIR/eval_examples.jsonl; returns the metrics."""
+  # pylint: disable=g-import-not-at-top
+  from moe_flan.trainer import builder, checkpoints, metrics as metrics_lib, optimizers
+  path = checkpoint_path or model_dir
+  ckpt = checkpoints.CheckpointConfig(initial_checkpoint_path=path)
+  setup = builder.build(model_dir, model, data, optimizers.OptimizerConfig(), ckpt, (), 0)
+  step_dir = checkpoints.resolve_step_dir(path)
+  params = checkpoints.restore_initial_params(ckpt, setup.abstract_state.params)
+  result = setup.evaluate(params, settings.num_batches, data)
+  ex_metrics, records = example_metrics(setup.model, params, data, settings)
+  result.update(ex_metrics)
+  step = int(os.path.basename(step_dir)) if os.path.basename(step_dir).isdigit() else 0
+  writer = metrics_lib.MetricsWriter(model_dir, 'eval')
+  writer.write(step, result)
+  writer.close()
+  if jax.process_index() == 0:
+    with open(os.path.join(model_dir, 'eval_examples.jsonl'), 'w') as f:
+      for r in records:
+        f.write(json.dumps(r) + '\n')
+  return result

@@ -1,0 +1,26 @@
+"""Evaluate a checkpoint from gin files (loss/accuracy, rank classification, exact match).
+
+  python -m moe_flan.evaluate --gin_file=gin/models/flan_moe_tiny.gin --gin_file=gin/runs/eval.gin \
+    --gin.MODEL_DIR="'/tmp/quickstart'" --gin.MIXTURE_OR_TASK_NAME="'flan_embedded'"
+"""
+import json
+import sys
+from typing import Optional, Sequence
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  from moe_flan.trainer import cli  # pylint: disable=g-import-not-at-top
+  flags = cli.parse_flags(sys.argv[1:] if argv is None else argv, prog='moe_flan.evaluate')
+  cli.initialize_distributed(flags)
+  cli.configure_gin(flags)
+  from moe_flan.trainer import evaluation  # pylint: disable=g-import-not-at-top
+  print(json.dumps(evaluation.evaluate(), indent=1, sort_keys=True), flush=True)
+  return 0
+
+
+def console_main() -> None:
+  sys.exit(main())
+
+
+if __name__ == '__main__':
+  console_main()

@@ -1,0 +1,27 @@
+"""Decode prompts with a checkpoint from gin files; writes MODEL_DIR/inference.jsonl.
+
+  python -m moe_flan.infer --gin_file=gin/models/flan_moe_tiny.gin --gin_file=gin/runs/infer.gin \
+    --gin.MODEL_DIR="'/tmp/quickstart'" --gin.PROMPTS="['What is the capital of France?']"
+"""
+import json
+import sys
+from typing import Optional, Sequence
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  from moe_flan.trainer import cli  # pylint: disable=g-import-not-at-top
+  flags = cli.parse_flags(sys.argv[1:] if argv is None else argv, prog='moe_flan.infer')
+  cli.initialize_distributed(flags)
+  cli.configure_gin(flags)
+  from moe_flan.trainer import inference  # pylint: disable=g-import-not-at-top
+  for row in inference.infer():
+    print(json.dumps(row), flush=True)
+  return 0
+
+
+def console_main() -> None:
+  sys.exit(main())
+
+
+if __name__ == '__main__':
+  console_main()
