@@ -137,7 +137,7 @@ def tokens_choose(logits: jax.Array, padding_mask: jax.Array, *, num_selected_ex
       slot_index=slot,
       combine_weight=jnp.where(routed, weights, 0.0),
       routed=routed,
-      fraction_dropped=1.0 - jnp.sum(routed) / wanted,
+      fraction_dropped=(wanted - jnp.sum(routed)) / wanted,   # integer difference: exact 0
       num_experts=num_experts, capacity=capacity)
 
 
