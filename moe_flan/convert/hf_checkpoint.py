@@ -71,7 +71,10 @@ def params_to_hf(config: T5Config, params: Any) -> Tuple[Dict, Dict[str, np.ndar
   """(config.json dict, HF tensors) for our `config` and params (nested, boxed or not)."""
   module = _module_for(config)
   hf_config = module.config_to_hf(config)
-  return hf_config, tensor_map.flat_to_hf(module.entries(config), _flat_numpy(params))
+  tensors = tensor_map.flat_to_hf(module.entries(config), _flat_numpy(params))
+  for name in module.embedding_copies(config):
+    tensors[name] = tensors['shared.weight'].copy()
+  return hf_config, tensors
 
 
 def _torch_to_numpy(tensor) -> np.ndarray:

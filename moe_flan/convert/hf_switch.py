@@ -191,3 +191,11 @@ def entries(config: T5Config) -> List[Entry]:
 
 def ignorable(config: T5Config) -> Tuple[str, ...]:
   return hf_t5.ignorable(config)
+
+
+def embedding_copies(config: T5Config) -> Tuple[str, ...]:
+  """Copies of shared.weight an export must also write: transformers 4.57 does not re-tie the
+  stacks' embed_tokens to `shared` for an untied Switch model and would leave them random."""
+  if config.logits_via_embedding:
+    return ()
+  return ('encoder.embed_tokens.weight', 'decoder.embed_tokens.weight')

@@ -37,7 +37,8 @@ def router_logits(model, variables, *args, **kwargs) -> Dict[str, List[jax.Array
   out, state = model.apply(
       variables, *args, capture_intermediates=lambda m, _: isinstance(m, routing_lib.Router),
       mutable=['intermediates', 'moe_metrics'], **kwargs)
-  flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(state['intermediates']), sep='/')
+  flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(state.get('intermediates', {})),
+                                        sep='/')
   found: Dict[str, Any] = {'encoder': [], 'decoder': [], 'output': out}
   def block_index(path: str) -> int:
     return int(path.split('/layers_')[1].split('/')[0])

@@ -209,6 +209,12 @@ def entries(config: T5Config) -> List[Entry]:
   return backbone_entries(config, ffn)
 
 
+def embedding_copies(config: T5Config) -> Tuple[str, ...]:
+  """Copies of shared.weight an export must also write (none: HF T5 re-ties its stacks)."""
+  del config
+  return ()
+
+
 def ignorable(config: T5Config) -> Tuple[str, ...]:
   """HF tensors that may be present and carry nothing of their own for this config."""
   return IGNORABLE + (('lm_head.weight',) if config.logits_via_embedding else ())
