@@ -1,17 +1,19 @@
 """Registers the embedded generated tasks and their mixtures (the offline quickstart data).
 
-Per TaskSpec `x` (see tasks/generators) three seqio Tasks exist:
+Per TaskSpec `x` (see tasks/generators) these seqio Tasks exist:
   emb_x      zero-shot (options shown when the task has them: FLAN's zs_opt, else zs_noopt)
   emb_x_fs   few-shot: k exemplars from the train split, same template, bounded length
   emb_x_cot  chain-of-thought (only tasks whose examples carry a rationale)
+  emb_x_mix  training prompts: each example zs, fs or cot with probabilities `format_weights`
 Examples are generated lazily at first use and cached in memory (never at import), from
 `generation_seed()`; test, then validation, then train are drawn with separate seeded streams and
 an example already drawn for an earlier split is redrawn (within a budget) so splits do not overlap.
 
 Mixtures (held-out protocol in tasks/generators/__init__.py):
-  flan_embedded             training clusters; sub-mixtures zs/fs/cot weighted by gin
-  flan_embedded_{zs,fs,cot} the sub-mixtures alone
-  flan_embedded_n{N}        the first N training tasks (round-robin over clusters), zs/fs/cot
+  flan_embedded             `_mix` tasks of the training clusters, one sub-mixture per cluster
+  flan_embedded_n{N}        the first N training tasks (round-robin over clusters), same shape
+  flan_embedded_formats     training tasks, sub-mixtures zs/fs/cot (one task per format)
+  flan_embedded_{zs,fs,cot} those sub-mixtures alone
   flan_embedded_heldout     held-out clusters, zero-shot (eval); `_fs`, `_cot` variants
   flan_embedded_downstream  the downstream finetuning tasks
   flan_embedded_all         every task, zero-shot
@@ -20,10 +22,12 @@ Mixtures (held-out protocol in tasks/generators/__init__.py):
 from __future__ import annotations
 
 import functools
+import itertools
 import random
 from typing import Dict, List, Sequence, Tuple
 
 import gin
+import numpy as np
 import seqio
 import tensorflow as tf
 
@@ -34,6 +38,7 @@ from tasks.generators import (ALL_TASKS, CLUSTERS, DOWNSTREAM_TASKS, HELDOUT_TAS
 SPLITS = ('train', 'validation', 'test')
 VARIANTS = ('zs', 'fs', 'cot')
 NUM_TASKS_CHOICES = (1, 2, 4, 8, 16, 32)
+SHUFFLE_BUFFER = 64
 # Consecutive repeated draws after which a task's example space counts as exhausted, and repeats
 # (within and across splits) are accepted: small spaces (e.g. 12 months) cannot fill disjoint splits.
 EXHAUSTED_AFTER = 50
@@ -90,7 +95,20 @@ def generate_examples(spec_name: str, seed: int) -> Dict[str, Tuple[Example, ...
   return out
 
 
-def _render_one(spec, variant, ex, pool, rng, k, max_chars) -> Tuple[str, str, int]:
+@gin.configurable
+def format_weights(zs: float = 0.5, fs: float = 0.4, cot: float = 0.1) -> Tuple[float, ...]:
+  """Per-example prompt-format probabilities of the `_mix` training tasks (FLAN 2022 mixes
+  zero-shot, few-shot and chain-of-thought prompts); cot is renormalised away for tasks
+  without rationales."""
+  if min(zs, fs, cot) < 0 or zs + fs + cot <= 0:
+    raise ValueError(f'format_weights: zs={zs}, fs={fs}, cot={cot} must be >= 0, not all 0')
+  return float(zs), float(fs), float(cot)
+
+
+def _render_one(spec, variant, ex, pool, rng, k, max_chars, weights) -> Tuple[str, str, int]:
+  if variant == 'mix':
+    w = weights if spec.has_rationale else weights[:2]
+    variant = rng.choices(VARIANTS[:len(w)], weights=w)[0]
   tid = rng.randrange(len(spec.templates))
   template = spec.templates[tid]
   has_options = bool(ex.get('options'))
@@ -105,8 +123,8 @@ def _render_one(spec, variant, ex, pool, rng, k, max_chars) -> Tuple[str, str, i
 
 
 @functools.lru_cache(maxsize=None)
-def rendered(spec_name: str, variant: str, split: str, seed: int, k: int,
-             max_chars: int) -> Dict[str, List]:
+def rendered(spec_name: str, variant: str, split: str, seed: int, k: int, max_chars: int,
+             weights: Tuple[float, ...] = (0.5, 0.4, 0.1)) -> Dict[str, List]:
   """Columns {'inputs', 'targets', 'template_id'} of one task variant and split (cached)."""
   spec = TASKS_BY_NAME[spec_name]
   examples = generate_examples(spec_name, seed)
@@ -114,7 +132,7 @@ def rendered(spec_name: str, variant: str, split: str, seed: int, k: int,
   rng = random.Random(f'{seed}/{spec_name}/{split}/{variant}')
   cols = {'inputs': [], 'targets': [], 'template_id': []}
   for ex in examples[split]:
-    inputs, targets, tid = _render_one(spec, variant, ex, pool, rng, k, max_chars)
+    inputs, targets, tid = _render_one(spec, variant, ex, pool, rng, k, max_chars, weights)
     cols['inputs'].append(inputs)
     cols['targets'].append(targets)
     cols['template_id'].append(tid)
@@ -123,17 +141,35 @@ def rendered(spec_name: str, variant: str, split: str, seed: int, k: int,
 
 def rendered_now(spec_name: str, variant: str, split: str) -> Dict[str, List]:
   """`rendered` with the current gin settings."""
-  return rendered(spec_name, variant, split, generation_seed(), *few_shot_settings())
+  return rendered(spec_name, variant, split, generation_seed(), *few_shot_settings(),
+                  format_weights())
+
+
+def _ragged(ids: List[List[int]], eos_id: int) -> tf.RaggedTensor:
+  """<int32>[N, (len + 1)] token ids with EOS appended."""
+  rows = [x + [eos_id] for x in ids]
+  flat = np.fromiter(itertools.chain.from_iterable(rows), np.int32)
+  return tf.RaggedTensor.from_row_lengths(flat, [len(r) for r in rows])
 
 
 def _dataset_fn(spec_name: str, variant: str):
   def dataset_fn(split: str, shuffle_files: bool, seed=None) -> tf.data.Dataset:
-    del shuffle_files, seed  # one in-memory "file"; seqio shuffles examples afterwards
     cols = rendered_now(spec_name, variant, split)
-    return tf.data.Dataset.from_tensor_slices(
-        {'inputs': tf.constant(cols['inputs'], tf.string),
-         'targets': tf.constant(cols['targets'], tf.string),
-         'template_id': tf.constant(cols['template_id'], tf.int32)})
+    # Tokenized here, in one batched call, rather than by a per-task tf.data map: tracing ~100
+    # tokenizer maps made the first batch of 'flan_embedded' take tens of seconds.
+    voc = vocab.default_vocabulary()
+    features = {'inputs': _ragged(vocab.encode_batch(voc, cols['inputs']), voc.eos_id),
+                'targets': _ragged(vocab.encode_batch(voc, cols['targets']), voc.eos_id)}
+    if variant != 'mix':  # training-only tasks carry no extras, so mixtures need no filter map
+      features.update(inputs_pretokenized=tf.constant(cols['inputs'], tf.string),
+                      targets_pretokenized=tf.constant(cols['targets'], tf.string),
+                      template_id=tf.constant(cols['template_id'], tf.int32))
+    ds = tf.data.Dataset.from_tensor_slices(features)
+    if shuffle_files:
+      # A full permutation of the split, new each epoch, so that seqio's shuffle buffer can
+      # stay small (SHUFFLE_BUFFER) and the first batch need not fill ~50 big buffers.
+      ds = ds.shuffle(len(cols['inputs']), seed=seed, reshuffle_each_iteration=True)
+    return ds
   return dataset_fn
 
 
@@ -155,12 +191,14 @@ def register_task(spec: TaskSpec, variant: str) -> seqio.Task:
   return registry.add_task(
       task_name(spec.name, variant), fingerprint=f'embedded:{spec.name}:{variant}',
       source=source, output_features=vocab.output_features(),
-      preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim],
-      postprocess_fn=None, metric_fns=[exact_match])
+      preprocessors=[],  # tokenized (with EOS) by the source, see _dataset_fn
+      postprocess_fn=None, metric_fns=[exact_match], shuffle_buffer_size=SHUFFLE_BUFFER)
 
 
 def variants_of(spec_name: str) -> Tuple[str, ...]:
-  return VARIANTS if TASKS_BY_NAME[spec_name].has_rationale else VARIANTS[:2]
+  """Registered prompt variants of one embedded task ('cot' only with rationales)."""
+  base = VARIANTS if TASKS_BY_NAME[spec_name].has_rationale else VARIANTS[:2]
+  return base + ('mix',)
 
 
 def round_robin(names: Sequence[str]) -> List[str]:
@@ -180,7 +218,11 @@ TRAINING_ORDER = tuple(round_robin(TRAINING_TASKS))
 
 
 def register_training_mixture(name: str, spec_names: Sequence[str]) -> seqio.Mixture:
-  submixes = {v: [task_name(s, v) for s in spec_names if v in variants_of(s)] for v in VARIANTS}
+  """`_mix` tasks of `spec_names`, one sub-mixture per cluster (weights: mixtures.submix_weights;
+  inside a cluster: capped examples-proportional)."""
+  submixes: Dict[str, List[str]] = {}
+  for s in spec_names:
+    submixes.setdefault(TASKS_BY_NAME[s].cluster, []).append(task_name(s, 'mix'))
   return mixtures.register_submixed(name, submixes)
 
 
@@ -199,24 +241,27 @@ def training_mixture(num_tasks: int = len(TRAINING_ORDER)) -> str:
   return name
 
 
+def _proportional(name: str, spec_names: Sequence[str], variant: str = 'zs') -> None:
+  mixtures.register_proportional(
+      name, [task_name(s, variant) for s in spec_names if variant in variants_of(s)])
+
+
 def register_all() -> None:
+  """Registers every embedded task variant and mixture (idempotent)."""
   for spec in ALL_TASKS:
     for variant in variants_of(spec.name):
       register_task(spec, variant)
   register_training_mixture('flan_embedded', TRAINING_ORDER)
-  for v in VARIANTS:
-    members = [task_name(s, v) for s in TRAINING_ORDER if v in variants_of(s)]
-    mixtures.register_proportional(f'flan_embedded_{v}', members)
   for n in NUM_TASKS_CHOICES:
     training_mixture(n)
-  mixtures.register_proportional('flan_embedded_heldout', [task_name(s) for s in HELDOUT_TASKS])
-  for v in VARIANTS[1:]:
-    mixtures.register_proportional(
-        f'flan_embedded_heldout_{v}',
-        [task_name(s, v) for s in HELDOUT_TASKS if v in variants_of(s)])
-  mixtures.register_proportional('flan_embedded_downstream',
-                                 [task_name(s) for s in DOWNSTREAM_TASKS])
-  mixtures.register_proportional('flan_embedded_all', [task_name(s.name) for s in ALL_TASKS])
+  mixtures.register_submixed('flan_embedded_formats', {
+      v: [task_name(s, v) for s in TRAINING_ORDER if v in variants_of(s)] for v in VARIANTS})
+  for v in VARIANTS:
+    _proportional(f'flan_embedded_{v}', TRAINING_ORDER, v)
+  _proportional('flan_embedded_heldout', HELDOUT_TASKS)
+  _proportional('flan_embedded_heldout_fs', HELDOUT_TASKS, 'fs')
+  _proportional('flan_embedded_heldout_cot', HELDOUT_TASKS, 'cot')
+  _proportional('flan_embedded_downstream', DOWNSTREAM_TASKS)
+  _proportional('flan_embedded_all', [s.name for s in ALL_TASKS])
   for c in CLUSTERS:
-    mixtures.register_proportional(f'flan_embedded_cluster_{c}',
-                                   [task_name(s.name) for s in ALL_TASKS if s.cluster == c])
+    _proportional(f'flan_embedded_cluster_{c}', [s.name for s in ALL_TASKS if s.cluster == c])

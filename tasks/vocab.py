@@ -105,3 +105,11 @@ def sentinel_id(vocabulary: seqio.Vocabulary, i: int) -> int:
     raise ValueError(f'sentinel index {i} out of range: vocabulary has {vocabulary.extra_ids} '
                      'extra ids')
   return vocabulary.vocab_size - 1 - i
+
+
+def encode_batch(vocabulary: seqio.Vocabulary, texts) -> list:
+  """Token ids of many strings at once (SentencePiece's batched C++ path when available)."""
+  vocabulary = getattr(vocabulary, 'resolved', vocabulary)
+  if isinstance(vocabulary, seqio.SentencePieceVocabulary):
+    return vocabulary.tokenizer.encode(list(texts), out_type=int)
+  return [list(vocabulary.encode(t)) for t in texts]
