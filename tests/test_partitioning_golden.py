@@ -1,0 +1,70 @@
+"""Golden PartitionSpec listings: every gin model x partitioning overlay, on 8 CPU devices.
+
+A changed sharding shows up as a diff of tests/golden/partition_specs/<model>__<overlay>.txt.
+Regenerate after an intended change with:
+
+  UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/test_partitioning_golden.py -q
+"""
+import difflib
+import glob
+import os
+
+import gin
+import pytest
+
+from moe_flan.partitioning import listing
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GOLDEN_DIR = os.path.join(ROOT, 'tests', 'golden', 'partition_specs')
+MODELS = sorted(os.path.basename(p)[:-4] for p in glob.glob(os.path.join(ROOT, 'gin/models/*.gin')))
+OVERLAYS = ['data_parallel', 'expert_parallel', 'expert_model_parallel', 'fsdp']
+
+
+@pytest.fixture(autouse=True)
+def _clean_gin():
+  gin.clear_config()
+  gin.add_config_file_search_path(os.path.join(ROOT, 'gin'))
+  yield
+  gin.clear_config()
+
+
+def test_there_are_models_to_check():
+  assert len(MODELS) >= 2, MODELS
+
+
+@pytest.mark.parametrize('overlay', OVERLAYS)
+@pytest.mark.parametrize('model', MODELS)
+def test_partition_specs_match_golden(model, overlay):
+  text = listing.model_listing([os.path.join(ROOT, 'gin/models', model + '.gin'),
+                                os.path.join(ROOT, 'gin/partitioning', overlay + '.gin')])
+  path = os.path.join(GOLDEN_DIR, f'{model}__{overlay}.txt')
+  if os.environ.get('UPDATE_GOLDEN'):
+    os.makedirs(GOLDEN_DIR, exist_ok=True)
+    with open(path, 'w') as f:
+      f.write(text)
+  assert os.path.exists(path), f'{path} missing; run with UPDATE_GOLDEN=1 to create it'
+  with open(path) as f:
+    want = f.read()
+  diff = ''.join(difflib.unified_diff(want.splitlines(True), text.splitlines(True),
+                                      'golden', 'now', n=0))
+  assert text == want, f'sharding of {model} under {overlay} changed:\n{diff[:4000]}'
+
+
+def test_overlays_shard_what_they_promise():
+  """Independent of the golden files: the overlays' layouts, read off one MoE model."""
+  def spec(overlay, name):
+    gin.clear_config()
+    text = listing.model_listing([os.path.join(ROOT, 'gin/models/flan_moe_tiny.gin'),
+                                  os.path.join(ROOT, 'gin/partitioning', overlay + '.gin')])
+    line = next(l for l in text.splitlines() if l.startswith(name + ' '))
+    return line.split('-> ')[1], text.splitlines()[0]
+  wo = 'encoder/layers_1/moe/experts/wo'
+  # Rules name mesh axes even where they have size 1; the mesh line says what is really split.
+  assert spec('data_parallel', wo) == ("P('expert', 'model', None)",
+                                       '# mesh: data=8, expert=1, model=1')
+  assert spec('expert_parallel', wo) == ("P('expert', 'model', None)",
+                                         '# mesh: data=1, expert=8, model=1')
+  assert spec('expert_model_parallel', wo) == ("P('expert', 'model', None)",
+                                               '# mesh: data=1, expert=4, model=2')
+  assert spec('fsdp', wo) == ("P('expert', 'model', 'data')", '# mesh: data=8, expert=1, model=1')
+  assert spec('fsdp', 'token_embedder/embedding')[0] == "P('model', 'data')"
