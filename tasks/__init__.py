@@ -8,5 +8,7 @@ Registration is cheap (no data is generated or read at import) and idempotent.
 """
 from tasks import embedded as _embedded
 from tasks import registry, vocab
+from tasks import span_corruption as _span_corruption
 
 _embedded.register_all()
+_span_corruption.register()

@@ -22,12 +22,10 @@ Mixtures (held-out protocol in tasks/generators/__init__.py):
 from __future__ import annotations
 
 import functools
-import itertools
 import random
 from typing import Dict, List, Sequence, Tuple
 
 import gin
-import numpy as np
 import seqio
 import tensorflow as tf
 
@@ -145,21 +143,14 @@ def rendered_now(spec_name: str, variant: str, split: str) -> Dict[str, List]:
                   format_weights())
 
 
-def _ragged(ids: List[List[int]], eos_id: int) -> tf.RaggedTensor:
-  """<int32>[N, (len + 1)] token ids with EOS appended."""
-  rows = [x + [eos_id] for x in ids]
-  flat = np.fromiter(itertools.chain.from_iterable(rows), np.int32)
-  return tf.RaggedTensor.from_row_lengths(flat, [len(r) for r in rows])
-
-
 def _dataset_fn(spec_name: str, variant: str):
   def dataset_fn(split: str, shuffle_files: bool, seed=None) -> tf.data.Dataset:
     cols = rendered_now(spec_name, variant, split)
     # Tokenized here, in one batched call, rather than by a per-task tf.data map: tracing ~100
     # tokenizer maps made the first batch of 'flan_embedded' take tens of seconds.
     voc = vocab.default_vocabulary()
-    features = {'inputs': _ragged(vocab.encode_batch(voc, cols['inputs']), voc.eos_id),
-                'targets': _ragged(vocab.encode_batch(voc, cols['targets']), voc.eos_id)}
+    features = {'inputs': vocab.tokenize_to_ragged(voc, cols['inputs']),
+                'targets': vocab.tokenize_to_ragged(voc, cols['targets'])}
     if variant != 'mix':  # training-only tasks carry no extras, so mixtures need no filter map
       features.update(inputs_pretokenized=tf.constant(cols['inputs'], tf.string),
                       targets_pretokenized=tf.constant(cols['targets'], tf.string),

@@ -113,3 +113,20 @@ def encode_batch(vocabulary: seqio.Vocabulary, texts) -> list:
   if isinstance(vocabulary, seqio.SentencePieceVocabulary):
     return vocabulary.tokenizer.encode(list(texts), out_type=int)
   return [list(vocabulary.encode(t)) for t in texts]
+
+
+def ragged_ids(rows, eos_id: int):
+  """<int32>[N, (len + 1)] tf.RaggedTensor of id lists with EOS appended (for from_tensor_slices;
+  each element then comes out as a dense 1-D tensor)."""
+  import itertools  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  rows = [list(r) + [eos_id] for r in rows]
+  flat = np.fromiter(itertools.chain.from_iterable(rows), np.int32)
+  return tf.RaggedTensor.from_row_lengths(flat, [len(r) for r in rows])
+
+
+def tokenize_to_ragged(vocabulary: seqio.Vocabulary, texts):
+  """`ragged_ids` of `encode_batch(texts)` with the vocabulary's EOS."""
+  vocabulary = getattr(vocabulary, 'resolved', vocabulary)
+  return ragged_ids(encode_batch(vocabulary, texts), vocabulary.eos_id)
