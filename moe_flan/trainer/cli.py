@@ -27,7 +27,7 @@ CONFIGURABLE_MODULES = (
     'moe_flan.config', 'moe_flan.model', 'moe_flan.partitioning.mesh',
     'moe_flan.partitioning.rules', 'moe_flan.trainer.optimizers', 'moe_flan.trainer.data',
     'moe_flan.trainer.checkpoints', 'moe_flan.trainer.loop', 'moe_flan.trainer.evaluation',
-    'moe_flan.trainer.inference')
+    'moe_flan.trainer.inference', 'tasks')
 
 
 @dataclasses.dataclass(frozen=True)

@@ -47,7 +47,8 @@ def _decode(model, params, tokens: np.ndarray, cfg: InferConfig, rng) -> np.ndar
   if cfg.num_beams > 1:
     out = decoding.beam_search(model, params, tokens, cfg.max_decode_length,
                                beam_size=cfg.num_beams)
-    return np.asarray(out[0] if isinstance(out, tuple) else out)
+    tokens_bwl = np.asarray(out[0] if isinstance(out, tuple) else out)  # [B, W, L], best first
+    return tokens_bwl[:, 0]
   return np.asarray(decoding.temperature_sample(model, params, tokens, cfg.max_decode_length,
                                                 rng, temperature=cfg.temperature))
 

@@ -110,7 +110,7 @@ def make_train_step(model: nn.Module, config: config_lib.T5Config,
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = freezing.keep_frozen(state.params, optax.apply_updates(state.params, updates),
                                   frozen)
-    metrics['grad_norm'] = optax.global_norm(grads)
+    metrics['grad_norm'] = optax.tree.norm(grads)
     metrics['learning_rate'] = jnp.asarray(schedule(state.step), jnp.float32)
     new = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
     return new, metrics
