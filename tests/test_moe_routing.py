@@ -134,18 +134,26 @@ def test_load_balancing_loss_is_one_when_balanced_and_e_when_collapsed():
   padded = jnp.concatenate([balanced, jnp.zeros((1, 3, e)).at[..., 1].set(9.0)], axis=1)
   real_padded = jnp.concatenate([real, jnp.zeros((1, 3), bool)], axis=1)
   np.testing.assert_allclose(losses.load_balancing_loss(padded, real_padded), 1.0, rtol=1e-6)
+  # A group made only of padding is left out of the mean over groups.
+  two_groups = jnp.concatenate([padded, padded], axis=0)
+  one_padded_group = jnp.concatenate([real_padded, jnp.zeros_like(real_padded)], axis=0)
+  np.testing.assert_allclose(losses.load_balancing_loss(two_groups, one_padded_group), 1.0,
+                             rtol=1e-6)
 
 
 def test_load_balancing_loss_matches_numpy():
+  """Per group over its real tokens, then the mean over groups."""
   logits = np.random.RandomState(0).normal(size=(2, 6, 3)).astype(np.float32)
   real = np.ones((2, 6), bool)
   real[1, 4:] = False
-  flat = logits[real]
-  probs = np.exp(flat) / np.exp(flat).sum(-1, keepdims=True)
-  frac = np.bincount(probs.argmax(-1), minlength=3) / len(flat)
-  want = 3 * np.sum(frac * probs.mean(0))
+  per_group = []
+  for g in range(2):
+    flat = logits[g][real[g]].astype(np.float64)
+    probs = np.exp(flat) / np.exp(flat).sum(-1, keepdims=True)
+    frac = np.bincount(probs.argmax(-1), minlength=3) / len(flat)
+    per_group.append(3 * np.sum(frac * probs.mean(0)))
   np.testing.assert_allclose(losses.load_balancing_loss(jnp.asarray(logits), jnp.asarray(real)),
-                             want, rtol=1e-5)
+                             np.mean(per_group), rtol=1e-5)
 
 
 def test_z_loss_equals_its_formula():

@@ -4,7 +4,9 @@ Both losses are computed over real (non-padding) tokens only, from the router lo
 do not depend on the routing strategy or the dispatch path:
 
 * load balancing (Switch/GShard): `E * sum_e(f_e * P_e)` where f_e is the fraction of tokens
-  whose top-1 (argmax) expert is e and P_e the mean router probability of expert e. It equals 1
+  whose top-1 (argmax) expert is e and P_e the mean router probability of expert e, computed per
+  routing group and averaged over groups (flaxformer; a dropped token still counts for its
+  argmax expert). It equals 1
   under perfectly balanced routing and E when every token's top-1 is the same expert with
   probability 1. (flaxformer reports 0 for experts-choose, which is balanced by construction; we
   compute the same formula for every router, and a gin file may set its weight to 0.)
@@ -35,14 +37,18 @@ def _masked_mean(values: jax.Array, mask: jax.Array, axis=None) -> jax.Array:
 
 
 def load_balancing_loss(logits: jax.Array, padding_mask: jax.Array) -> jax.Array:
-  """logits: <float32>[G, T, E]; padding_mask: <bool>[G, T] -> <float32>[] (see module doc)."""
+  """logits: <float32>[G, T, E]; padding_mask: <bool>[G, T] -> <float32>[] (see module doc).
+
+  Computed per routing group (as flaxformer), then averaged over groups holding real tokens.
+  """
   num_experts = logits.shape[-1]
   probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
   top1 = jax.nn.one_hot(jnp.argmax(probs, axis=-1), num_experts, dtype=jnp.float32)
   mask = padding_mask.astype(bool)[..., None]
-  tokens_per_expert = _masked_mean(top1, mask, axis=(0, 1))          # [E]
-  prob_per_expert = _masked_mean(probs, mask, axis=(0, 1))           # [E]
-  return num_experts * jnp.sum(tokens_per_expert * prob_per_expert)
+  tokens_per_expert = _masked_mean(top1, mask, axis=1)               # [G, E]
+  prob_per_expert = _masked_mean(probs, mask, axis=1)                # [G, E]
+  per_group = num_experts * jnp.sum(tokens_per_expert * prob_per_expert, axis=-1)   # [G]
+  return _masked_mean(per_group, jnp.any(padding_mask.astype(bool), axis=1))
 
 
 def router_z_loss(logits: jax.Array, padding_mask: jax.Array) -> jax.Array:
