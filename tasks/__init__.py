@@ -9,6 +9,8 @@ Registration is cheap (no data is generated or read at import) and idempotent.
 from tasks import embedded as _embedded
 from tasks import registry, vocab
 from tasks import span_corruption as _span_corruption
+from tasks import tfds_tasks as _tfds_tasks
 
 _embedded.register_all()
 _span_corruption.register()
+_tfds_tasks.register_all()

@@ -90,7 +90,10 @@ def get_dataset(mixture_or_task_name: str, split: str, task_feature_lengths: Map
   lengths = {k: int(task_feature_lengths[k]) for k in FEATURES}
   ds = provider.get_dataset(
       sequence_length=lengths, split=split, use_cached=use_cached, shuffle=shuffle, seed=seed,
-      shard_info=seqio.ShardInfo(index=shard_id, num_shards=num_shards),
+      # No ShardInfo for one shard: seqio would still list the source's files (absent under
+      # tfds mock data) to decide how to shard.
+      shard_info=seqio.ShardInfo(index=shard_id, num_shards=num_shards) if num_shards > 1
+      else None,
       num_epochs=None if repeat else 1, trim_output_features=False,
       try_in_mem_cache=try_in_mem_cache)
   feats = provider.output_features
