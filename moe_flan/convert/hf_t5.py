@@ -126,7 +126,7 @@ def config_from_hf(hf: Mapping) -> T5Config:
   return T5Config(
       **backbone_kwargs(hf),
       mlp_activations=activations_from_feed_forward_proj(hf.get('feed_forward_proj', 'relu')),
-      logits_via_embedding=bool(hf.get('tie_word_embeddings', True)))
+      logits_via_embedding=bool(hf.get('tie_word_embeddings', True)), moe=None)
 
 
 def config_to_hf(config: T5Config) -> Dict:

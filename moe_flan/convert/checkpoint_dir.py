@@ -1,0 +1,58 @@
+"""moe_flan params on disk: the directory the converter writes and the trainer reads.
+
+Layout of CKPT_DIR (a trainer "step directory", so CKPT_DIR works as INITIAL_CHECKPOINT_PATH):
+  CKPT_DIR/state/         orbax StandardCheckpointer PyTree {'params': <nested params>}
+  CKPT_DIR/model.gin      the model's gin bindings (gin_config.config_to_gin)
+  CKPT_DIR/hf_config.json the HF config.json the params came from (imports only)
+Reading accepts the trainer's own layouts too (MODEL_DIR, MODEL_DIR/checkpoints, a step dir),
+via `moe_flan.trainer.checkpoints.load_params`.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Dict, Optional
+
+import flax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from moe_flan.config import T5Config
+from moe_flan.convert import gin_config
+
+STATE = 'state'
+MODEL_GIN = 'model.gin'
+HF_CONFIG = 'hf_config.json'
+
+
+def save(directory: str, params: Any, config: T5Config, hf_config: Optional[Dict] = None,
+         header: str = '') -> None:
+  """Writes the layout of the module docstring; `directory` must not hold a checkpoint yet."""
+  directory = os.path.abspath(directory)
+  if os.path.exists(os.path.join(directory, STATE)):
+    raise ValueError(f'--out {directory!r} already holds a checkpoint ({STATE}/); choose a new '
+                     'directory')
+  os.makedirs(directory, exist_ok=True)
+  params = flax.core.unfreeze(flax.linen.meta.unbox(params))
+  ckptr = ocp.StandardCheckpointer()
+  ckptr.save(os.path.join(directory, STATE), {'params': params})
+  ckptr.wait_until_finished()
+  with open(os.path.join(directory, MODEL_GIN), 'w') as f:
+    f.write(gin_config.config_to_gin(config, header))
+  if hf_config is not None:
+    with open(os.path.join(directory, HF_CONFIG), 'w') as f:
+      json.dump(hf_config, f, indent=2, sort_keys=True)
+
+
+def load_params(path: str) -> Dict[str, Any]:
+  """Nested params (numpy) from CKPT_DIR or any trainer checkpoint path."""
+  from moe_flan.trainer import checkpoints  # pylint: disable=g-import-not-at-top
+  flat = checkpoints.load_params(path, None)
+  return flax.traverse_util.unflatten_dict(
+      {tuple(k.split('/')): np.asarray(v) for k, v in flat.items()})
+
+
+def model_gin(path: str) -> Optional[str]:
+  """CKPT_DIR/model.gin when present (so `--to hf` needs no --gin_file for our own imports)."""
+  candidate = os.path.join(path, MODEL_GIN)
+  return candidate if os.path.isfile(candidate) else None

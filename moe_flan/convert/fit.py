@@ -1,0 +1,96 @@
+"""Fitting imported params to the model a gin file asks for (same model, or sparse upcycling).
+
+An imported HF checkpoint determines its own `T5Config`. When the user also names a model with
+gin, the converter produces params for *that* model:
+  * same architecture: the backbone and (for Switch) the expert layout must agree; routing
+    settings (router type, capacity, losses, dispatch, group size) may differ freely, since they
+    have no params;
+  * dense checkpoint -> sparse model: sparse upcycling (Komatsuzaki et al. 2022) through
+    `moe_flan.trainer.upcycling`: every expert copies its block's dense MLP, routers keep a
+    fresh initialisation (seeded), everything else is copied.
+Anything else is a ValueError listing each disagreeing setting.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from moe_flan.config import T5Config
+
+BACKBONE_FIELDS = ('vocab_size', 'emb_dim', 'num_heads', 'head_dim', 'num_encoder_layers',
+                   'num_decoder_layers', 'mlp_dim', 'mlp_activations', 'logits_via_embedding',
+                   'relative_attention_num_buckets', 'relative_attention_max_distance',
+                   'layer_norm_epsilon')
+
+
+def _norm(value):
+  return tuple(value) if isinstance(value, list) else value
+
+
+def config_differences(imported: T5Config, target: T5Config) -> List[str]:
+  """Settings with params (or changing what params mean) on which the two configs disagree."""
+  diffs = [f'T5Config.{f}: checkpoint {_norm(getattr(imported, f))!r}, gin '
+           f'{_norm(getattr(target, f))!r}' for f in BACKBONE_FIELDS
+           if _norm(getattr(imported, f)) != _norm(getattr(target, f))]
+  if imported.moe is not None and target.moe is None:
+    diffs.append('T5Config.moe: the checkpoint is sparse, the gin model dense (no downcycling)')
+  if imported.moe is not None and target.moe is not None:
+    for f in ('num_experts', 'expert_mlp_dim', 'expert_activations', 'extra_dense_mlp'):
+      a, b = _norm(getattr(imported.moe, f)), _norm(getattr(target.moe, f))
+      if a != b:
+        diffs.append(f'MoeConfig.{f}: checkpoint {a!r}, gin {b!r}')
+    for stack in ('encoder', 'decoder'):
+      a = getattr(imported, f'{stack}_sparse_blocks')()
+      b = getattr(target, f'{stack}_sparse_blocks')()
+      if a != b:
+        diffs.append(f'{stack} sparse blocks: checkpoint {a}, gin {b}')
+  return diffs
+
+
+def upcycle(dense_params: Dict[str, Any], target: T5Config, seed: int = 0) -> Dict[str, Any]:
+  """Sparse upcycling of dense params into `target`'s tree: `trainer.upcycling` copies the MLPs
+  into the experts; each router gets a fresh init from the MoE layer's own `Router` module (one
+  rng per router, from `seed`), without initialising (or compiling) the whole model."""
+  from moe_flan.moe import routing  # pylint: disable=g-import-not-at-top
+  from moe_flan.trainer import upcycling  # pylint: disable=g-import-not-at-top
+  shapes = {k: tuple(v.shape) for k, v in flax.traverse_util.flatten_dict(
+      flax.core.unfreeze(fresh_params_shapes(target)), sep='/').items()}
+  out = upcycling.upcycle_flat(flax.traverse_util.flatten_dict(dense_params, sep='/'), shapes)
+  router = routing.Router(target.moe.num_experts, target.moe.router_init_std)
+  for i, key in enumerate(upcycling.missing_after_upcycling(shapes)):
+    variables = router.init(jax.random.fold_in(jax.random.PRNGKey(seed), i),
+                            jnp.zeros((1, 1, shapes[key][0]), jnp.float32))
+    out[key] = np.asarray(flax.linen.meta.unbox(variables)['params']['kernel'])
+  return flax.traverse_util.unflatten_dict(out, sep='/')
+
+
+def fit_params(imported: T5Config, params: Dict[str, Any], target: T5Config,
+               seed: int = 0) -> Dict[str, Any]:
+  """`params` of the `imported` config, made into params of `target` (module docstring)."""
+  diffs = config_differences(imported, target)
+  if diffs:
+    raise ValueError('the checkpoint does not fit the gin model:\n  ' + '\n  '.join(diffs))
+  if imported.moe is None and target.moe is not None:
+    params = upcycle(params, target, seed)
+  expected = flax.traverse_util.flatten_dict(
+      flax.core.unfreeze(fresh_params_shapes(target)), sep='/')
+  got = flax.traverse_util.flatten_dict(params, sep='/')
+  bad = [f'{k}: expected {tuple(v.shape)}, got {np.shape(got[k]) if k in got else "missing"}'
+         for k, v in expected.items() if k not in got or tuple(np.shape(got[k])) != v.shape]
+  bad += [f'{k}: not in the gin model' for k in got if k not in expected]
+  if bad:
+    raise ValueError('params do not fit the gin model:\n  ' + '\n  '.join(sorted(bad)))
+  return params
+
+
+def fresh_params_shapes(config: T5Config) -> Any:
+  """Abstract (shape-only) unboxed params of `config`."""
+  from moe_flan.model import EncoderDecoder  # pylint: disable=g-import-not-at-top
+  tokens = jnp.ones((1, 1), jnp.int32)
+  variables = jax.eval_shape(
+      lambda: EncoderDecoder(config).init(jax.random.PRNGKey(0), tokens, tokens, tokens))
+  return flax.linen.meta.unbox(variables)['params']

@@ -1,0 +1,67 @@
+"""A model config as a gin file, and a model config from gin files.
+
+`config_to_gin` writes the bindings of a `T5Config` (and its `MoeConfig`) in the style of
+gin/models/*.gin - including the DROPOUT_RATE / EXPERT_DROPOUT_RATE / VOCAB_SIZE macros that
+gin/runs/*.gin files override - so an imported checkpoint's directory carries a model file
+that any run file accepts. `config_from_gin` parses gin files + bindings into a `T5Config`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Sequence
+
+import gin
+
+from moe_flan.config import MoeConfig, T5Config  # both: gin must know MoeConfig
+
+REPO_GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))), 'gin')
+_MACROS = {('T5Config', 'vocab_size'): 'VOCAB_SIZE', ('T5Config', 'dropout_rate'): 'DROPOUT_RATE',
+           ('MoeConfig', 'expert_dropout_rate'): 'EXPERT_DROPOUT_RATE'}
+
+
+def _bindings(name: str, obj) -> list[str]:
+  lines = []
+  for field in dataclasses.fields(obj):
+    if field.name == 'moe':
+      continue
+    value = getattr(obj, field.name)
+    value = tuple(value) if isinstance(value, list) else value
+    macro = _MACROS.get((name, field.name))
+    lines.append(f'{name}.{field.name} = ' + (f'%{macro}' if macro else repr(value)))
+  return lines
+
+
+def config_to_gin(config: T5Config, header: str = '') -> str:
+  """Gin text that rebuilds `config` (see module docstring)."""
+  lines = [f'# {line}' for line in header.splitlines()]
+  lines += ['import moe_flan.config']
+  if config.moe is not None and config.moe.router_type == 'hf_switch':
+    lines += ['import moe_flan.convert.hf_switch_routing  # registers the hf_switch router']
+  lines += ['', f'VOCAB_SIZE = {config.vocab_size}', f'DROPOUT_RATE = {config.dropout_rate!r}']
+  if config.moe is not None:
+    lines += [f'EXPERT_DROPOUT_RATE = {config.moe.expert_dropout_rate!r}']
+  lines += [''] + _bindings('T5Config', config)
+  if config.moe is None:
+    lines += ['T5Config.moe = None']
+  else:
+    lines += ['T5Config.moe = @MoeConfig()'] + _bindings('MoeConfig', config.moe)
+  return '\n'.join(lines) + '\n'
+
+
+def config_from_gin(gin_files: Sequence[str], gin_bindings: Sequence[str] = (),
+                    search_paths: Sequence[str] = ()) -> T5Config:
+  """The `T5Config` that gin files + bindings describe (bindings of other configurables, e.g.
+  from run files, are skipped). Clears the global gin config before and after."""
+  import moe_flan.convert.hf_switch_routing  # pylint: disable=g-import-not-at-top,unused-import
+  gin.clear_config()
+  for path in (REPO_GIN_DIR,) + tuple(search_paths):
+    gin.add_config_file_search_path(path)
+  try:
+    gin.parse_config_files_and_bindings(list(gin_files), list(gin_bindings),
+                                        finalize_config=False, skip_unknown=True)
+    return T5Config()
+  finally:
+    # Left in place, the bindings would leak into every later T5Config(...) of the process.
+    gin.clear_config()
