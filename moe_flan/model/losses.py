@@ -24,8 +24,8 @@ def _smoothed_targets(targets: jax.Array, vocab_size: int, label_smoothing: floa
   confidence = 1.0 - label_smoothing
   low = label_smoothing / (vocab_size - 1)
   entropy = -(confidence * np.log(confidence) + (vocab_size - 1) * low * np.log(low + 1e-20))
-  soft = jax.nn.one_hot(targets, vocab_size, on_value=confidence, off_value=low,
-                        dtype=jnp.float32)
+  onehot = jax.nn.one_hot(targets, vocab_size, dtype=jnp.float32)
+  soft = onehot * (confidence - low) + low
   return soft, entropy
 
 

@@ -1,0 +1,59 @@
+"""Shared helpers for the model tests: tiny configs and cheap random parameters.
+
+Parameters come from `jax.eval_shape(model.init)` filled with numpy draws, which avoids
+compiling the random initialisers (the slowest part of a tiny model's life on a CPU).
+"""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from moe_flan.config import MoeConfig, T5Config
+
+
+def tiny_config(moe: bool = False, **overrides) -> T5Config:
+  fields = dict(vocab_size=32, emb_dim=16, num_heads=2, head_dim=8, num_encoder_layers=2,
+                num_decoder_layers=2, mlp_dim=24)
+  if moe:
+    # Ample capacity: no token is ever dropped, so routing is per-token and position-free.
+    fields['moe'] = MoeConfig(num_experts=4, num_selected_experts=2, expert_mlp_dim=12,
+                              group_size=4096, train_capacity_factor=8.0,
+                              eval_capacity_factor=8.0, min_capacity=64,
+                              encoder_sparse_every=2, decoder_sparse_every=2)
+  fields.update(overrides)
+  return T5Config(**fields)
+
+
+def _std(path: str, shape) -> float:
+  """A fan-in scaled std per parameter kind, so activations stay O(1) and logits differ."""
+  leaf = path.split('/')[-1]
+  parent = path.split('/')[-2] if '/' in path else ''
+  if leaf in ('embedding', 'rel_embedding'):
+    return 1.0
+  if parent == 'out':                         # [H, K, D]
+    return (shape[0] * shape[1]) ** -0.5
+  if parent == 'experts':                     # [E, D, F] / [E, F, D]
+    return shape[1] ** -0.5
+  return shape[0] ** -0.5
+
+
+def random_params(model: nn.Module, *args, seed: int = 0, **kwargs):
+  """Unboxed float32 params for `model.init(rng, *args, **kwargs)`, drawn with numpy."""
+  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), *args, **kwargs)['params']
+  shapes = nn.unbox(shapes)
+  rng = np.random.RandomState(seed)
+
+  def draw(path, s):
+    name = '/'.join(str(getattr(k, 'key', k)) for k in path)
+    if name.endswith('scale'):
+      value = 1.0 + 0.1 * rng.normal(size=s.shape)
+    else:
+      value = rng.normal(size=s.shape) * _std(name, s.shape)
+    return jnp.asarray(value, jnp.float32)
+
+  return jax.tree_util.tree_map_with_path(draw, shapes)
+
+
+def random_tokens(rng: np.random.RandomState, shape, vocab: int, low: int = 2) -> np.ndarray:
+  """Token ids in [low, vocab) (0 = padding, 1 = EOS are left out by default)."""
+  return rng.randint(low, vocab, size=shape).astype(np.int32)

@@ -1,0 +1,204 @@
+"""Layers against independent numpy computations and hand-worked values."""
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from moe_flan.layers import (Embed, MlpBlock, MultiHeadAttention, RMSNorm,
+                             RelativePositionBias, causal_mask, combine_masks,
+                             relative_position_bucket, segment_mask)
+from moe_flan.layers.masks import padding_mask
+
+
+# ---------------------------------------------------------------- relative position buckets
+def bucket_reference(rel: int, bidirectional: bool, num_buckets=32, max_distance=128) -> int:
+  """Scalar restatement of the T5 paper's bucketing: exact for small distances, log after."""
+  distance_back = -rel                     # > 0: key lies before the query
+  offset = 0
+  if bidirectional:
+    num_buckets //= 2
+    if distance_back < 0:                  # key after the query: the second half of buckets
+      offset = num_buckets
+    distance = abs(distance_back)
+  else:
+    distance = max(distance_back, 0)       # future keys all share bucket 0
+  exact = num_buckets // 2
+  if distance < exact:
+    return offset + distance
+  logb = math.log(distance / exact) / math.log(max_distance / exact)
+  return offset + min(exact + int(logb * (num_buckets - exact) + 1e-6), num_buckets - 1)
+
+
+@pytest.mark.parametrize('bidirectional', [True, False])
+def test_buckets_match_reference(bidirectional):
+  rel = np.arange(-400, 401)
+  got = np.asarray(relative_position_bucket(jnp.asarray(rel), bidirectional))
+  want = np.array([bucket_reference(int(r), bidirectional) for r in rel])
+  np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize('rel,bidirectional,bucket', [
+    (0, True, 0), (-1, True, 1), (-7, True, 7), (-8, True, 8), (-16, True, 10),
+    (-32, True, 12), (-64, True, 14), (-127, True, 15), (-1000, True, 15),
+    (1, True, 17), (20, True, 26), (1000, True, 31),
+    (5, False, 0), (-15, False, 15), (-16, False, 16), (-20, False, 17), (-128, False, 31),
+])
+def test_buckets_hand_worked(rel, bidirectional, bucket):
+  # e.g. bidirectional, 16 keys back: 8 + floor(log(16/8) / log(128/8) * 8) = 8 + 2 = 10.
+  assert int(relative_position_bucket(jnp.array(rel), bidirectional)) == bucket
+
+
+def test_relpos_bias_uses_positions_not_indices():
+  module = RelativePositionBias(num_heads=3, bidirectional=True)
+  pos = jnp.array([[0, 1, 2, 0, 1]])
+  params = module.init(jax.random.PRNGKey(0), pos, pos)
+  table = np.asarray(nn.unbox(params)['params']['rel_embedding'])
+  bias = np.asarray(module.apply(params, pos, pos))
+  assert bias.shape == (1, 3, 5, 5)
+  for l in range(5):
+    for m in range(5):
+      b = bucket_reference(int(pos[0, m] - pos[0, l]), True)
+      np.testing.assert_allclose(bias[0, :, l, m], table[:, b], rtol=1e-6)
+
+
+# ---------------------------------------------------------------- RMSNorm
+def test_rmsnorm_matches_numpy():
+  x = np.random.RandomState(0).normal(size=(2, 3, 8)).astype(np.float32) * 3
+  scale = np.linspace(0.5, 2.0, 8).astype(np.float32)
+  module = RMSNorm(epsilon=1e-6)
+  y = module.apply({'params': {'scale': scale}}, x)
+  want = x / np.sqrt(np.mean(x ** 2, axis=-1, keepdims=True) + 1e-6) * scale
+  np.testing.assert_allclose(y, want, rtol=1e-5)
+  params = module.init(jax.random.PRNGKey(0), x)['params']['scale']
+  assert params.names == ('embed',) and params.value.dtype == jnp.float32
+  np.testing.assert_array_equal(params.value, np.ones(8))
+
+
+def test_rmsnorm_bfloat16_input_keeps_float32_scale():
+  x = jnp.ones((1, 2, 4), jnp.bfloat16) * 3
+  module = RMSNorm(dtype=jnp.bfloat16)
+  variables = module.init(jax.random.PRNGKey(0), x)
+  assert variables['params']['scale'].value.dtype == jnp.float32
+  assert module.apply(variables, x).dtype == jnp.bfloat16
+
+
+# ---------------------------------------------------------------- attention
+def _softmax(x):
+  x = x - x.max(-1, keepdims=True)
+  e = np.exp(x)
+  return e / e.sum(-1, keepdims=True)
+
+
+def test_attention_matches_numpy():
+  rng = np.random.RandomState(1)
+  b, l, m, d, h, k = 2, 3, 5, 8, 2, 4
+  xq = rng.normal(size=(b, l, d)).astype(np.float32)
+  xkv = rng.normal(size=(b, m, d)).astype(np.float32)
+  mask = rng.rand(b, 1, l, m) > 0.3
+  mask[..., 0] = True
+  bias = rng.normal(size=(1, h, l, m)).astype(np.float32)
+  w = {n: rng.normal(size=(d, h, k)).astype(np.float32) for n in ('query', 'key', 'value')}
+  wo = rng.normal(size=(h, k, d)).astype(np.float32)
+  params = {n: {'kernel': w[n]} for n in w}
+  params['out'] = {'kernel': wo}
+  module = MultiHeadAttention(num_heads=h, head_dim=k)
+  got = module.apply({'params': params}, xq, xkv, mask=jnp.asarray(mask), bias=bias)
+  q = np.einsum('bld,dhk->blhk', xq, w['query'])
+  kk = np.einsum('bmd,dhk->bmhk', xkv, w['key'])
+  v = np.einsum('bmd,dhk->bmhk', xkv, w['value'])
+  logits = np.einsum('blhk,bmhk->bhlm', q, kk) + bias    # no 1/sqrt(k): T5 convention
+  logits = np.where(mask, logits, -1e10)
+  ctx = np.einsum('bhlm,bmhk->blhk', _softmax(logits), v)
+  want = np.einsum('blhk,hkd->bld', ctx, wo)
+  np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-4)
+
+
+def test_attention_init_scales_and_axes():
+  d, h, k = 64, 4, 32
+  module = MultiHeadAttention(num_heads=h, head_dim=k)
+  x = jnp.zeros((1, 2, d))
+  params = module.init(jax.random.PRNGKey(0), x, x)['params']
+  assert params['query']['kernel'].names == ('embed', 'heads', 'kv')
+  assert params['out']['kernel'].names == ('heads', 'kv', 'embed')
+  assert params['out']['kernel'].value.shape == (h, k, d)
+  q_std = float(np.std(params['query']['kernel'].value))
+  k_std = float(np.std(params['key']['kernel'].value))
+  np.testing.assert_allclose(q_std, (d * k) ** -0.5, rtol=0.05)   # 1/sqrt(K) folded in
+  np.testing.assert_allclose(k_std, d ** -0.5, rtol=0.05)
+
+
+# ---------------------------------------------------------------- MLP
+def _gelu_tanh(x):
+  return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
+
+
+def test_gated_gelu_mlp_matches_numpy():
+  rng = np.random.RandomState(2)
+  x = rng.normal(size=(2, 3, 6)).astype(np.float32)
+  wi0, wi1 = rng.normal(size=(2, 6, 10)).astype(np.float32)
+  wo = rng.normal(size=(10, 6)).astype(np.float32)
+  module = MlpBlock(intermediate_dim=10, activations=('gelu', 'linear'))
+  got = module.apply({'params': {'wi_0': {'kernel': wi0}, 'wi_1': {'kernel': wi1},
+                                 'wo': {'kernel': wo}}}, x)
+  want = (_gelu_tanh(x @ wi0) * (x @ wi1)) @ wo
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_relu_mlp_matches_numpy_and_names():
+  rng = np.random.RandomState(3)
+  x = rng.normal(size=(1, 4, 6)).astype(np.float32)
+  module = MlpBlock(intermediate_dim=8, activations=('relu',))
+  params = module.init(jax.random.PRNGKey(0), x)['params']
+  assert set(params) == {'wi', 'wo'}
+  assert params['wi']['kernel'].names == ('embed', 'mlp')
+  assert params['wo']['kernel'].names == ('mlp', 'embed')
+  p = nn.unbox(params)
+  want = np.maximum(x @ np.asarray(p['wi']['kernel']), 0) @ np.asarray(p['wo']['kernel'])
+  np.testing.assert_allclose(module.apply({'params': p}, x), want, rtol=1e-4, atol=1e-5)
+
+
+def test_mlp_dropout_only_when_enabled():
+  x = jnp.ones((2, 5, 6))
+  module = MlpBlock(intermediate_dim=8, activations=('relu',), dropout_rate=0.5)
+  params = module.init(jax.random.PRNGKey(0), x)
+  a = module.apply(params, x)
+  np.testing.assert_array_equal(a, module.apply(params, x))
+  c = module.apply(params, x, enable_dropout=True, rngs={'dropout': jax.random.PRNGKey(1)})
+  assert not np.allclose(a, c)
+
+
+def test_unknown_activation_raises():
+  with pytest.raises(ValueError, match='swish2'):
+    MlpBlock(intermediate_dim=4, activations=('swish2',)).init(jax.random.PRNGKey(0),
+                                                               jnp.ones((1, 1, 2)))
+
+
+# ---------------------------------------------------------------- embedding and masks
+def test_embed_lookup_and_attend():
+  table = np.arange(12, dtype=np.float32).reshape(4, 3)
+  module = Embed(num_embeddings=4, features=3)
+  tokens = jnp.array([[3, 0, 1]])
+  np.testing.assert_array_equal(module.apply({'params': {'embedding': table}}, tokens),
+                                table[[3, 0, 1]][None])
+  q = np.ones((1, 2, 3), np.float32)
+  got = module.apply({'params': {'embedding': table}}, q, method='attend')
+  np.testing.assert_allclose(got, q @ table.T)
+  assert module.init(jax.random.PRNGKey(0), tokens)['params']['embedding'].names == (
+      'vocab', 'embed')
+
+
+def test_masks_by_hand():
+  np.testing.assert_array_equal(causal_mask(3)[0, 0],
+                                [[1, 0, 0], [1, 1, 0], [1, 1, 1]])
+  seg = jnp.array([[1, 1, 2, 0]])
+  np.testing.assert_array_equal(segment_mask(seg, seg)[0, 0],
+                                [[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
+  tokens = jnp.array([[5, 6, 0]])
+  np.testing.assert_array_equal(padding_mask(tokens, tokens)[0, 0],
+                                [[1, 1, 0], [1, 1, 0], [0, 0, 0]])
+  both = combine_masks(None, causal_mask(3), padding_mask(tokens, tokens))
+  np.testing.assert_array_equal(both[0, 0], [[1, 0, 0], [1, 1, 0], [0, 0, 0]])
+  assert combine_masks(None, None) is None
