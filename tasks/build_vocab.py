@@ -12,6 +12,7 @@ import argparse
 import os
 import tempfile
 
+import gin
 import sentencepiece as spm
 
 from tasks import corpus, embedded, vocab
@@ -20,10 +21,15 @@ NUM_PIECES = 2972
 
 
 def training_lines() -> list[str]:
+  """Few-shot prompts are budgeted in tokens of the current default vocabulary; bootstrapping
+  without a model falls back to bytes (tasks.vocab.default_vocabulary.kind = 'byte')."""
+  if not os.path.exists(vocab.DEFAULT_SPM_PATH):
+    gin.bind_parameter('tasks.vocab.default_vocabulary.kind', 'byte')
   lines = []
   for spec in embedded.ALL_TASKS:
     for variant in embedded.variants_of(spec.name):
-      cols = embedded.rendered(spec.name, variant, 'train', 0, 3, 400)
+      cols = embedded.rendered(spec.name, variant, 'train', 0, 3, 120, (0.5, 0.4, 0.1),
+                               id(vocab.default_vocabulary()))
       for text in cols['inputs'] + cols['targets']:
         lines.extend(ln for ln in text.split('\n') if ln.strip())
   for doc in corpus.documents():

@@ -49,11 +49,12 @@ def generation_seed(seed: int = 0) -> int:
 
 
 @gin.configurable
-def few_shot_settings(k: int = 3, max_chars: int = 400) -> Tuple[int, int]:
-  """Exemplars per few-shot prompt and the prompt's character budget (~128 tokens)."""
-  if k < 1 or max_chars < 1:
-    raise ValueError(f'few_shot_settings: k={k!r} and max_chars={max_chars!r} must be >= 1')
-  return int(k), int(max_chars)
+def few_shot_settings(k: int = 3, max_tokens: int = 120) -> Tuple[int, int]:
+  """Exemplars per few-shot prompt, and the prompt's token budget (EOS included; exemplars are
+  dropped until it fits). Keep max_tokens <= the inputs feature length."""
+  if k < 1 or max_tokens < 2:
+    raise ValueError(f'few_shot_settings: k={k!r} (>= 1) and max_tokens={max_tokens!r} (>= 2)')
+  return int(k), int(max_tokens)
 
 
 def task_name(spec_name: str, variant: str = 'zs') -> str:
@@ -103,7 +104,8 @@ def format_weights(zs: float = 0.5, fs: float = 0.4, cot: float = 0.1) -> Tuple[
   return float(zs), float(fs), float(cot)
 
 
-def _render_one(spec, variant, ex, pool, rng, k, max_chars, weights) -> Tuple[str, str, int]:
+def _render_one(spec, variant, ex, pool, rng, k, max_tokens, weights,
+                length_fn) -> Tuple[str, str, int]:
   if variant == 'mix':
     w = weights if spec.has_rationale else weights[:2]
     variant = rng.choices(VARIANTS[:len(w)], weights=w)[0]
@@ -116,21 +118,28 @@ def _render_one(spec, variant, ex, pool, rng, k, max_chars, weights) -> Tuple[st
   if variant == 'fs':
     shots = [e for e in rng.sample(pool, min(k + 1, len(pool))) if e is not ex][:k]
     fmt = 'fs_opt' if has_options else 'fs_noopt'
-    return (*templates.render(ex, template, fmt, shots, max_chars, spec.name), tid)
+    return (*templates.render(ex, template, fmt, shots, max_tokens, spec.name, length_fn), tid)
   return (*templates.render(ex, template, 'cot', task=spec.name), tid)
 
 
 @functools.lru_cache(maxsize=None)
-def rendered(spec_name: str, variant: str, split: str, seed: int, k: int, max_chars: int,
-             weights: Tuple[float, ...] = (0.5, 0.4, 0.1)) -> Dict[str, List]:
-  """Columns {'inputs', 'targets', 'template_id'} of one task variant and split (cached)."""
+def rendered(spec_name: str, variant: str, split: str, seed: int, k: int, max_tokens: int,
+             weights: Tuple[float, ...] = (0.5, 0.4, 0.1), vocab_key=None) -> Dict[str, List]:
+  """Columns {'inputs', 'targets', 'template_id'} of one task variant and split (cached).
+
+  Few-shot prompts are measured in tokens of `vocab.default_vocabulary()`, whose identity
+  `vocab_key` is part of the cache key."""
+  del vocab_key
+  voc = vocab.default_vocabulary()
+  length_fn = lambda text: len(voc.encode(text)) + 1  # + EOS
   spec = TASKS_BY_NAME[spec_name]
   examples = generate_examples(spec_name, seed)
   pool = list(examples['train'])
   rng = random.Random(f'{seed}/{spec_name}/{split}/{variant}')
   cols = {'inputs': [], 'targets': [], 'template_id': []}
   for ex in examples[split]:
-    inputs, targets, tid = _render_one(spec, variant, ex, pool, rng, k, max_chars, weights)
+    inputs, targets, tid = _render_one(spec, variant, ex, pool, rng, k, max_tokens, weights,
+                                       length_fn)
     cols['inputs'].append(inputs)
     cols['targets'].append(targets)
     cols['template_id'].append(tid)
@@ -140,7 +149,7 @@ def rendered(spec_name: str, variant: str, split: str, seed: int, k: int, max_ch
 def rendered_now(spec_name: str, variant: str, split: str) -> Dict[str, List]:
   """`rendered` with the current gin settings."""
   return rendered(spec_name, variant, split, generation_seed(), *few_shot_settings(),
-                  format_weights())
+                  format_weights(), id(vocab.default_vocabulary()))
 
 
 def _dataset_fn(spec_name: str, variant: str):

@@ -7,8 +7,8 @@ formats exist, following FLAN 2022 (Longpre et al. 2023):
 - `zs_opt`   zero-shot with options:  inputs + "\\n\\nOPTIONS:\\n- a\\n- b"
 - `zs_noopt` zero-shot, no options
 - `fs_opt` / `fs_noopt` few-shot: k exemplars of the same task, each "inputs\\ntargets",
-   joined by a blank line, then the query inputs; exemplars are dropped (last first) until the
-   whole prompt fits `max_chars`
+   joined by a blank line, then the query inputs; exemplars are dropped (last first) until
+   `length_fn(prompt) <= max_length` (characters by default; tokens when given a tokenizer)
 - `cot`      chain-of-thought: inputs + "\\n\\nLet's think step by step." ->
    "{rationale} So the answer is {answer}."
 
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import string
-from typing import Mapping, Optional, Sequence, Tuple
+from typing import Callable, Mapping, Optional, Sequence, Tuple
 
 FORMATS = ('zs_opt', 'zs_noopt', 'fs_opt', 'fs_noopt', 'cot')
 OPTIONS_HEADER = 'OPTIONS:'
@@ -85,9 +85,10 @@ def render_zero_shot(example: Mapping[str, object], template: Template, with_opt
 
 
 def render_few_shot(example: Mapping[str, object], exemplars: Sequence[Mapping[str, object]],
-                    template: Template, with_options: bool, max_chars: int = 2000,
-                    task: str = '?') -> Tuple[str, str]:
-  """Few-shot: exemplars (same task, same template) then the query; bounded by `max_chars`.
+                    template: Template, with_options: bool, max_length: int = 2000,
+                    task: str = '?', length_fn: Callable[[str], int] = len) -> Tuple[str, str]:
+  """Few-shot: exemplars (same task, same template) then the query, while
+  `length_fn(prompt) <= max_length`.
 
   Exemplars are dropped from the end until the prompt fits; the query itself is never cut
   (over-long prompts are truncated, and counted, later at tokenization).
@@ -96,7 +97,7 @@ def render_few_shot(example: Mapping[str, object], exemplars: Sequence[Mapping[s
   shots = [render_zero_shot(e, template, with_options, task) for e in exemplars]
   while shots:
     prompt = FEWSHOT_SEPARATOR.join([f'{i}\n{t}' for i, t in shots] + [query])
-    if len(prompt) <= max_chars:
+    if length_fn(prompt) <= max_length:
       return prompt, targets
     shots.pop()
   return query, targets
@@ -113,8 +114,8 @@ def render_cot(example: Mapping[str, object], template: Template,
 
 
 def render(example: Mapping[str, object], template: Template, fmt: str,
-           exemplars: Optional[Sequence[Mapping[str, object]]] = None, max_chars: int = 2000,
-           task: str = '?') -> Tuple[str, str]:
+           exemplars: Optional[Sequence[Mapping[str, object]]] = None, max_length: int = 2000,
+           task: str = '?', length_fn: Callable[[str], int] = len) -> Tuple[str, str]:
   """Dispatch on `fmt` (one of FORMATS)."""
   if fmt not in FORMATS:
     raise ValueError(f'Unknown template format {fmt!r}; choose one of {FORMATS}')
@@ -122,5 +123,6 @@ def render(example: Mapping[str, object], template: Template, fmt: str,
   if fmt.startswith('zs'):
     return render_zero_shot(example, template, with_options, task)
   if fmt.startswith('fs'):
-    return render_few_shot(example, exemplars or (), template, with_options, max_chars, task)
+    return render_few_shot(example, exemplars or (), template, with_options, max_length, task,
+                           length_fn)
   return render_cot(example, template, task)

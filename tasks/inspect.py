@@ -1,0 +1,87 @@
+"""Look at what a mixture or task feeds the model.
+
+  python -m tasks.inspect --mixture flan_embedded [--split train] [--samples 2] [--max_examples 500]
+  python -m tasks.inspect --list
+
+Per task: mixing rate, number of examples, rendered samples (decoded from the token ids the model
+sees), and token-length percentiles of inputs/targets (with EOS) with the share of examples longer
+than --lengths (those would be truncated, and counted, by the pipeline).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Dict, List, Sequence
+
+import numpy as np
+
+
+def _task_rows(task, split: str, max_examples: int) -> List[Dict[str, np.ndarray]]:
+  ds = task.get_dataset(sequence_length=None, split=split, shuffle=False, num_epochs=1,
+                        trim_output_features=False, try_in_mem_cache=False)
+  return list(ds.take(max_examples).as_numpy_iterator())
+
+
+def percentiles(lengths: Sequence[int]) -> str:
+  p = np.percentile(lengths, [50, 90, 99]) if len(lengths) else [0, 0, 0]
+  return (f'p50 {p[0]:.0f}  p90 {p[1]:.0f}  p99 {p[2]:.0f}  max '
+          f'{max(lengths) if len(lengths) else 0}')
+
+
+def describe(name: str, split: str = 'train', samples: int = 2, max_examples: int = 500,
+             lengths: Dict[str, int] = None, out=sys.stdout) -> Dict[str, Dict[str, float]]:
+  """Prints the report; returns {task: {'rate', 'examples', 'inputs_p50', 'targets_p50', ...}}."""
+  import seqio  # pylint: disable=g-import-not-at-top
+  from tasks import registry  # pylint: disable=g-import-not-at-top
+  provider = registry.get(name)
+  lengths = lengths or {'inputs': 128, 'targets': 32}
+  tasks = provider.tasks if isinstance(provider, seqio.Mixture) else [provider]
+  tasks = [t for t in tasks if split in t.splits]
+  if isinstance(provider, seqio.Mixture):
+    rates = {t.name: provider.get_rate(t) for t in tasks}
+  else:
+    rates = {tasks[0].name: 1.0}
+  total_rate = sum(rates.values()) or 1.0
+  summary = {}
+  print(f'== {name} [{split}]: {len(tasks)} tasks', file=out)
+  for task in tasks:
+    rows = _task_rows(task, split, max_examples)
+    voc = task.output_features['targets'].vocabulary
+    n = task.num_input_examples(split)
+    stats = {'rate': rates[task.name] / total_rate, 'examples': n if n is not None else -1}
+    print(f'\n-- {task.name}: rate {stats["rate"]:.4f}, examples {n}', file=out)
+    for row in rows[:samples]:
+      print(f'   INPUTS : {voc.decode(row["inputs"].tolist())!r}', file=out)
+      print(f'   TARGETS: {voc.decode(row["targets"].tolist())!r}', file=out)
+    for key in ('inputs', 'targets'):
+      lens = [len(r[key]) for r in rows]
+      over = np.mean([x > lengths[key] for x in lens]) if lens else 0.0
+      print(f'   {key} tokens: {percentiles(lens)}  over {lengths[key]}: {100 * over:.1f}%',
+            file=out)
+      stats[f'{key}_p50'] = float(np.median(lens)) if lens else 0.0
+      stats[f'{key}_over'] = float(over)
+    summary[task.name] = stats
+  return summary
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--mixture', help='mixture or task name')
+  parser.add_argument('--split', default='train')
+  parser.add_argument('--samples', type=int, default=2)
+  parser.add_argument('--max_examples', type=int, default=500)
+  parser.add_argument('--lengths', default='inputs=128,targets=32')
+  parser.add_argument('--list', action='store_true', help='list registered names')
+  args = parser.parse_args(argv)
+  import tasks  # pylint: disable=g-import-not-at-top,unused-import  (registers everything)
+  from tasks import registry  # pylint: disable=g-import-not-at-top
+  if args.list or not args.mixture:
+    print('\n'.join(registry.all_names()))
+    return
+  lengths = {k: int(v) for k, v in (kv.split('=') for kv in args.lengths.split(','))}
+  describe(args.mixture, args.split, args.samples, args.max_examples, lengths)
+
+
+if __name__ == '__main__':
+  main()
