@@ -151,6 +151,12 @@ def test_group_size_not_dividing_the_batch_is_a_clear_error():
     jax.eval_shape(layer.init, jax.random.key(0), jnp.ones((3, 4, D)))
 
 
+def test_mismatched_padding_mask_is_a_clear_error():
+  layer = MoeLayer(_cfg(), D, 'tokens_choose', 1)
+  with pytest.raises(ValueError, match=r'padding_mask shape \(2, 4\)'):
+    jax.eval_shape(layer.init, jax.random.key(0), jnp.ones((2, 8, D)), jnp.ones((2, 4)))
+
+
 def test_registered_dispatcher_is_used():
   calls = []
 

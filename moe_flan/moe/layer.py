@@ -68,6 +68,9 @@ class MoeLayer(nn.Module):
     tokens = nn.with_logical_constraint(x.reshape(g, t, d).astype(self.dtype), _TOKEN_AXES)
     if padding_mask is None:
       real = jnp.ones((g, t), bool)
+    elif tuple(padding_mask.shape) != (b, l):
+      raise ValueError(f'MoeLayer: padding_mask shape {tuple(padding_mask.shape)} != inputs\' '
+                       f'[batch, length] {(b, l)}')
     else:
       real = jnp.asarray(padding_mask).reshape(g, t) > 0
 
