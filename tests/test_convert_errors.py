@@ -1,4 +1,5 @@
 """Bad HF input and configs HF cannot express: errors that list what is missing or mismatched."""
+import dataclasses
 import json
 import os
 
@@ -8,8 +9,6 @@ import pytest
 from convert_fixtures import DENSE, SWITCH, random_params
 from moe_flan.config import MoeConfig
 from moe_flan.convert import hf_checkpoint, hf_switch, safetensors_io
-
-import dataclasses
 
 
 @pytest.fixture(scope='module')
