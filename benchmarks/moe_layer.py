@@ -1,0 +1,142 @@
+"""Case 1: one MoE layer, forward + backward, per dispatch path, vs a dense FFN of equal active
+FLOPs per token, timed side by side in one process.
+
+Shapes (full): 4096 tokens (one routing group), d_model 512, expert d_ff 2048, ReLU experts,
+train capacity factor 1.25, float32, E in {8, 32, 128}, k in {1, 2}; plus experts-choose.
+The dense twin has d_ff = F * k for tokens-choose (each token runs k experts) and
+F * capacity_factor * k for experts-choose (every expert fills all its C = cf * k * T / E slots).
+"Forward + backward" is a VJP with a fixed random cotangent, giving gradients for the input and
+every parameter (router included), exactly what a train step needs from the layer.
+
+On CPU `jax.lax.ragged_dot` ('dropless') computes all E experts for every row (E times the
+work), so it is run only at E = 8 there; larger E rows are recorded as skipped with that reason.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from benchmarks import context as ctx_lib
+from benchmarks import dispatch_choice
+from benchmarks import timing
+from moe_flan.config import MoeConfig
+from moe_flan.moe import MoeLayer
+
+CASE = 'moe_layer'
+DISPATCHES = ('einsum', 'scatter', 'segmented', 'dropless')
+EC_DISPATCHES = ('einsum', 'scatter', 'segmented')
+
+
+@dataclasses.dataclass(frozen=True)
+class Shapes:
+  tokens: int
+  d_model: int
+  d_ff: int
+  experts: tuple
+  top_k: tuple
+  capacity_factor: float = 1.25
+
+
+FULL = Shapes(tokens=4096, d_model=512, d_ff=2048, experts=(8, 32, 128), top_k=(1, 2))
+QUICK = Shapes(tokens=256, d_model=32, d_ff=64, experts=(8,), top_k=(1, 2))
+
+
+def dense_ffn_step(tokens: int, d_model: int, d_ff: int, dtype) -> Callable[[], jax.Array]:
+  """Jitted VJP of relu(x @ wi) @ wo: x <[tokens, d_model]>, wi <[d_model, d_ff]>."""
+  kx, ki, ko, kc = jax.random.split(jax.random.PRNGKey(1), 4)
+  x = jax.random.normal(kx, (tokens, d_model), dtype)
+  wi = jax.random.normal(ki, (d_model, d_ff), dtype) * d_model ** -0.5
+  wo = jax.random.normal(ko, (d_ff, d_model), dtype) * d_ff ** -0.5
+  cot = jax.random.normal(kc, (tokens, d_model), dtype)
+
+  def ffn(wi, wo, x):
+    return jax.nn.relu(x @ wi) @ wo
+
+  step = jax.jit(lambda wi, wo, x: jax.vjp(ffn, wi, wo, x)[1](cot))
+  return lambda: step(wi, wo, x)
+
+
+def moe_layer_step(shapes: Shapes, num_experts: int, k: int, router_type: str, dispatch: str,
+                   dtype) -> Callable[[], jax.Array]:
+  """Jitted VJP (input and all params) of a training-mode MoeLayer on <[1, tokens, d_model]>."""
+  cfg = dispatch_choice.with_dispatch(MoeConfig(
+      num_experts=num_experts, num_selected_experts=k, router_type=router_type,
+      decoder_router_type='tokens_choose', group_size=shapes.tokens, train_capacity_factor=shapes.capacity_factor,
+      expert_mlp_dim=shapes.d_ff, expert_activations=('relu',)), dispatch)
+  layer = MoeLayer(cfg, shapes.d_model, router_type, k, dtype=dtype)
+  kx, kp, kc = jax.random.split(jax.random.PRNGKey(2), 3)
+  x = jax.random.normal(kx, (1, shapes.tokens, shapes.d_model), dtype)
+  cot = jax.random.normal(kc, x.shape, dtype)
+  params = jax.jit(layer.init)({'params': kp, 'dropout': kp}, x)['params']
+
+  def forward(p, x):
+    # enable_dropout=True: training capacity factor; no jitter or dropout is configured.
+    y, _ = layer.apply({'params': p}, x, None, True, rngs={'dropout': kc},
+                       mutable=['moe_metrics'])
+    return y
+
+  step = jax.jit(lambda p, x: jax.vjp(forward, p, x)[1](cot))
+  return lambda: step(params, x)
+
+
+def _skip_reason(dispatch: str, num_experts: int, suite: str, quick: bool) -> str | None:
+  if dispatch == 'dropless' and suite == 'cpu' and num_experts > 8 and not quick:
+    return ('ragged_dot falls back to dense E-times-the-work on CPU (and runs out of memory at '
+            'E=128); measured at E=8 only')
+  return None
+
+
+def _compare(ctx: ctx_lib.Context, name: str, candidates: dict, params: dict,
+             flops: float) -> list[dict]:
+  """Warms up each candidate (dropping the ones that fail), then times them round-robin."""
+  rows, ready = [], {}
+  for variant, build in candidates.items():
+    try:
+      fn = build()
+      timing.block(fn())
+      ready[variant] = fn
+    except Exception as e:  # noqa: BLE001  (e.g. out of memory: record it, keep going)
+      ctx.log(f'{name} {variant} failed: {type(e).__name__}: {e}'[:300])
+      rows.append(ctx_lib.record(CASE, name, variant, status='failed', params=params,
+                                 reason=f'{type(e).__name__}: {str(e)[:200]}'))
+  if 'dense' not in ready:
+    return rows
+  comparison = timing.compare(ready, baseline='dense', repeats=ctx.repeats, warmup=0)
+  metrics = {v: {'active_flops_per_s': flops / t.median_s} for v, t in comparison.timings.items()}
+  rows = ctx_lib.comparison_records(CASE, name, comparison, params, metrics) + rows
+  best = min((v for v in ready if v != 'dense'), key=lambda v: comparison.ratios[v].median_s,
+             default=None)
+  ctx.log(f'{name}: ' + ', '.join(f'{v} {comparison.ratios[v].median_s:.2f}x' for v in ready)
+          + (f' (best {best})' if best else ''))
+  return rows
+
+
+def run(ctx: ctx_lib.Context) -> list[dict]:
+  shapes = QUICK if ctx.quick else FULL
+  dtype = jnp.dtype(ctx.dtype)
+  rows = []
+  for router_type, ks in (('tokens_choose', shapes.top_k), ('experts_choose', (1,))):
+    for e in shapes.experts:
+      for k in ks:
+        ec = router_type == 'experts_choose'
+        dense_ff = int(round(shapes.d_ff * k * (shapes.capacity_factor if ec else 1)))
+        name = f'{"EC" if ec else "top-" + str(k)} E={e}'
+        params = dict(tokens=shapes.tokens, d_model=shapes.d_model, d_ff=shapes.d_ff,
+                      num_experts=e, k=k, router_type=router_type, dense_d_ff=dense_ff,
+                      capacity_factor=shapes.capacity_factor, dtype=ctx.dtype)
+        candidates = {'dense': lambda f=dense_ff: dense_ffn_step(shapes.tokens, shapes.d_model,
+                                                                  f, dtype)}
+        for dispatch in (EC_DISPATCHES if ec else DISPATCHES):
+          reason = _skip_reason(dispatch, e, ctx.suite, ctx.quick)
+          if reason:
+            rows.append(ctx_lib.record(CASE, name, dispatch, status='skipped', params=params,
+                                       reason=reason))
+            continue
+          candidates[dispatch] = (lambda d=dispatch, e=e, k=k, r=router_type:
+                                  moe_layer_step(shapes, e, k, r, d, dtype))
+        flops = 6.0 * shapes.tokens * shapes.d_model * dense_ff * 2   # fwd+bwd of both matmuls
+        rows += _compare(ctx, name, candidates, params, flops)
+  return rows
