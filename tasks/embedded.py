@@ -61,6 +61,17 @@ def task_name(spec_name: str, variant: str = 'zs') -> str:
   return f'emb_{spec_name}' + ('' if variant == 'zs' else f'_{variant}')
 
 
+def spec_of(seqio_task_name: str) -> TaskSpec:
+  """The TaskSpec behind a registered name like 'emb_addition_fs'."""
+  base = seqio_task_name[len('emb_'):]
+  for suffix in ('_fs', '_cot', '_mix'):
+    if base.endswith(suffix) and base[:-len(suffix)] in TASKS_BY_NAME:
+      return TASKS_BY_NAME[base[:-len(suffix)]]
+  if base not in TASKS_BY_NAME:
+    raise ValueError(f'{seqio_task_name!r} is not an embedded task name')
+  return TASKS_BY_NAME[base]
+
+
 def _check_example(spec: TaskSpec, ex: Example) -> Example:
   answer = ex.get('answer')
   if not isinstance(answer, str) or not answer.strip():
