@@ -5,6 +5,8 @@ HF's logits within 1e-4 (float32) on the same inputs, and HF's loss; the export 
 `from_pretrained` with no missing or unexpected keys and give the same logits; and
 HF -> ours -> HF reproduces every tensor bit for bit.
 """
+import os
+
 import numpy as np
 import pytest
 
@@ -97,7 +99,7 @@ def case(request, tmp_path_factory):
   enc, dec_in, targets = _inputs()
   config, params = hf_checkpoint.import_hf(hf, group_size=L)
   out_dir = str(tmp_path_factory.mktemp(request.param))
-  hf_checkpoint.export_hf(config, params, out_dir)
+  hf_checkpoint.export_hf(config, params, out_dir, max_shard_bytes=16384)   # sharded
   unpadded = _inputs(pad=False)
   return dict(name=request.param, kind=kind, hf=hf, config=config, params=params,
               out_dir=out_dir, inputs=(enc, dec_in, targets),
@@ -159,6 +161,7 @@ def test_export_loads_in_hf_with_same_logits(case):
   cls = type(case['hf'])
   reloaded, info = cls.from_pretrained(case['out_dir'], output_loading_info=True)
   assert info['missing_keys'] == [] and info['unexpected_keys'] == [], info
+  assert os.path.isfile(os.path.join(case['out_dir'], 'model.safetensors.index.json'))
   out = _hf_forward(reloaded.eval(), *case['inputs'])
   np.testing.assert_allclose(out.logits.numpy(), case['hf_out'].logits.numpy(), atol=ATOL, rtol=0)
 

@@ -3,11 +3,12 @@
     config, params = import_hf(src)          # src: a HF directory, or a transformers model
     export_hf(config, params, out_dir)       # a directory `from_pretrained` loads
 
-`params` is the content of the 'params' collection as nested dicts of numpy arrays (apply with
-`model.apply({'params': params}, ...)`). The architecture is read from config.json:
-T5ForConditionalGeneration (T5 v1.1 / FLAN-T5, dense) or SwitchTransformersForConditionalGeneration
-(the Switch-classic MoE config with router 'hf_switch'). Conversions are transposes/reshapes
-only: import followed by export reproduces every tensor bit for bit.
+`params` is the content of the 'params' collection as nested dicts of float32 numpy arrays
+(apply with `model.apply({'params': params}, ...)`; bf16/f16 checkpoints are widened, exactly).
+The architecture is read from config.json: T5ForConditionalGeneration (T5 v1.1 / FLAN-T5,
+dense) or SwitchTransformersForConditionalGeneration (the Switch-classic MoE config with router
+'hf_switch'). Conversions are transposes/reshapes only: import followed by export reproduces
+every float32 tensor bit for bit.
 """
 from __future__ import annotations
 
@@ -56,6 +57,8 @@ def params_from_hf(config: T5Config, tensors: Mapping[str, np.ndarray]) -> Dict[
         break
   module = _module_for(config)
   flat = tensor_map.hf_to_flat(module.entries(config), tensors, module.ignorable(config))
+  # Our params are float32 (CONTRACT.md); widening bf16/f16 checkpoints is exact.
+  flat = {k: v.astype(np.float32) if v.dtype != np.float32 else v for k, v in flat.items()}
   return flax.traverse_util.unflatten_dict({tuple(k.split('/')): v for k, v in flat.items()})
 
 

@@ -56,7 +56,8 @@ def _layout_for(num_layers: int, num_sparse: int, stack: str) -> Tuple[str, int]
 
 def _num_sparse_for(blocks: Tuple[int, ...], num_layers: int, stack: str) -> int:
   """The HF num_sparse_{stack}_layers value that builds exactly `blocks` sparse."""
-  for num_sparse in range(1, num_layers + 1):
+  # num_layers + 1 gives step 0, i.e. no sparse block (HF's only way to express "none").
+  for num_sparse in list(range(1, num_layers + 2)) + [0]:
     if hf_sparse_blocks(num_layers, num_sparse) == blocks:
       return num_sparse
   raise ValueError(f'MoeConfig.{stack}_sparse_layout: sparse blocks {blocks} of {num_layers} '
