@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# N processes on this machine, coordinator on 127.0.0.1: a multi-host run simulated on one box
+# (CPU devices, gloo collectives). Same gin files and flags as a single-process run:
+#
+#   launch/local_multiprocess.sh 2 --gin_file=gin/runs/quickstart.gin \
+#       --gin_file=gin/partitioning/expert_parallel.gin --gin.EXPERT_PARTITIONS=2 \
+#       --gin.MODEL_DIR="'/tmp/multiprocess'"
+#
+# Arguments: NUM_PROCESSES, then the arguments of every process. Each process also gets
+#   --coordinator_address=127.0.0.1:PORT --num_processes=N --process_id=I  (PORT: a free port).
+# Environment (optional):
+#   DEVICES_PER_PROCESS=2        CPU devices per process (JAX_NUM_CPU_DEVICES)
+#   COMMAND="-m moe_flan.train"  what each process runs before the arguments (a script path works)
+#   PYTHON=.venv/bin/python      interpreter;  LOG_DIR=<temp dir>  one log per process
+#   TIMEOUT_S=1800               kill everything after this long
+# Exits non-zero (and stops the other processes) as soon as one process fails.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [[ $# -lt 1 || ! "$1" =~ ^[0-9]+$ ]]; then
+  echo "usage: $0 NUM_PROCESSES [args for every process...]" >&2
+  exit 2
+fi
+NUM_PROCESSES=$1; shift
+PYTHON=${PYTHON:-$( [[ -x .venv/bin/python ]] && echo .venv/bin/python || echo python3 )}
+COMMAND=${COMMAND:--m moe_flan.train}
+LOG_DIR=${LOG_DIR:-$(mktemp -d -t moe_flan_multiprocess.XXXXXX)}
+TIMEOUT_S=${TIMEOUT_S:-1800}
+PORT=$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+mkdir -p "$LOG_DIR"
+
+export JAX_PLATFORMS=${JAX_PLATFORMS:-cpu}
+export JAX_NUM_CPU_DEVICES=${DEVICES_PER_PROCESS:-2}
+export JAX_CPU_COLLECTIVES_IMPLEMENTATION=gloo
+unset XLA_FLAGS   # a forced host device count would override JAX_NUM_CPU_DEVICES
+
+pids=()
+cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; }
+trap cleanup EXIT
+for ((i = 0; i < NUM_PROCESSES; i++)); do
+  # shellcheck disable=SC2086  # COMMAND is deliberately split into words
+  timeout "$TIMEOUT_S" "$PYTHON" $COMMAND "$@" --coordinator_address="127.0.0.1:$PORT" \
+      --num_processes="$NUM_PROCESSES" --process_id="$i" > "$LOG_DIR/process_$i.log" 2>&1 &
+  pids+=($!)
+done
+echo "started $NUM_PROCESSES processes (coordinator 127.0.0.1:$PORT); logs in $LOG_DIR" >&2
+
+status=0
+for ((n = 0; n < NUM_PROCESSES; n++)); do
+  if ! wait -n "${pids[@]}"; then
+    status=1
+    echo "a process failed; stopping the others. Last lines of each log:" >&2
+    for ((i = 0; i < NUM_PROCESSES; i++)); do
+      echo "--- process $i ($LOG_DIR/process_$i.log)" >&2; tail -n 20 "$LOG_DIR/process_$i.log" >&2
+    done
+    break
+  fi
+done
+exit $status
