@@ -95,7 +95,7 @@ def test_directory_without_weights_or_config(tmp_path):
   with pytest.raises(ValueError, match='no config.json'):
     hf_checkpoint.import_hf(str(tmp_path))
   (tmp_path / 'config.json').write_text(json.dumps({'model_type': 't5'}))
-  with pytest.raises(ValueError, match='neither model.safetensors nor'):
+  with pytest.raises(ValueError, match='none of model.safetensors, '):
     safetensors_io.read_tensors(str(tmp_path))
 
 

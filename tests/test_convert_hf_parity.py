@@ -181,3 +181,15 @@ def test_round_trip_is_bit_exact(case):
   assert flat_a.keys() == flat_b.keys()
   for k in flat_a:
     assert np.array_equal(flat_a[k], flat_b[k]), k
+
+
+def test_pytorch_bin_checkpoint_imports_like_the_model_object(case, tmp_path):
+  """Older hub checkpoints ship pytorch_model.bin only (read with torch when installed)."""
+  case['hf'].save_pretrained(str(tmp_path), safe_serialization=False)
+  assert os.path.isfile(tmp_path / 'pytorch_model.bin')
+  config, params = hf_checkpoint.import_hf(str(tmp_path), group_size=L)
+  assert config == case['config']
+  flat_a, flat_b = _flat(case['params']), _flat(params)
+  assert flat_a.keys() == flat_b.keys()
+  for k in flat_a:
+    assert np.array_equal(flat_a[k], flat_b[k]), k

@@ -80,19 +80,10 @@ def params_to_hf(config: T5Config, params: Any) -> Tuple[Dict, Dict[str, np.ndar
   return hf_config, tensors
 
 
-def _torch_to_numpy(tensor) -> np.ndarray:
-  import torch  # pylint: disable=g-import-not-at-top  (optional dependency)
-  tensor = tensor.detach().cpu()
-  if tensor.dtype == torch.bfloat16:
-    import ml_dtypes  # pylint: disable=g-import-not-at-top
-    return tensor.float().numpy().astype(ml_dtypes.bfloat16)
-  return tensor.numpy()
-
-
 def read_transformers_model(model) -> Tuple[Dict, Dict[str, np.ndarray]]:
   """(config dict, tensors) of an in-memory transformers model (needs torch)."""
   hf_config = model.config.to_dict()
-  tensors = {k: _torch_to_numpy(v) for k, v in model.state_dict().items()}
+  tensors = {k: safetensors_io.torch_to_numpy(v) for k, v in model.state_dict().items()}
   return hf_config, tensors
 
 

@@ -4,8 +4,9 @@ Reads what `transformers` `save_pretrained` writes (and what the hub hosts):
   DIR/config.json
   DIR/model.safetensors                          (one file), or
   DIR/model.safetensors.index.json + DIR/model-0000k-of-0000n.safetensors  (sharded).
-Writes the same layout, so `AutoModel...from_pretrained(DIR)` loads it. Tensors are numpy arrays
-keyed by HF's dotted names; no torch is needed here.
+Also reads PyTorch pickles (pytorch_model.bin, or sharded with pytorch_model.bin.index.json)
+when torch is installed. Writes the safetensors layout, so `AutoModel...from_pretrained(DIR)`
+loads it. Tensors are numpy arrays keyed by HF's dotted names.
 """
 from __future__ import annotations
 
@@ -19,6 +20,9 @@ from safetensors.numpy import load_file, save_file
 CONFIG_NAME = 'config.json'
 SINGLE_NAME = 'model.safetensors'
 INDEX_NAME = 'model.safetensors.index.json'
+# Older hub checkpoints (e.g. google/switch-base-*) ship only PyTorch pickles; read with torch.
+TORCH_SINGLE_NAME = 'pytorch_model.bin'
+TORCH_INDEX_NAME = 'pytorch_model.bin.index.json'
 
 
 def read_config(directory: str) -> dict:
@@ -33,30 +37,53 @@ def read_config(directory: str) -> dict:
       raise ValueError(f'HF checkpoint {directory!r}: {CONFIG_NAME} is not JSON: {e}') from e
 
 
+def torch_to_numpy(tensor) -> np.ndarray:
+  """A torch tensor as numpy (bfloat16 as ml_dtypes.bfloat16, which numpy lacks)."""
+  import torch  # pylint: disable=g-import-not-at-top  (optional dependency)
+  tensor = tensor.detach().cpu()
+  if tensor.dtype == torch.bfloat16:
+    import ml_dtypes  # pylint: disable=g-import-not-at-top
+    return tensor.float().numpy().astype(ml_dtypes.bfloat16)
+  return tensor.numpy()
+
+
+def _torch_load(path: str) -> Dict[str, np.ndarray]:
+  try:
+    import torch  # pylint: disable=g-import-not-at-top  (optional: .bin checkpoints only)
+  except ImportError as e:
+    raise ValueError(f'{path} is a PyTorch pickle; reading it needs torch (pip install '
+                     "'moe_flan[test]'), or convert it to safetensors first") from e
+  state = torch.load(path, map_location='cpu', weights_only=True)
+  return {k: torch_to_numpy(v) for k, v in state.items()}
+
+
+def _read_sharded(directory: str, index_name: str, load) -> Dict[str, np.ndarray]:
+  with open(os.path.join(directory, index_name)) as f:
+    weight_map = json.load(f)['weight_map']
+  tensors: Dict[str, np.ndarray] = {}
+  for shard in sorted(set(weight_map.values())):
+    shard_path = os.path.join(directory, shard)
+    if not os.path.isfile(shard_path):
+      raise ValueError(f'HF checkpoint {directory!r}: shard {shard!r} named in {index_name} '
+                       'is missing')
+    tensors.update(load(shard_path))
+  missing = sorted(set(weight_map) - set(tensors))
+  if missing:
+    raise ValueError(f'HF checkpoint {directory!r}: tensors listed in {index_name} but absent '
+                     f'from the shards: {missing}')
+  return tensors
+
+
 def read_tensors(directory: str) -> Dict[str, np.ndarray]:
-  """All tensors of a single-file or sharded safetensors checkpoint, name -> array."""
-  index_path = os.path.join(directory, INDEX_NAME)
-  single_path = os.path.join(directory, SINGLE_NAME)
-  if os.path.isfile(index_path):
-    with open(index_path) as f:
-      weight_map = json.load(f)['weight_map']
-    tensors: Dict[str, np.ndarray] = {}
-    for shard in sorted(set(weight_map.values())):
-      shard_path = os.path.join(directory, shard)
-      if not os.path.isfile(shard_path):
-        raise ValueError(f'HF checkpoint {directory!r}: shard {shard!r} named in {INDEX_NAME} '
-                         'is missing')
-      tensors.update(load_file(shard_path))
-    missing = sorted(set(weight_map) - set(tensors))
-    if missing:
-      raise ValueError(f'HF checkpoint {directory!r}: tensors listed in {INDEX_NAME} but absent '
-                       f'from the shards: {missing}')
-    return tensors
-  if os.path.isfile(single_path):
-    return load_file(single_path)
-  raise ValueError(f'HF checkpoint {directory!r}: neither {SINGLE_NAME} nor {INDEX_NAME} found '
-                   '(only safetensors checkpoints are read; convert .bin files with transformers '
-                   'first)')
+  """All tensors of a single-file or sharded checkpoint (safetensors preferred), name -> array."""
+  for index_name, single_name, load in ((INDEX_NAME, SINGLE_NAME, load_file),
+                                        (TORCH_INDEX_NAME, TORCH_SINGLE_NAME, _torch_load)):
+    if os.path.isfile(os.path.join(directory, index_name)):
+      return _read_sharded(directory, index_name, load)
+    if os.path.isfile(os.path.join(directory, single_name)):
+      return load(os.path.join(directory, single_name))
+  raise ValueError(f'HF checkpoint {directory!r}: none of {SINGLE_NAME}, {INDEX_NAME}, '
+                   f'{TORCH_SINGLE_NAME}, {TORCH_INDEX_NAME} found')
 
 
 def read_checkpoint(directory: str) -> Tuple[dict, Dict[str, np.ndarray]]:
