@@ -96,3 +96,18 @@ def test_module_entry_point_runs():
   out = subprocess.run([sys.executable, '-m', 'moe_flan.convert', '--help'], cwd=REPO,
                        capture_output=True, text=True, timeout=120, check=True)
   assert '--from' in out.stdout and '--to' in out.stdout
+
+
+def test_upcycling_refuses_experts_unlike_the_dense_mlp(tmp_path, capsys):
+  src = _hf_dir(tmp_path, DENSE, 'hf')
+  code = cli.main(['--from', 'hf', '--src', src, '--out', str(tmp_path / 'ckpt'),
+                   '--gin_file=models/flan_moe_tiny.gin', '--gin.VOCAB_SIZE=64',
+                   '--gin.T5Config.emb_dim=16', '--gin.T5Config.num_heads=2',
+                   '--gin.T5Config.head_dim=8', '--gin.T5Config.mlp_dim=32',
+                   '--gin.T5Config.relative_attention_num_buckets=8',
+                   '--gin.T5Config.relative_attention_max_distance=16',
+                   "--gin.MoeConfig.expert_activations=('silu', 'linear')"])
+  err = capsys.readouterr().err
+  assert code == 2, err
+  assert "MoeConfig.expert_activations=('silu', 'linear')" in err
+  assert 'MoeConfig.expert_mlp_dim=256: upcycled experts copy a dense MLP of width 32' in err

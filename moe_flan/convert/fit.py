@@ -38,6 +38,13 @@ def config_differences(imported: T5Config, target: T5Config) -> List[str]:
            if _norm(getattr(imported, f)) != _norm(getattr(target, f))]
   if imported.moe is not None and target.moe is None:
     diffs.append('T5Config.moe: the checkpoint is sparse, the gin model dense (no downcycling)')
+  if imported.moe is None and target.moe is not None:   # upcycling: experts copy the dense MLP
+    if _norm(target.moe.expert_activations) != _norm(imported.mlp_activations):
+      diffs.append(f'MoeConfig.expert_activations={_norm(target.moe.expert_activations)!r}: '
+                   f'upcycled experts copy a dense MLP with {_norm(imported.mlp_activations)!r}')
+    if target.moe.expert_mlp_dim != imported.mlp_dim:
+      diffs.append(f'MoeConfig.expert_mlp_dim={target.moe.expert_mlp_dim}: upcycled experts '
+                   f'copy a dense MLP of width {imported.mlp_dim}')
   if imported.moe is not None and target.moe is not None:
     for f in ('num_experts', 'expert_mlp_dim', 'expert_activations', 'extra_dense_mlp'):
       a, b = _norm(getattr(imported.moe, f)), _norm(getattr(target.moe, f))
