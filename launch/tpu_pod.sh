@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Train on a Cloud TPU VM pod slice: the same command on every worker, one process per host.
+#
+#   TPU_NAME=my-v4-32 ZONE=us-central2-b launch/tpu_pod.sh \
+#       --gin_file=gin/runs/instruction_tune.gin \
+#       --gin_file=gin/partitioning/expert_parallel.gin --gin.EXPERT_PARTITIONS=16 \
+#       --gin.MODEL_DIR="'gs://my-bucket/flan_moe_run'"
+#
+# Arguments: the flags of `python -m moe_flan.train` (any gin run file, model file and
+# gin/partitioning/*.gin overlay). MODEL_DIR must be shared storage (gs://...): all hosts write
+# the checkpoint together (orbax), process 0 writes metrics.
+# jax.distributed finds the coordinator and process ids from the TPU VM metadata
+# (--distributed_auto_detect is added), so no address or ids are passed.
+# Environment:
+#   TPU_NAME, ZONE (required); PROJECT (optional gcloud project)
+#   REMOTE_DIR=~/moe_flan   checkout on every worker (with its deps installed, e.g. pip -e .)
+#   SYNC=1                  first copy this checkout to REMOTE_DIR on every worker
+#   PYTHON=python3          interpreter on the workers
+#   DRY_RUN=1               print the gcloud commands instead of running them
+set -euo pipefail
+cd "$(dirname "$0")/.."
+: "${TPU_NAME:?set TPU_NAME to the TPU VM name}"
+: "${ZONE:?set ZONE to the TPU zone}"
+REMOTE_DIR=${REMOTE_DIR:-'~/moe_flan'}
+PYTHON=${PYTHON:-python3}
+gcloud_args=(--zone="$ZONE" --worker=all)
+[[ -n "${PROJECT:-}" ]] && gcloud_args+=(--project="$PROJECT")
+
+run() { if [[ -n "${DRY_RUN:-}" ]]; then printf '%q ' "$@"; echo; else "$@"; fi; }
+
+if [[ -n "${SYNC:-}" ]]; then
+  run gcloud compute tpus tpu-vm scp --recurse . "$TPU_NAME:$REMOTE_DIR" "${gcloud_args[@]}"
+fi
+train_args=$(printf '%q ' "$@")
+run gcloud compute tpus tpu-vm ssh "$TPU_NAME" "${gcloud_args[@]}" \
+    --command="cd $REMOTE_DIR && $PYTHON -m moe_flan.train --distributed_auto_detect $train_args"
