@@ -1,5 +1,6 @@
 """Every gin model file parses, finalizes, builds at tiny size and trains for one step;
 production sizes are checked with jax.eval_shape against a hand-computed parameter count."""
+import functools
 import pathlib
 
 import flax.linen as nn
@@ -9,8 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from moe_flan.config import MoeConfig, T5Config
+from moe_flan.config import T5Config
 from moe_flan.model import EncoderDecoder, compute_loss
+from t5_fixtures import random_params
 
 GIN_DIR = pathlib.Path(__file__).resolve().parents[1] / 'gin' / 'models'
 MODEL_FILES = sorted(p.name for p in GIN_DIR.glob('*.gin'))
@@ -58,6 +60,21 @@ def _batch(vocab):
           'decoder_target_tokens': tgt, 'decoder_loss_weights': (tgt > 0).astype(np.float32)}
 
 
+@functools.lru_cache(maxsize=None)
+def _loss_and_grad(cfg: T5Config):
+  """One compiled train-mode loss+grad per distinct tiny config (the dense files coincide)."""
+  model = EncoderDecoder(cfg)
+
+  def loss_fn(params, batch):
+    logits, state = model.apply(
+        {'params': params}, batch['encoder_input_tokens'], batch['decoder_input_tokens'],
+        batch['decoder_target_tokens'], enable_dropout=True, mutable=['moe_metrics'],
+        rngs={'dropout': jax.random.PRNGKey(1)})
+    return compute_loss(cfg, logits, batch, state.get('moe_metrics'))
+
+  return jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
+
+
 @pytest.mark.parametrize('name', MODEL_FILES)
 def test_tiny_forward_backward(name):
   full = _config(name)
@@ -68,19 +85,11 @@ def test_tiny_forward_backward(name):
     assert cfg.moe.num_selected_experts == full.moe.num_selected_experts
     assert full.encoder_sparse_blocks() and full.decoder_sparse_blocks()
     assert cfg.encoder_sparse_blocks() == cfg.decoder_sparse_blocks() == (1,)
-  model = EncoderDecoder(cfg)
   batch = _batch(cfg.vocab_size)
-  params = jax.jit(model.init)(jax.random.PRNGKey(0), batch['encoder_input_tokens'],
-                               batch['decoder_input_tokens'])['params']
-
-  def loss_fn(p):
-    logits, state = model.apply(
-        {'params': p}, batch['encoder_input_tokens'], batch['decoder_input_tokens'],
-        batch['decoder_target_tokens'], enable_dropout=True, mutable=['moe_metrics'],
-        rngs={'dropout': jax.random.PRNGKey(1)})
-    return compute_loss(cfg, logits, batch, state.get('moe_metrics'))
-
-  (loss, metrics), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(params)
+  model = EncoderDecoder(cfg)
+  # eval_shape(init) builds the whole model; numpy draws avoid compiling the initialisers.
+  params = random_params(model, batch['encoder_input_tokens'], batch['decoder_input_tokens'])
+  (loss, metrics), grads = _loss_and_grad(cfg)(params, batch)
   assert np.isfinite(loss) and loss > 0
   grads = nn.unbox(grads)
   norms = [float(jnp.linalg.norm(g)) for g in jax.tree_util.tree_leaves(grads)]
