@@ -100,6 +100,9 @@ def train(model_dir: str = gin.REQUIRED, model: config_lib.T5Config = gin.REQUIR
   setup = builder.build(model_dir, model, data, optimizer, checkpoint, run.frozen_groups,
                           run.seed, eval_data)
   state, start = setup.initial_state()
+  if jax.process_index() == 0:
+    print(f'moe_flan: {"resuming from step " + str(start) if start else "starting at step 0"} '
+          f'of {run.train_steps} in {model_dir}', flush=True)
   writer = metrics_lib.MetricsWriter(model_dir, 'train')
   eval_writer = metrics_lib.MetricsWriter(model_dir, 'eval', tensorboard=True)
   metrics_lib.truncate_after(writer.jsonl_path, start)

@@ -1,0 +1,122 @@
+"""The train loop end to end on a tiny FLAN-MoE: train, checkpoint, restore, continue; metrics,
+TensorBoard events and plots; NaN guard; bad input rejected before anything compiles."""
+import glob
+import json
+import os
+import tempfile
+
+import jax
+import numpy as np
+import pytest
+
+from moe_flan import config as config_lib
+from moe_flan.trainer import builder, checkpoints as ck, data as data_lib, loop, nan_guard
+from moe_flan.trainer import optimizers, plots
+
+CACHE_DIR = os.path.join(tempfile.gettempdir(), 'moe_flan_trainer_test_jax_cache')
+
+
+@pytest.fixture(scope='module', autouse=True)
+def compilation_cache():
+  """Shares compiled steps between the train() calls of this module (same HLO, new closures)."""
+  old = (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs)
+  jax.config.update('jax_compilation_cache_dir', CACHE_DIR)
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
+  yield
+  jax.config.update('jax_compilation_cache_dir', old[0])
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', old[1])
+
+
+def tiny_model(emb_dim=16):
+  moe = config_lib.MoeConfig(num_experts=4, num_selected_experts=2, expert_mlp_dim=16,
+                             group_size=64, encoder_sparse_layout='all',
+                             decoder_sparse_layout='all')
+  return config_lib.T5Config(vocab_size=32128, emb_dim=emb_dim, num_heads=2, head_dim=8,
+                             num_encoder_layers=1, num_decoder_layers=1, mlp_dim=16, moe=moe)
+
+
+DATA = data_lib.DataConfig('flan_embedded', {'inputs': 32, 'targets': 8}, batch_size=8)
+
+
+def _train(model_dir, steps, lr=1e-2, period=2, model=None, **run):
+  return loop.train(str(model_dir), model or tiny_model(), DATA,
+                    loop.RunConfig(train_steps=steps, log_period=1, **run),
+                    optimizers.OptimizerConfig(schedule=optimizers.ScheduleConfig(
+                        base_learning_rate=lr)),
+                    ck.CheckpointConfig(period=period))
+
+
+def _records(model_dir, split='train'):
+  with open(os.path.join(model_dir, 'metrics', f'{split}.jsonl')) as f:
+    return [json.loads(line) for line in f]
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+  model_dir = str(tmp_path_factory.mktemp('run'))
+  first = _train(model_dir, 4, eval_period=2, eval_steps=1)
+  after_first = _records(model_dir)
+  second = _train(model_dir, 6, eval_period=2, eval_steps=1)
+  return model_dir, first, after_first, second
+
+
+def test_train_checkpoint_restore_continue(trained):
+  model_dir, first, after_first, second = trained
+  assert first.step == 4 and second.step == 6
+  assert [r['step'] for r in after_first] == [1, 2, 3, 4]
+  records = _records(model_dir)
+  assert [r['step'] for r in records] == [1, 2, 3, 4, 5, 6]
+  assert records[:4] == after_first            # the continuation did not rewrite history
+  assert sorted(int(d) for d in os.listdir(os.path.join(model_dir, 'checkpoints'))
+                if d.isdigit()) == [2, 4, 6]
+  for r in records:
+    for key in ('loss', 'accuracy', 'moe/load_balancing_loss', 'moe/router_z_loss', 'z_loss',
+                'learning_rate', 'grad_norm', 'step_time', 'tokens_per_second'):
+      assert np.isfinite(r[key]), key
+    assert np.asarray(r['moe/expert_load_per_layer']).shape == (2, 4)
+    assert np.asarray(r['moe/fraction_dropped_per_layer']).shape == (2,)
+  assert [r['step'] for r in _records(model_dir, 'eval')] == [2, 4, 6]
+  assert glob.glob(os.path.join(model_dir, 'train', 'events.out.tfevents.*'))
+  assert glob.glob(os.path.join(model_dir, 'eval', 'events.out.tfevents.*'))
+  for png in (plots.LOSS_PNG, plots.EXPERT_PNG):
+    with open(os.path.join(model_dir, png), 'rb') as f:
+      assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+
+
+def test_model_dir_of_another_shape_is_refused_before_compiling(trained, monkeypatch):
+  model_dir = trained[0]
+  monkeypatch.setattr(builder.TrainSetup, 'initial_state',
+                      lambda self: pytest.fail('reached state initialisation'))
+  with pytest.raises(ValueError, match=r'(?s)refusing to resume.*token_embedder/embedding: '
+                                       r'model \(32128, 32\) vs checkpoint \(32128, 16\)'):
+    _train(model_dir, 8, model=tiny_model(emb_dim=32))
+
+
+@pytest.mark.parametrize('setting,value,match', [
+    ('task', 'no_such_task', "MIXTURE_OR_TASK_NAME='no_such_task' is not a registered"),
+    ('init', '/no/such/checkpoint', "'/no/such/checkpoint' does not exist"),
+])
+def test_bad_input_fails_before_compiling(tmp_path, monkeypatch, setting, value, match):
+  monkeypatch.setattr(builder.TrainSetup, 'initial_state',
+                      lambda self: pytest.fail('reached state initialisation'))
+  data = DATA if setting != 'task' else data_lib.DataConfig(value, DATA.task_feature_lengths, 8)
+  ckpt = ck.CheckpointConfig(initial_checkpoint_path=value if setting == 'init' else None)
+  with pytest.raises(ValueError, match=match):
+    loop.train(str(tmp_path), tiny_model(), data, loop.RunConfig(train_steps=1),
+               optimizers.OptimizerConfig(), ckpt)
+
+
+def test_nan_guard_stops_and_never_saves_nan(tmp_path):
+  # An absurd learning rate blows the params up after the first update.
+  with pytest.raises(nan_guard.NonFiniteError, match=r'step \d+: (loss|grad_norm|params)'):
+    _train(tmp_path, 6, lr=1e30, period=1)
+  cp = ck.Checkpointer(str(tmp_path), ck.CheckpointConfig(period=1))
+  steps = cp.manager.all_steps()
+  cp.close()
+  records = _records(str(tmp_path))
+  bad_step = len(records) + 1 if all(np.isfinite(r['loss']) for r in records) else None
+  for step in steps:
+    if bad_step is not None:
+      assert step < bad_step
+    flat = ck.load_params(os.path.join(str(tmp_path), 'checkpoints', str(step)), None)
+    assert all(np.all(np.isfinite(v)) for v in flat.values()), f'checkpoint {step} holds NaN'
