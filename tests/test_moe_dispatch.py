@@ -60,9 +60,17 @@ _reference_value_and_grad = jax.jit(
 @pytest.mark.parametrize('router_type,k', ROUTINGS, ids=['top1', 'top2', 'experts_choose'])
 @pytest.mark.parametrize('dispatch', ['einsum', 'scatter', 'dropless'])
 def test_layer_matches_reference(dispatch, router_type, k, overflow):
+  _check_layer_against_reference(dispatch, router_type, k, overflow)
+
+
+def test_batch_prioritized_layer_matches_reference():
+  _check_layer_against_reference('scatter', 'tokens_choose', 2, True, batch_prioritized=True)
+
+
+def _check_layer_against_reference(dispatch, router_type, k, overflow, batch_prioritized=False):
   cfg = MoeConfig(num_experts=E, dispatch=dispatch, group_size=GROUP, expert_mlp_dim=F,
                   min_capacity=1, eval_capacity_factor=0.5 if overflow else 4.0,
-                  expert_activations=ACTS)
+                  expert_activations=ACTS, batch_prioritized_routing=batch_prioritized)
   layer = MoeLayer(cfg, D, router_type, k)
   x, mask, cot, rkey = _inputs()
   params = _params(rkey)
@@ -78,7 +86,9 @@ def test_layer_matches_reference(dispatch, router_type, k, overflow):
   g = B * L // GROUP
   xg, realg, cotg = x.reshape(g, GROUP, D), mask.reshape(g, GROUP), cot.reshape(g, GROUP, D)
   capacity = _layer_capacity(cfg, router_type, k, GROUP)
-  keep = ref.reference_keep(params, xg, realg, router_type, k, capacity)
+  keep = ref.reference_keep(params, xg, realg, router_type, k, capacity, batch_prioritized)
+  if batch_prioritized:   # the case must be one where priority changes who keeps a slot
+    assert (keep != ref.reference_keep(params, xg, realg, router_type, k, capacity)).any()
   assert not keep[~np.asarray(realg)].any()
   dropped = float(metrics['fraction_dropped'][0])
   if overflow and not (dispatch == 'dropless' and router_type == 'tokens_choose'):
