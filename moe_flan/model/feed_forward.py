@@ -1,4 +1,4 @@
-"""The feed-forward half of a block: dense MLP, or MoE layer (optionally after an extra dense MLP)."""
+"""The feed-forward half of a block: a dense MLP, or the MoE layer (ST-MoE: after an extra MLP)."""
 from __future__ import annotations
 
 from typing import Optional
@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from moe_flan.config import T5Config
 from moe_flan.layers.mlp import MlpBlock
 from moe_flan.layers.normalization import RMSNorm
+from moe_flan.moe import MoeLayer
 
 
 def residual_dropout(config: T5Config, y: jax.Array, enable_dropout: bool) -> jax.Array:
@@ -47,7 +48,6 @@ def feed_forward_sublayers(config: T5Config, x: jax.Array, *, sparse: bool, rout
     x = x + residual_dropout(config, y, enable_dropout)
   y = RMSNorm(epsilon=eps, dtype=dtype, name='pre_mlp_layer_norm')(x)
   if sparse:
-    from moe_flan.moe import MoeLayer  # pylint: disable=g-import-not-at-top  (dense path needs no MoE)
     y = MoeLayer(config=config.moe, emb_dim=x.shape[-1], router_type=router_type,
                  num_selected_experts=num_selected_experts, dtype=dtype,
                  name='moe')(y, padding_mask=padding_mask, enable_dropout=enable_dropout)
