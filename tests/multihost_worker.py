@@ -42,15 +42,10 @@ def _global_batches(np):
            'decoder_loss_weights': np.ones((B, LT), np.float32)}
 
 
-def main(argv):
-  args = _parse(argv)
-  import jax  # pylint: disable=g-import-not-at-top
-  jax.config.update('jax_num_cpu_devices', args.local_devices)
-  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
-  from moe_flan.partitioning import distributed  # pylint: disable=g-import-not-at-top
-  distributed.initialize(args.coordinator_address, args.num_processes, args.process_id,
-                         timeout_s=120)
+def train(devices=None, dispatch: str = 'expert_parallel') -> dict:
+  """Trains NUM_STEPS steps on a (1, 4, 1) mesh over `devices` (default: all processes')."""
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
@@ -60,19 +55,20 @@ def main(argv):
   from moe_flan.trainer import train_state as ts  # pylint: disable=g-import-not-at-top
   from moe_flan.trainer import train_step as step_lib  # pylint: disable=g-import-not-at-top
 
-  moe = MoeConfig(num_experts=4, num_selected_experts=2, dispatch=args.dispatch, group_size=4,
+  moe = MoeConfig(num_experts=4, num_selected_experts=2, dispatch=dispatch, group_size=4,
                   expert_mlp_dim=16, min_capacity=1, train_capacity_factor=1.0,
                   encoder_sparse_layout='all', decoder_sparse_layout='all')
   config = T5Config(vocab_size=V, emb_dim=16, num_heads=2, head_dim=8, num_encoder_layers=1,
                     num_decoder_layers=1, mlp_dim=32, moe=moe)
   model = EncoderDecoder(config)
   tx = optax.sgd(0.5)
-  # expert axis over both processes: the token all-to-all crosses the process boundary.
-  partitioner = partitioning.Partitioner(partitioning.make_mesh((1, 4, 1)),
+  # The expert axis spans both processes: the token all-to-all crosses the process boundary.
+  partitioner = partitioning.Partitioner(partitioning.make_mesh((1, 4, 1), devices),
                                          partitioning.logical_axis_rules())
   init = ts.init_params_fn(model, {'inputs': LI, 'targets': LT})
   with partitioner.activate():
-    param_shardings = partitioner.shardings(jax.eval_shape(init, jax.random.PRNGKey(0)))
+    boxed = jax.eval_shape(init, jax.random.PRNGKey(0))
+    param_shardings = partitioner.shardings(boxed)
   repl = partitioner.replicated
   # SGD's state is empty: only params need shardings.
   shardings = ts.TrainState(step=repl, params=param_shardings, opt_state=repl, rng=repl)
@@ -81,7 +77,7 @@ def main(argv):
     values = jax.tree.map(lambda b: b.value, init(rng), is_leaf=lambda b: hasattr(b, 'names'))
     return ts.new_state(values, tx, rng)
 
-  frozen = jax.tree.map(lambda _: False, nn.meta.unbox(jax.eval_shape(init, jax.random.PRNGKey(0))))
+  frozen = jax.tree.map(lambda _: False, nn.meta.unbox(boxed))
   step = step_lib.make_train_step(model, config, tx, lambda s: 0.5, frozen)
   shard_id, num_shards = partitioner.data_shard_info()
   rows = B // num_shards
@@ -97,13 +93,24 @@ def main(argv):
     sums = jax.jit(lambda p: jax.tree.map(lambda x: jnp.sum(x * x), p),
                    out_shardings=repl)(state.params)
   flat = jax.tree_util.tree_flatten_with_path(sums)[0]
-  result = {'losses': losses, 'num_shards': num_shards, 'process_count': jax.process_count(),
-            'param_sq_sums': {jax.tree_util.keystr(p): float(np.asarray(v)) for p, v in flat}}
+  print(f'process {jax.process_index()}: shard {shard_id}/{num_shards} losses {losses}',
+        flush=True)
+  return {'losses': losses, 'num_shards': num_shards, 'process_count': jax.process_count(),
+          'param_sq_sums': {jax.tree_util.keystr(p): float(np.asarray(v)) for p, v in flat}}
+
+
+def main(argv):
+  args = _parse(argv)
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.config.update('jax_num_cpu_devices', args.local_devices)
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  from moe_flan.partitioning import distributed  # pylint: disable=g-import-not-at-top
+  distributed.initialize(args.coordinator_address, args.num_processes, args.process_id,
+                         timeout_s=120)
+  result = train(dispatch=args.dispatch)
   if jax.process_index() == 0:
     with open(args.out, 'w') as f:
       json.dump(result, f)
-  print(f'process {jax.process_index()}: shard {shard_id}/{num_shards} losses {losses}',
-        flush=True)
 
 
 if __name__ == '__main__':
