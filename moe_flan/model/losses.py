@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from moe_flan.config import T5Config
+from moe_flan.moe.losses import collect_moe_metrics
 
 
 def _smoothed_targets(targets: jax.Array, vocab_size: int, label_smoothing: float):
@@ -88,7 +89,6 @@ def compute_loss(config: T5Config, logits: jax.Array, batch: Mapping[str, jax.Ar
   }
   total = ce_z
   if config.moe is not None and moe_metrics:
-    from moe_flan.moe.losses import collect_moe_metrics  # pylint: disable=g-import-not-at-top
     moe = collect_moe_metrics(moe_metrics)
     for name, value in moe.items():
       metrics[f'moe/{name}'] = value
