@@ -95,6 +95,15 @@ def _check_layer_against_reference(dispatch, router_type, k, overflow, batch_pri
     assert dropped > 0, 'the overflow case must drop tokens'
   else:
     assert router_type == 'experts_choose' or dropped == 0
+  real_np = np.asarray(realg)
+  if router_type == 'experts_choose':
+    want_dropped = np.mean(~keep[real_np].any(-1))
+  else:
+    want_dropped = 1 - keep.sum() / (real_np.sum() * k)
+  np.testing.assert_allclose(dropped, want_dropped, rtol=1e-6, atol=1e-7)
+  np.testing.assert_allclose(metrics['expert_load'][0], keep.sum((0, 1)) / keep.sum(), rtol=1e-6)
+  probs = ref.softmax_np(np.asarray(xg, np.float64) @ np.asarray(params['router']['kernel']))
+  np.testing.assert_allclose(metrics['top1_prob'][0], probs.max(-1)[real_np].mean(), rtol=1e-5)
 
   (_, want_y), (want_gp, want_gx) = _reference_value_and_grad(params, xg, jnp.asarray(keep),
                                                                 cotg)
