@@ -92,14 +92,15 @@ def test_sharded_layer_matches_one_device(dispatch, mesh_shape):
   _assert_close(got, want)
 
 
-@pytest.mark.parametrize('num_experts,mesh_shape,rules', [
-    (8, (1, 4, 2), {}),              # 2 experts per device, F split over 'model'
-    (2, (2, 4, 1), {}),              # fewer experts than partitions: 2 replicas per expert
-    (8, (2, 2, 2), {'fsdp': True}),  # expert weights also split over 'data' (FSDP)
-], ids=['E8_P4', 'E2_P4_replicas', 'E8_fsdp'])
-def test_expert_parallel_expert_counts(num_experts, mesh_shape, rules):
-  want = _unsharded('expert_parallel', num_experts)
-  got = _run(_layer('expert_parallel', num_experts), _partitioner(mesh_shape, **rules))
+@pytest.mark.parametrize('dispatch,num_experts,mesh_shape,rules', [
+    ('expert_parallel', 8, (1, 4, 2), {}),              # 2 experts per device, F over 'model'
+    ('expert_parallel', 2, (2, 4, 1), {}),              # fewer experts than partitions: replicas
+    ('expert_parallel', 8, (2, 2, 2), {'fsdp': True}),  # expert weights also over 'data'
+    ('einsum', 2, (2, 4, 1), {}),                       # XLA path with replicated experts
+], ids=['EP_E8_P4', 'EP_E2_P4_replicas', 'EP_E8_fsdp', 'einsum_E2_P4'])
+def test_expert_counts_vs_expert_partitions(dispatch, num_experts, mesh_shape, rules):
+  want = _unsharded(dispatch, num_experts)
+  got = _run(_layer(dispatch, num_experts), _partitioner(mesh_shape, **rules))
   _assert_close(got, want)
 
 
