@@ -27,6 +27,7 @@ this falls back to the numerically identical 'scatter' path, leaving sharding to
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 from typing import Optional, Sequence
@@ -166,6 +167,15 @@ def _make_plan(routing: Routing, weight_specs: dict, mesh) -> _Plan:
                hidden_axes=_as_tuple(wi_spec[2]))
 
 
+@functools.lru_cache(maxsize=None)
+def _warn_fallback(num_groups: int, group_axes: tuple, parts: int) -> None:
+  """Warns once per shape: e.g. init or one decoding step (1 group), or a group_size too big."""
+  logging.warning('expert_parallel: %d routing group(s) do not divide over mesh axes %s (%d '
+                  "partitions); using the 'scatter' path there (same numbers, XLA-sharded). "
+                  'For training, make batch * length / MoeConfig.group_size a multiple of %d.',
+                  num_groups, group_axes, parts, parts)
+
+
 def _group_axes(mesh, rules, num_groups: int) -> Optional[tuple[str, ...]]:
   """Mesh axes of the group dimension, or None when G cannot be split over them."""
   group_axes = _as_tuple(nn.logical_to_mesh_axes((axes.EXPERT_GROUP,), rules)[0])
@@ -175,9 +185,7 @@ def _group_axes(mesh, rules, num_groups: int) -> Optional[tuple[str, ...]]:
         f"'expert' (logical_axis_rules.batch_mesh_axes); or use the 'einsum' dispatch")
   parts = mesh_lib.mesh_axis_size(mesh, group_axes)
   if num_groups % parts:
-    logging.warning('expert_parallel: %d routing groups do not divide over mesh axes %s (%d '
-                    "partitions); using the 'scatter' path for this call", num_groups,
-                    group_axes, parts)
+    _warn_fallback(num_groups, group_axes, parts)
     return None
   return group_axes
 
