@@ -6,6 +6,8 @@ step gets to the best dense matmul XLA can do on the same cores at the same mome
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import jax
 import jax.numpy as jnp
 
@@ -17,18 +19,23 @@ def matmul_flops(m: int, k: int, n: int) -> float:
   return 2.0 * m * k * n
 
 
+def matmul_fn(size: int, dtype: str = 'float32') -> tuple[Callable[[], jax.Array], float]:
+  """(closure running a jitted square `size`^3 matmul, its FLOPs)."""
+  if size < 1:
+    raise ValueError(f'peak.matmul_fn: size={size} must be >= 1')
+  key_a, key_b = jax.random.split(jax.random.PRNGKey(0))
+  a = jax.random.normal(key_a, (size, size), dtype=jnp.dtype(dtype))
+  b = jax.random.normal(key_b, (size, size), dtype=jnp.dtype(dtype))
+  matmul = jax.jit(jnp.matmul)
+  return (lambda: matmul(a, b)), matmul_flops(size, size, size)
+
+
 def measure(size: int, dtype: str = 'float32', repeats: int = 5) -> dict:
   """Median FLOP/s of a jitted square `size`^3 matmul; also the best (min-time) rate.
 
   Returns a dict with 'flops_per_s' (median), 'best_flops_per_s', the size, dtype and timing.
   """
-  if size < 1:
-    raise ValueError(f'peak.measure: size={size} must be >= 1')
-  key_a, key_b = jax.random.split(jax.random.PRNGKey(0))
-  a = jax.random.normal(key_a, (size, size), dtype=jnp.dtype(dtype))
-  b = jax.random.normal(key_b, (size, size), dtype=jnp.dtype(dtype))
-  matmul = jax.jit(jnp.matmul)
-  result = timing.time_fn(lambda: matmul(a, b), repeats=repeats, warmup=2)
-  flops = matmul_flops(size, size, size)
+  fn, flops = matmul_fn(size, dtype)
+  result = timing.time_fn(fn, repeats=repeats, warmup=2)
   return {'size': size, 'dtype': dtype, 'flops_per_s': flops / result.median_s,
           'best_flops_per_s': flops / result.min_s, 'time_s': result.as_dict()}

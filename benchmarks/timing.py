@@ -30,8 +30,12 @@ class Timing:
 
 
 def block(tree: Any) -> Any:
-  """Waits until every array in `tree` is computed (jax dispatch is asynchronous)."""
-  return jax.block_until_ready(tree)
+  """Waits until every jax array in `tree` is computed (jax dispatch is asynchronous); other
+  leaves (numpy, PyTorch CPU tensors: already computed when returned) pass through."""
+  for leaf in jax.tree.leaves(tree):
+    if isinstance(leaf, jax.Array):
+      leaf.block_until_ready()
+  return tree
 
 
 def _timed_call(fn: Callable[[], Any]) -> float:

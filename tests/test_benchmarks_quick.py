@@ -1,0 +1,38 @@
+"""The benchmark suite's quick mode runs end to end and writes well-formed results (no speed
+assertions: performance is measured by `python -m benchmarks.run`, see BENCHMARKS.md)."""
+import json
+import math
+
+from benchmarks import run as run_lib
+
+EXPECTED = {
+    'moe_layer': {'dense', 'einsum', 'scatter', 'segmented', 'dropless'},
+    'train_step': {'train_step'},
+    'input_pipeline': {'get_batches'},
+    'memory': {'train_step'},
+    'hf_switch': {'moe_flan', 'hf_torch'},
+}
+
+
+def test_quick_cpu_suite_writes_results(tmp_path):
+  result = run_lib.main(['--suite', 'cpu', '--quick', '--results_dir', str(tmp_path)])
+  with open(tmp_path / 'cpu_quick.json') as f:
+    saved = json.load(f)
+  assert saved == json.loads(json.dumps(result, default=float))
+  assert saved['suite'] == 'cpu' and saved['quick'] is True
+  assert saved['machine']['cpu_cores'] >= 1 and saved['peak']['flops_per_s'] > 0
+  by_case = {}
+  for row in saved['records']:
+    assert row['status'] == 'ok', row
+    by_case.setdefault(row['case'], set()).add(row['variant'])
+    assert row['time_s']['median_s'] > 0 if 'time_s' in row else True
+    if 'ratio' in row:
+      assert row['ratio']['min'] <= row['ratio']['median'] <= row['ratio']['max']
+      assert math.isfinite(row['ratio']['median'])
+  for case, variants in EXPECTED.items():
+    assert variants <= by_case.get(case, set()), (case, by_case.get(case))
+  baseline_rows = [r for r in saved['records'] if r['case'] == 'moe_layer' and r['variant'] == 'dense']
+  assert all(r['ratio']['median'] == 1.0 for r in baseline_rows)
+  names = {t['name'] for t in saved['targets']}
+  assert 'train step FLOP/s / XLA matmul peak (base-like)' in names
+  assert all(t['met'] in (True, False, None) for t in saved['targets'])
