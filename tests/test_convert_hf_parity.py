@@ -193,3 +193,26 @@ def test_pytorch_bin_checkpoint_imports_like_the_model_object(case, tmp_path):
   assert flat_a.keys() == flat_b.keys()
   for k in flat_a:
     assert np.array_equal(flat_a[k], flat_b[k]), k
+
+
+@pytest.mark.parametrize('name', ['t5_v11', 'switch_every2_dropping'])
+def test_greedy_generation_matches_hf_generate(name):
+  """Cached decoding of an imported model == HF `generate` (greedy). HF routes one token per
+  sequence per step here; ours routes the step's B tokens as one group, so capacity >= B."""
+  from moe_flan import decoding  # pylint: disable=g-import-not-at-top
+  kind, kwargs = CASES[name]
+  hf = _hf_model(kind, kwargs)
+  config, params = hf_checkpoint.import_hf(hf, group_size=L)
+  enc = _inputs()[0]
+  steps = L   # the cache-shaping pass routes B * steps tokens in groups of L
+  with torch.no_grad():
+    want = hf.generate(input_ids=torch.tensor(enc), attention_mask=torch.tensor(enc > 0),
+                       max_new_tokens=steps, min_new_tokens=steps, do_sample=False,
+                       num_beams=1,
+                       # HF's cache breaks on uneven stack depths (t5_v11); without a cache,
+                       # HF re-routes the whole prefix each step, so capacity would bind (Switch).
+                       use_cache=kind == 'switch').numpy()[:, 1:]   # drop the start token
+  got = np.asarray(decoding.temperature_sample(EncoderDecoder(config), params,
+                                               jnp.asarray(enc, jnp.int32), steps,
+                                               temperature=0.0, eos_id=-1))
+  np.testing.assert_array_equal(got, want)
