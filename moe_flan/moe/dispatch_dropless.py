@@ -24,10 +24,14 @@ def dropless_dispatch(routing: Routing, x: jax.Array, ffn: ExpertFFN) -> jax.Arr
   routed = routing.routed.reshape(-1)                                     # [G*T*S]
   expert = jnp.where(routed, routing.expert_index.reshape(-1), e)         # e = "not routed"
   order = jnp.argsort(expert, stable=True)
+  # At most C routed selections per expert and group, so only the first G*E*C sorted rows
+  # can be routed (saves T/C-fold work for experts-choose, where S = E).
+  rows = min(order.shape[0], g * e * routing.capacity)
   token = jnp.repeat(jnp.arange(g * t, dtype=jnp.int32), s)               # [G*T*S]
-  x_sorted = x.reshape(g * t, d)[token[order]]
+  x_sorted = x.reshape(g * t, d)[token[order[:rows]]]
   group_sizes = jnp.zeros((e + 1,), jnp.int32).at[expert].add(1)[:e]
-  y_sorted = ffn.ragged(x_sorted, group_sizes).astype(x.dtype)
-  inverse = jnp.zeros_like(order).at[order].set(jnp.arange(order.shape[0], dtype=order.dtype))
-  y = y_sorted[inverse].reshape(g, t, s, d)
+  y_sorted = ffn.ragged(x_sorted, group_sizes).astype(x.dtype)           # [rows, D]
+  y_sorted = jnp.concatenate([y_sorted, jnp.zeros((1, d), x.dtype)])     # row `rows` = zero
+  position = jnp.zeros_like(order).at[order].set(jnp.arange(order.shape[0], dtype=order.dtype))
+  y = y_sorted[jnp.minimum(position, rows)].reshape(g, t, s, d)
   return jnp.einsum('GTSD,GTS->GTD', y, routing.combine_weight.astype(x.dtype))

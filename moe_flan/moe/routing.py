@@ -15,7 +15,9 @@ same `Routing`, so one routing decision gives the same numbers on every dispatch
   slot_index[g, t, s]      its position in that expert's buffer (0 <= slot < capacity if routed),
   combine_weight[g, t, s]  the weight of that expert's output (0 where not routed),
   routed[g, t, s]          whether the selection is processed (not padding, not dropped).
-Tokens-choose top-k uses S = k. Experts-choose uses S = E with expert_index[..., s] = s
+Invariant every strategy keeps (dispatchers rely on it): within a group, routed selections of
+one expert have distinct slot_index values in [0, capacity), so no expert receives more than
+`capacity` selections per group. Tokens-choose top-k uses S = k. Experts-choose uses S = E with expert_index[..., s] = s
 (a token can be picked by any number of experts).
 
 Combine weights are router probabilities (softmax over all E experts) of the chosen experts,
