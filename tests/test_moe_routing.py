@@ -195,3 +195,25 @@ def test_collect_moe_metrics_averages_over_layers_in_natural_order():
   np.testing.assert_allclose(out['expert_load'], [0.5, 0.5])
   np.testing.assert_allclose(out['expert_load_per_layer'], [[1.0, 0.0], [0.0, 1.0]])
   assert collect_moe_metrics({}) == {}
+
+
+@pytest.mark.parametrize('name,k,prioritized', [('tokens_choose', 1, False),
+                                                ('tokens_choose', 3, True),
+                                                ('experts_choose', 1, False)])
+def test_routed_slots_are_distinct_and_within_capacity(name, k, prioritized):
+  """The invariant dispatchers rely on, on random logits with padding and tight capacity."""
+  rng = np.random.RandomState(2)
+  logits = jnp.asarray(rng.normal(size=(3, 10, 5)).astype(np.float32))
+  real = rng.rand(3, 10) > 0.2
+  cap = 2
+  r = _route(name, logits, real, num_selected_experts=k, capacity=cap,
+             batch_prioritized_routing=prioritized)
+  routed, expert, slot = map(np.asarray, (r.routed, r.expert_index, r.slot_index))
+  assert not routed[~real].any()
+  for g in range(3):
+    for e in range(5):
+      slots = slot[g][routed[g] & (expert[g] == e)]
+      assert len(set(slots)) == len(slots) and np.all((0 <= slots) & (slots < cap))
+      if name == 'tokens_choose':   # each expert fills min(capacity, demand) slots
+        wanted = np.sum(real[g][:, None] & (expert[g] == e))
+        assert len(slots) == min(cap, wanted)
