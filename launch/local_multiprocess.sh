@@ -45,15 +45,22 @@ for ((i = 0; i < NUM_PROCESSES; i++)); do
 done
 echo "started $NUM_PROCESSES processes (coordinator 127.0.0.1:$PORT); logs in $LOG_DIR" >&2
 
+# Poll (rather than `wait -n`) so each exit status is read exactly once, on any bash.
 status=0
-for ((n = 0; n < NUM_PROCESSES; n++)); do
-  if ! wait -n "${pids[@]}"; then
-    status=1
-    echo "a process failed; stopping the others. Last lines of each log:" >&2
-    for ((i = 0; i < NUM_PROCESSES; i++)); do
-      echo "--- process $i ($LOG_DIR/process_$i.log)" >&2; tail -n 20 "$LOG_DIR/process_$i.log" >&2
-    done
-    break
-  fi
+remaining=("${!pids[@]}")
+while [[ ${#remaining[@]} -gt 0 && $status -eq 0 ]]; do
+  still=()
+  for i in "${remaining[@]}"; do
+    if kill -0 "${pids[$i]}" 2>/dev/null; then still+=("$i"); continue; fi
+    if ! wait "${pids[$i]}"; then
+      status=1
+      echo "process $i failed; stopping the others. Last lines of each log:" >&2
+      for ((j = 0; j < NUM_PROCESSES; j++)); do
+        echo "--- process $j ($LOG_DIR/process_$j.log)" >&2; tail -n 20 "$LOG_DIR/process_$j.log" >&2
+      done
+    fi
+  done
+  remaining=("${still[@]}")
+  [[ ${#remaining[@]} -gt 0 && $status -eq 0 ]] && sleep 0.5
 done
 exit $status
