@@ -1,4 +1,5 @@
 """Mesh, rule table, Partitioner specs/batches and distributed settings (no compilation)."""
+import argparse
 import os
 import subprocess
 import sys
@@ -202,3 +203,16 @@ def test_unreachable_coordinator_times_out_instead_of_hanging():
                         env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
   assert proc.returncode != 0
   assert 'coordinator_address=' in proc.stderr and '127.0.0.1:1' in proc.stderr, proc.stderr[-2000:]
+
+
+def test_flags_parse_and_check(monkeypatch):
+  for var in (distributed.ENV_COORDINATOR, distributed.ENV_NUM_PROCESSES,
+              distributed.ENV_PROCESS_ID, 'SLURM_JOB_ID'):
+    monkeypatch.delenv(var, raising=False)
+  parser = argparse.ArgumentParser()
+  distributed.add_flags(parser)
+  args = parser.parse_args(['--num_processes=2', '--process_id=1'])
+  assert (args.num_processes, args.process_id, args.distributed_timeout_s) == (2, 1, 300)
+  with pytest.raises(ValueError, match='num_processes=2 but no coordinator_address'):
+    distributed.initialize_from_flags(args)
+  assert distributed.initialize_from_flags(parser.parse_args([])) is False

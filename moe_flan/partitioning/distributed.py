@@ -6,11 +6,12 @@ MOE_FLAN_NUM_PROCESSES, MOE_FLAN_PROCESS_ID), or JAX's own cluster auto-detectio
 (SLURM with more than one task; Cloud TPU pods when asked for with `auto_detect=True`).
 A single process with nothing set runs without a distributed runtime.
 
-Flags are absl flags (t5x-style entry points): call `define_flags()` before `app.run`, then
-`initialize_from_flags()` first thing in `main`, before any other JAX call.
+Flags (argparse, like the entry points): `add_flags(parser)`, then `initialize_from_flags(args)`
+first thing in `main`, before any other JAX call.
 """
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import socket
@@ -137,32 +138,23 @@ def initialize(coordinator_address: Optional[str] = None,
 
 
 # ---- flags ------------------------------------------------------------------------------------
-def define_flags(flag_values=None) -> None:
-  """Defines --coordinator_address, --num_processes, --process_id, --distributed_auto_detect,
-  --distributed_timeout_s as absl flags (idempotent)."""
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  fv = flags.FLAGS if flag_values is None else flag_values
-  if 'coordinator_address' in fv:
-    return
-  flags.DEFINE_string('coordinator_address', None,
-                      f'HOST:PORT of process 0 for multi-process runs (or ${ENV_COORDINATOR}).',
-                      flag_values=fv)
-  flags.DEFINE_integer('num_processes', None,
-                       f'Number of processes in the job (or ${ENV_NUM_PROCESSES}).',
-                       flag_values=fv)
-  flags.DEFINE_integer('process_id', None, f'This process\'s id (or ${ENV_PROCESS_ID}).',
-                       flag_values=fv)
-  flags.DEFINE_bool('distributed_auto_detect', False,
-                    'Let JAX detect the cluster (Cloud TPU VM pods; SLURM is always detected).',
-                    flag_values=fv)
-  flags.DEFINE_integer('distributed_timeout_s', DEFAULT_TIMEOUT_S,
-                       'Seconds to wait for all processes to connect before failing.',
-                       flag_values=fv)
+def add_flags(parser: argparse.ArgumentParser) -> None:
+  """Adds --coordinator_address, --num_processes, --process_id, --distributed_auto_detect and
+  --distributed_timeout_s to an argparse parser (the entry points' flag style)."""
+  parser.add_argument('--coordinator_address', default=None,
+                      help=f'HOST:PORT of process 0 for multi-process runs (or ${ENV_COORDINATOR})')
+  parser.add_argument('--num_processes', type=int, default=None,
+                      help=f'number of processes in the job (or ${ENV_NUM_PROCESSES})')
+  parser.add_argument('--process_id', type=int, default=None,
+                      help=f"this process's id (or ${ENV_PROCESS_ID})")
+  parser.add_argument('--distributed_auto_detect', action='store_true',
+                      help='let JAX detect the cluster (Cloud TPU VM pods; SLURM)')
+  parser.add_argument('--distributed_timeout_s', type=int, default=DEFAULT_TIMEOUT_S,
+                      help='seconds to wait for all processes to connect before failing')
 
 
-def initialize_from_flags(flag_values=None) -> bool:
-  """`initialize()` with the flags of `define_flags()`; call before any other JAX call."""
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  fv = flags.FLAGS if flag_values is None else flag_values
-  return initialize(fv.coordinator_address, fv.num_processes, fv.process_id,
-                    auto_detect=fv.distributed_auto_detect, timeout_s=fv.distributed_timeout_s)
+def initialize_from_flags(args: argparse.Namespace) -> bool:
+  """`initialize()` with the flags of `add_flags`; call before any other JAX call."""
+  return initialize(args.coordinator_address, args.num_processes, args.process_id,
+                    auto_detect=args.distributed_auto_detect,
+                    timeout_s=args.distributed_timeout_s)
