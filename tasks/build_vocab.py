@@ -14,6 +14,7 @@ import tempfile
 
 import gin
 import sentencepiece as spm
+from sentencepiece import sentencepiece_model_pb2
 
 from tasks import corpus, embedded, vocab
 
@@ -21,10 +22,17 @@ NUM_PIECES = 2972
 
 
 def training_lines() -> list[str]:
-  """Few-shot prompts are budgeted in tokens of the current default vocabulary; bootstrapping
-  without a model falls back to bytes (tasks.vocab.default_vocabulary.kind = 'byte')."""
-  if not os.path.exists(vocab.DEFAULT_SPM_PATH):
+  """Few-shot prompts are budgeted in bytes here (ByteVocabulary), not in tokens of a previous
+  model, so the result depends only on the code: building twice gives the same model."""
+  with gin.unlock_config():
     gin.bind_parameter('tasks.vocab.default_vocabulary.kind', 'byte')
+  try:
+    return _lines()
+  finally:
+    gin.clear_config()
+
+
+def _lines() -> list[str]:
   lines = []
   for spec in embedded.ALL_TASKS:
     for variant in embedded.variants_of(spec.name):
@@ -44,14 +52,22 @@ def train(out_path: str = vocab.DEFAULT_SPM_PATH, num_pieces: int = NUM_PIECES) 
     with open(text_path, 'w', encoding='utf-8') as f:
       f.write('\n'.join(lines) + '\n')
     prefix = os.path.join(tmp, 'spm')
+    spm.set_random_generator_seed(0)  # with one thread, this makes training reproducible
     spm.SentencePieceTrainer.train(
         input=text_path, model_prefix=prefix, vocab_size=num_pieces, model_type='unigram',
         pad_id=0, eos_id=1, unk_id=2, bos_id=-1, byte_fallback=True, split_digits=True,
         normalization_rule_name='identity', remove_extra_whitespaces=False,
         character_coverage=0.9995, num_threads=1, shuffle_input_sentence=False,
         input_sentence_size=0, max_sentence_length=8192, minloglevel=2)
-    with open(prefix + '.model', 'rb') as src, open(out_path, 'wb') as dst:
-      dst.write(src.read())
+    model = sentencepiece_model_pb2.ModelProto()
+    with open(prefix + '.model', 'rb') as f:
+      model.ParseFromString(f.read())
+  # The temporary paths are recorded in the model; fixed names make the file reproducible.
+  del model.trainer_spec.input[:]
+  model.trainer_spec.input.append('train.txt')
+  model.trainer_spec.model_prefix = 'moe_flan_spm'
+  with open(out_path, 'wb') as f:
+    f.write(model.SerializeToString())
   return out_path
 
 
