@@ -18,7 +18,8 @@ from moe_flan.partitioning import rules as rules_lib
 
 
 def _partitioner(shape, **rule_kwargs):
-  return part_lib.Partitioner(mesh_lib.make_mesh(shape), rules_lib.logical_axis_rules(**rule_kwargs))
+  return part_lib.Partitioner(mesh_lib.make_mesh(shape),
+                              rules_lib.logical_axis_rules(**rule_kwargs))
 
 
 # ---- mesh -----------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ def describe(abstract_params: Any, partitioner: part_lib.Partitioner) -> str:
     names = tuple(getattr(box, 'names', ()))
     shape = tuple(getattr(box, 'value', box).shape)
     total += int(np.prod(shape))
-    lines.append(f'{part_lib._path_str(path):<60} {str(list(shape)):<18} '  # pylint: disable=protected-access
+    lines.append(f'{part_lib.path_str(path):<60} {str(list(shape)):<18} '
                  f'{str(names):<36} -> {spec}')
   lines.append(f'# parameters: {total:,}')
   return '\n'.join(lines) + '\n'

@@ -6,7 +6,8 @@
 * 'model'  splits hidden/heads/vocab dimensions (Megatron-style tensor parallelism).
 
 The same gin file runs on a laptop and on a pod: `mesh_shape` may leave one entry as -1
-("all remaining devices"), e.g. `(-1, 8, 1)` = 8-way expert parallelism, data-parallel over the rest.
+("all remaining devices"), e.g. `(-1, 8, 1)` = 8-way expert parallelism, data parallel over
+the rest.
 """
 from __future__ import annotations
 

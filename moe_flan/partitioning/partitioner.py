@@ -27,7 +27,7 @@ def _is_box(x: Any) -> bool:
   return isinstance(x, nn.Partitioned)
 
 
-def _path_str(path) -> str:
+def path_str(path) -> str:
   return '/'.join(str(getattr(k, 'key', getattr(k, 'name', getattr(k, 'idx', k))))
                   for k in path)
 
@@ -89,7 +89,7 @@ class Partitioner:
     return logical_spec(names, shape, self.mesh, self.rules, where)
 
   def _leaf_spec(self, path, leaf) -> PartitionSpec:
-    where = _path_str(path) or 'value'
+    where = path_str(path) or 'value'
     if isinstance(leaf, nn.LogicallyPartitioned):
       value = leaf.value
       if len(leaf.names) != len(value.shape):
