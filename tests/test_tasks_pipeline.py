@@ -66,14 +66,15 @@ def test_same_seed_same_batches_and_exact_resume():
 
 
 def test_host_shards_partition_the_examples():
-  kw = dict(mixture_or_task_name='emb_authored_sentiment', split='test', pack=False,
-            shuffle=False, repeat=False, batch_size=2)
+  # Shuffled: every host permutes with the same seed before taking its shard.
+  kw = dict(mixture_or_task_name='emb_authored_sentiment', split='train', pack=False,
+            shuffle=True, repeat=False, batch_size=8)
   rows = lambda batches: {tuple(r[r > 0]) for b in batches for r in b['encoder_input_tokens']
                           if r.any()}
   whole = rows(_take(100, **kw))
   s0 = rows(_take(100, shard_id=0, num_shards=2, **kw))
   s1 = rows(_take(100, shard_id=1, num_shards=2, **kw))
-  assert len(whole) == 5 and s0 | s1 == whole and not s0 & s1
+  assert len(whole) == 40 and s0 | s1 == whole and not s0 & s1
 
 
 def test_finite_pass_pads_last_batch_with_zero_rows():
