@@ -1,4 +1,5 @@
 """The 'hf_switch' router: HF SwitchTransformers' top-1 routing with per-sequence capacity."""
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -67,13 +68,11 @@ def test_moe_layer_with_hf_switch_matches_hf_loop():
                   expert_activations=('relu',))
   layer = MoeLayer(cfg, emb_dim=d, router_type='hf_switch', num_selected_experts=1)
   x = jax.random.normal(jax.random.PRNGKey(0), (b, l, d))
-  params = jax.tree.map(lambda v: v * 4.0,   # sharp router: confident, uneven routing
-                        layer.init(jax.random.PRNGKey(1), x)['params'])
-  params = jax.tree.map(np.asarray, jax.tree.map(lambda v: getattr(v, 'value', v), params,
-                                                 is_leaf=lambda v: hasattr(v, 'value')))
+  params = nn.unbox(layer.init(jax.random.PRNGKey(1), x)['params'])
+  params = jax.tree.map(lambda v: np.asarray(v) * 4.0, params)  # sharp router: uneven routing
   y, state = layer.apply({'params': params}, x, mutable=['moe_metrics'])
-  want, num_dropped = _hf_reference(np.asarray(x), params['router']['kernel'], params['experts']['wi'],
-                       params['experts']['wo'], cap)
+  want, num_dropped = _hf_reference(np.asarray(x), params['router']['kernel'],
+                                    params['experts']['wi'], params['experts']['wo'], cap)
   np.testing.assert_allclose(np.asarray(y), want, atol=1e-5)
   dropped = float(state['moe_metrics']['fraction_dropped'][0])
   assert num_dropped > 0 and dropped == pytest.approx(num_dropped / (b * l))
