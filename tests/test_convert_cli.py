@@ -111,3 +111,19 @@ def test_upcycling_refuses_experts_unlike_the_dense_mlp(tmp_path, capsys):
   assert code == 2, err
   assert "MoeConfig.expert_activations=('silu', 'linear')" in err
   assert 'MoeConfig.expert_mlp_dim=256: upcycled experts copy a dense MLP of width 32' in err
+
+
+def test_switch_import_into_gin_model_with_our_default_routing(tmp_path):
+  """Routing settings carry no params: a Switch checkpoint fits a tokens_choose gin model."""
+  src = _hf_dir(tmp_path, SWITCH, 'hf')
+  assert cli.main(['--from', 'hf', '--src', src, '--out', str(tmp_path / 'a')]) == 0
+  out = str(tmp_path / 'b')
+  assert cli.main(['--from', 'hf', '--src', src, '--out', out,
+                   f'--gin_file={tmp_path}/a/model.gin',
+                   "--gin.MoeConfig.router_type='tokens_choose'",
+                   '--gin.MoeConfig.train_capacity_factor=1.25',
+                   '--gin.MoeConfig.eval_capacity_factor=2.0']) == 0
+  with open(os.path.join(out, 'model.gin')) as f:
+    assert "MoeConfig.router_type = 'tokens_choose'" in f.read()
+  a, b = flat(checkpoint_dir.load_params(str(tmp_path / 'a'))), flat(checkpoint_dir.load_params(out))
+  assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)

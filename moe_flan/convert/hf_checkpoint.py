@@ -43,7 +43,8 @@ def config_from_hf(hf_config: Mapping, group_size: Optional[int] = None) -> T5Co
   return hf_t5.config_from_hf(hf_config)
 
 
-def _module_for(config: T5Config):
+def family_module(config: T5Config):
+  """The converter module for our config: hf_t5 (dense) or hf_switch (sparse)."""
   return hf_t5 if config.moe is None else hf_switch
 
 
@@ -55,7 +56,7 @@ def params_from_hf(config: T5Config, tensors: Mapping[str, np.ndarray]) -> Dict[
       if alias in tensors:
         tensors['shared.weight'] = tensors[alias]
         break
-  module = _module_for(config)
+  module = family_module(config)
   flat = tensor_map.hf_to_flat(module.entries(config), tensors, module.ignorable(config))
   # Our params are float32 (CONTRACT.md); widening bf16/f16 checkpoints is exact.
   flat = {k: v.astype(np.float32) if v.dtype != np.float32 else v for k, v in flat.items()}
@@ -72,7 +73,7 @@ def _flat_numpy(params: Any) -> Dict[str, np.ndarray]:
 
 def params_to_hf(config: T5Config, params: Any) -> Tuple[Dict, Dict[str, np.ndarray]]:
   """(config.json dict, HF tensors) for our `config` and params (nested, boxed or not)."""
-  module = _module_for(config)
+  module = family_module(config)
   hf_config = module.config_to_hf(config)
   tensors = tensor_map.flat_to_hf(module.entries(config), _flat_numpy(params))
   for name in module.embedding_copies(config):
