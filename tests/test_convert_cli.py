@@ -125,5 +125,6 @@ def test_switch_import_into_gin_model_with_our_default_routing(tmp_path):
                    '--gin.MoeConfig.eval_capacity_factor=2.0']) == 0
   with open(os.path.join(out, 'model.gin')) as f:
     assert "MoeConfig.router_type = 'tokens_choose'" in f.read()
-  a, b = flat(checkpoint_dir.load_params(str(tmp_path / 'a'))), flat(checkpoint_dir.load_params(out))
+  a = flat(checkpoint_dir.load_params(str(tmp_path / 'a')))
+  b = flat(checkpoint_dir.load_params(out))
   assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
