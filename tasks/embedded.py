@@ -38,7 +38,8 @@ VARIANTS = ('zs', 'fs', 'cot')
 NUM_TASKS_CHOICES = (1, 2, 4, 8, 16, 32)
 SHUFFLE_BUFFER = 64
 # Consecutive repeated draws after which a task's example space counts as exhausted, and repeats
-# (within and across splits) are accepted: small spaces (e.g. 12 months) cannot fill disjoint splits.
+# (within and across splits) are accepted: small spaces (e.g. 12 months) cannot fill disjoint
+# splits.
 EXHAUSTED_AFTER = 50
 
 

@@ -18,6 +18,19 @@ import tensorflow as tf
 from tasks import quality, registry
 
 FEATURES = ('inputs', 'targets')
+_UNCACHED_WARNING = 'Using an uncached FunctionDataset for training'
+
+
+class _DropUncachedWarning(logging.logging.Filter):
+  """seqio warns once per task per dataset that an uncached FunctionDataSource shuffles poorly
+  on restarts; ours permute the whole split in memory from the seed (and resume is exact), so
+  the ~50 identical warnings per mixture are noise."""
+
+  def filter(self, record):
+    return _UNCACHED_WARNING not in str(record.msg)
+
+
+logging.get_absl_logger().addFilter(_DropUncachedWarning())
 REPORT_EVERY = 1000  # batches between data-quality log lines
 
 

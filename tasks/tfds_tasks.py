@@ -111,7 +111,8 @@ SPECS = (
              options=('no', 'yes')),
     TfdsSpec('glue_qqp', 'glue/qqp:2.*.*', _fields(s1='question1', s2='question2'), _PARA_T,
              options=('no', 'yes')),
-    TfdsSpec('glue_mnli', 'glue/mnli:2.*.*', _fields('premise', 'hypothesis'), _NLI_T, options=_NLI3,
+    TfdsSpec('glue_mnli', 'glue/mnli:2.*.*', _fields('premise', 'hypothesis'), _NLI_T,
+             options=_NLI3,
              splits={'train': 'train', 'validation': 'validation_matched'}),
     TfdsSpec('glue_qnli', 'glue/qnli:2.*.*', _fields('question', 'sentence'), [
         T('Does the sentence "{sentence}" answer the question "{question}"?'),

@@ -59,7 +59,8 @@ class LazyVocabulary(seqio.Vocabulary):
   eos_id = property(lambda self: self.resolved.eos_id)
   unk_id = property(lambda self: self.resolved.unk_id)
   bos_id = property(lambda self: self.resolved.bos_id)
-  _base_vocab_size = property(lambda self: self.resolved._base_vocab_size)  # pylint: disable=protected-access
+  _base_vocab_size = property(
+      lambda self: self.resolved._base_vocab_size)  # pylint: disable=protected-access
 
   def encode(self, s):
     return self.resolved.encode(s)

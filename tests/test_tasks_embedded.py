@@ -1,5 +1,6 @@
 """The embedded generated collection: size, templates, determinism, splits, registry behaviour."""
 import importlib
+import io
 import random
 
 import pytest
@@ -101,3 +102,15 @@ def test_unknown_name_lists_closest():
     registry.get('flan_embeded')
   with pytest.raises(ValueError, match='no close match'):
     registry.get('zzzzzzzzzzzzzzzzzzzzzzz')
+
+
+def test_inspect_reports_rates_counts_and_lengths():
+  from tasks import inspect as tasks_inspect  # pylint: disable=g-import-not-at-top
+  out = io.StringIO()
+  summary = tasks_inspect.describe('flan_embedded_cluster_dates', split='validation', samples=1,
+                                   max_examples=20, out=out)
+  assert len(summary) == 5
+  assert abs(sum(s['rate'] for s in summary.values()) - 1) < 1e-6
+  assert summary['emb_days_in_month']['examples'] == 12
+  text = out.getvalue()
+  assert 'INPUTS :' in text and 'inputs tokens: p50' in text

@@ -62,7 +62,8 @@ TASKS = [
     TaskSpec('multi_step', 'arithmetic', _multi_step, [
         t('What is {a} + {b} - {c}?'),
         t('Start with {a}, add {b}, then subtract {c}. What number do you get?'),
-        t('Tom had {a} stickers, got {b} more, and gave away {c}. How many stickers does he have now?'),
+        t('Tom had {a} stickers, got {b} more, and gave away {c}. '
+          'How many stickers does he have now?'),
         t('Compute ({a} + {b}) - {c}.'),
         t('Evaluate the expression {a} + {b} - {c}.'),
     ]),

@@ -40,7 +40,8 @@ def _transitive(rng):
   order = [x, y, z]  # x taller than y taller than z
   p, q = rng.sample(order, 2)
   answer = 'yes' if order.index(p) < order.index(q) else 'no'
-  rationale = f'{x} is taller than {y} and {y} is taller than {z}, so the order from tallest is {x}, {y}, {z}.'
+  rationale = (f'{x} is taller than {y} and {y} is taller than {z}, '
+               f'so the order from tallest is {x}, {y}, {z}.')
   return dict(facts=f'{x} is taller than {y}. {y} is taller than {z}.', p=p, q=q,
               options=_YES_NO, answer=answer, rationale=rationale)
 

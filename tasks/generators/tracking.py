@@ -35,7 +35,8 @@ def _fruit_transfer(rng):
   g = rng.randint(1, x)
   buy = rng.randint(0, 10)
   story = f'{a} has {x} {fruit}. {a} gives {g} to {b} and then buys {buy} more.'
-  rationale = f'{a} starts with {x}. After giving {g} away, {a} has {x - g}. Buying {buy} more gives {x - g + buy}.'
+  rationale = (f'{a} starts with {x}. After giving {g} away, {a} has {x - g}. '
+               f'Buying {buy} more gives {x - g + buy}.')
   return dict(story=story, name=a, fruit=fruit, answer=str(x - g + buy), rationale=rationale)
 
 
