@@ -85,17 +85,25 @@ def test_sparse_tied_relu_tree():
     assert tree[f'{p}/extra_mlp/wi/kernel'] == ((16, 24), ('embed', 'mlp'))
 
 
+def _unpacked_features(enc, targets):
+  """Unpacked batch in the packed feature layout (one segment per row), so it shares the
+  compiled forward pass with the packing test."""
+  positions = lambda x: np.broadcast_to(np.arange(x.shape[1], dtype=np.int32), x.shape)
+  return dict(encoder_input_tokens=enc, decoder_input_tokens=_shift_right(targets),
+              decoder_target_tokens=targets, encoder_segment_ids=(enc > 0).astype(np.int32),
+              decoder_segment_ids=(targets > 0).astype(np.int32),
+              encoder_positions=positions(enc), decoder_positions=positions(targets))
+
+
 @pytest.mark.parametrize('moe', [False, True])
 def test_decoder_is_causal(moe):
   cfg, _, params, apply = _model(moe)
   rng = np.random.RandomState(0)
-  enc = random_tokens(rng, (2, 8), cfg.vocab_size)
-  targets = random_tokens(rng, (2, 6), cfg.vocab_size)
+  enc = random_tokens(rng, (2, 12), cfg.vocab_size)
+  targets = random_tokens(rng, (2, 8), cfg.vocab_size)
   changed = targets.copy()
   changed[:, 3] = (targets[:, 3] + 5) % (cfg.vocab_size - 2) + 2
-  out = [np.asarray(apply(params, dict(encoder_input_tokens=enc,
-                                       decoder_input_tokens=_shift_right(t),
-                                       decoder_target_tokens=t))) for t in (targets, changed)]
+  out = [np.asarray(apply(params, _unpacked_features(enc, t))) for t in (targets, changed)]
   # Target 3 is the decoder input at position 4: logits 0..3 must not move, 4 must.
   np.testing.assert_allclose(out[0][:, :4], out[1][:, :4], rtol=1e-5, atol=1e-5)
   assert np.abs(out[0][:, 4] - out[1][:, 4]).max() > 1e-3
