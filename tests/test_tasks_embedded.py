@@ -114,3 +114,17 @@ def test_inspect_reports_rates_counts_and_lengths():
   assert summary['emb_days_in_month']['examples'] == 12
   text = out.getvalue()
   assert 'INPUTS :' in text and 'inputs tokens: p50' in text
+
+
+def test_training_mixture_weighs_clusters_equally_by_default():
+  mix = seqio.get_mixture_or_task('flan_embedded')
+  per_cluster = {}
+  for t in mix.tasks:
+    c = embedded.spec_of(t.name).cluster
+    per_cluster[c] = per_cluster.get(c, 0.0) + mix.get_rate(t)
+  assert len(per_cluster) == 8
+  for rate in per_cluster.values():
+    assert rate == pytest.approx(1.0)
+  # Inside a cluster: capped examples-proportional (addition 4000 -> cap 3000, parity 1000).
+  rate = {t.name: mix.get_rate(t) for t in mix.tasks}
+  assert rate['emb_addition_mix'] / rate['emb_parity_mix'] == pytest.approx(3.0)

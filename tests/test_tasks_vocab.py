@@ -58,3 +58,14 @@ def test_bad_settings():
     vocab.default_vocabulary(kind='words')
   with pytest.raises(ValueError, match='no such file'):
     vocab.default_vocabulary(spm_path='/nonexistent/x.model')
+
+
+def test_shipped_model_settings_are_the_documented_ones():
+  from sentencepiece import sentencepiece_model_pb2  # pylint: disable=g-import-not-at-top
+  model = sentencepiece_model_pb2.ModelProto()
+  with open(vocab.DEFAULT_SPM_PATH, 'rb') as f:
+    model.ParseFromString(f.read())
+  spec = model.trainer_spec
+  assert len(model.pieces) == 2972 and spec.byte_fallback and spec.split_digits
+  assert model.normalizer_spec.name == 'identity'
+  assert list(spec.input) == ['train.txt']  # no temporary paths: the build is reproducible
