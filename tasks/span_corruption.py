@@ -123,33 +123,16 @@ def _dataset_fn(split: str, shuffle_files: bool, seed=None) -> tf.data.Dataset:
   return ds
 
 
-def _num_examples() -> Dict[str, int]:
-  """Chunk counts are only known after tokenizing; report document counts as a proxy
-  (relative sizes are what mixing uses)."""
-  return {s: len(corpus.split_documents(s)) for s in SPLITS}
+class _CorpusSource(seqio.FunctionDataSource):
+  """Counts examples lazily (chunking needs the tokenized corpus, so not at import)."""
 
-
-class _LazyCounts(dict):
-  """num_input_examples resolved on first access, so import does not parse the stdlib."""
-
-  def _fill(self):
-    if not super().__len__():
-      self.update(_num_examples())
-
-  def __getitem__(self, key):
-    self._fill()
-    return super().__getitem__(key)
-
-  def get(self, key, default=None):
-    self._fill()
-    return super().get(key, default)
-
-  def __contains__(self, key):
-    return key in SPLITS
+  def num_input_examples(self, split: str) -> int:
+    voc = vocab.default_vocabulary()
+    return len(examples(split, voc, *span_corruption_settings())[0])
 
 
 def register() -> seqio.Task:
-  source = seqio.FunctionDataSource(_dataset_fn, splits=SPLITS, num_input_examples=_LazyCounts())
+  source = _CorpusSource(_dataset_fn, splits=SPLITS)
   return registry.add_task(TASK_NAME, fingerprint='span_corruption:stdlib_docstrings',
                            source=source, output_features=vocab.output_features(),
                            preprocessors=[], shuffle_buffer_size=64)

@@ -54,3 +54,11 @@ def test_corpus_is_deterministic_english_text():
   assert len(docs) > 200 and sum(map(len, docs)) > 100_000
   assert corpus.fingerprint() == corpus.fingerprint()
   assert set(corpus.split_documents('test')).isdisjoint(corpus.split_documents('train'))
+
+
+def test_num_input_examples_counts_chunks():
+  import seqio  # pylint: disable=g-import-not-at-top
+  task = seqio.get_mixture_or_task(sc.TASK_NAME)
+  voc = vocab.default_vocabulary()
+  n_tokens = sum(len(ids) for ids in vocab.encode_batch(voc, corpus.split_documents('test')))
+  assert task.num_input_examples('test') == n_tokens // 128
