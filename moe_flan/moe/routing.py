@@ -186,6 +186,9 @@ def register_router(name: str, fn: RouterFn) -> None:
 
 
 def get_router(name: str) -> RouterFn:
+  if name == 'hf_switch' and name not in ROUTERS:
+    # Registered by the HF converter; imported lazily so routing does not depend on it.
+    import moe_flan.convert.hf_switch_routing  # pylint: disable=g-import-not-at-top,unused-import
   if name not in ROUTERS:
     raise ValueError(f'Bad config: router_type={name!r}: not registered; '
                      f'known routers: {sorted(ROUTERS)}')
