@@ -111,6 +111,18 @@ def _dataset_fn(name: str, files: Mapping[str, Union[str, Sequence[str]]], on_ba
   return dataset_fn
 
 
+class _JsonlSource(seqio.FunctionDataSource):
+  """Counts lines lazily, so JSONL tasks can join examples-proportional mixtures."""
+
+  def __init__(self, name, files, on_bad_example):
+    super().__init__(_dataset_fn(name, files, on_bad_example), splits=tuple(files))
+    self._args = (name, files, on_bad_example)
+
+  def num_input_examples(self, split: str) -> int:
+    name, files, on_bad_example = self._args
+    return len(read_jsonl(files[split], name, on_bad_example)[0])
+
+
 @gin.configurable
 def register_jsonl_task(name: str = gin.REQUIRED,
                         files: Mapping[str, Union[str, Sequence[str]]] = gin.REQUIRED,
@@ -122,8 +134,7 @@ def register_jsonl_task(name: str = gin.REQUIRED,
     raise ValueError(f'register_jsonl_task.on_bad_example={on_bad_example!r}: choose one of '
                      f'{BAD_LINE_POLICIES}')
   files = {k: (v if isinstance(v, str) else tuple(v)) for k, v in files.items()}
-  source = seqio.FunctionDataSource(_dataset_fn(name, files, on_bad_example),
-                                    splits=tuple(files))
+  source = _JsonlSource(name, files, on_bad_example)
   registry.add_task(name, fingerprint=f'jsonl:{sorted(files.items())}:{on_bad_example}',
                     source=source, output_features=vocab.output_features(), preprocessors=[],
                     shuffle_buffer_size=64)

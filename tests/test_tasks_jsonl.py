@@ -2,6 +2,7 @@
 import json
 
 import pytest
+import seqio
 
 import tasks  # pylint: disable=unused-import
 from tasks import jsonl, pipeline, quality, vocab
@@ -31,6 +32,7 @@ def test_registered_task_yields_batches(tmp_path):
   path = _write(tmp_path / 'b.jsonl', GOOD)
   name = jsonl.register_jsonl_task('test_jsonl_b', {'train': path})
   assert jsonl.register_jsonl_task('test_jsonl_b', {'train': path}) == name  # idempotent
+  assert seqio.get_mixture_or_task(name).num_input_examples('train') == 2
   batches = list(pipeline.get_batches(name, 'train', {'inputs': 32, 'targets': 8}, 2, seed=0,
                                       pack=False, shuffle=False, repeat=False))
   v = vocab.default_vocabulary()
