@@ -61,7 +61,7 @@ def _pick_token(logits: jax.Array, rng: Optional[jax.Array], temperature: float,
 
 
 @functools.partial(jax.jit, static_argnames=('model', 'max_decode_length', 'temperature',
-                                             'topk', 'eos_id'))
+                                             'topk'))
 def temperature_sample(model: nn.Module, params: Any, encoder_input_tokens: jax.Array,
                        max_decode_length: int, rng: Optional[jax.Array] = None,
                        temperature: float = 1.0, topk: int = 0, eos_id: int = 1) -> jax.Array:

@@ -40,7 +40,7 @@ def test_cached_steps_equal_full_forward(moe):
   enc[1, 5:] = 0
   targets = random_tokens(rng, (2, 5), 32)
   full = np.asarray(forward(params, enc, _shift_right(targets)))
-  encoded = model.apply({'params': params}, enc, method='encode')
+  encoded = jax.jit(lambda p, e: model.apply({'params': p}, e, method='encode'))(params, enc)
   cache = decoding.init_cache(model, params, encoded, enc, 5)
   step = jax.jit(decoding.decode_step, static_argnums=(0, 6))
   inputs = _shift_right(targets)

@@ -179,8 +179,9 @@ def test_tied_logits_are_embedding_attend_over_sqrt_d():
   model = EncoderDecoder(cfg)
   enc, dec = jnp.array([[3, 4, 5]]), jnp.array([[0, 6]])
   params = random_params(model, enc, dec)
-  logits, state = model.apply({'params': params}, enc, dec, capture_intermediates=True,
-                              mutable=['intermediates'])
+  logits, state = jax.jit(lambda p: model.apply({'params': p}, enc, dec,
+                                                capture_intermediates=True,
+                                                mutable=['intermediates']))(params)
   hidden = state['intermediates']['decoder']['decoder_norm']['__call__'][0]
   want = np.asarray(hidden) @ np.asarray(params['token_embedder']['embedding']).T / np.sqrt(16)
   np.testing.assert_allclose(logits, want, rtol=1e-5, atol=1e-5)
@@ -193,12 +194,13 @@ def test_dropout_is_training_only():
   params = random_params(model, enc, dec)
   _, _, _, apply0 = _model(False)
   v = {'params': params}
-  eval_logits = model.apply(v, enc, dec)
+  eval_logits = jax.jit(lambda v: model.apply(v, enc, dec))(v)
   np.testing.assert_allclose(eval_logits, apply0(params, dict(encoder_input_tokens=enc,
                                                               decoder_input_tokens=dec)),
                              rtol=1e-5, atol=1e-5)   # rate is ignored without enable_dropout
-  train = [model.apply(v, enc, dec, enable_dropout=True, rngs={'dropout': jax.random.PRNGKey(s)})
-           for s in (0, 0, 1)]
+  train_fn = jax.jit(lambda v, rng: model.apply(v, enc, dec, enable_dropout=True,
+                                                rngs={'dropout': rng}))
+  train = [train_fn(v, jax.random.PRNGKey(s)) for s in (0, 0, 1)]
   np.testing.assert_array_equal(train[0], train[1])
   assert not np.allclose(train[0], train[2]) and not np.allclose(train[0], eval_logits)
 
@@ -206,7 +208,8 @@ def test_dropout_is_training_only():
 def test_moe_metrics_are_sown_per_sparse_layer():
   cfg, model, params, _ = _model(True)
   enc, dec = jnp.array([[3, 4, 5, 0]]), jnp.array([[0, 6, 7]])
-  _, state = model.apply({'params': params}, enc, dec, mutable=['moe_metrics'])
+  _, state = jax.jit(lambda p: model.apply({'params': p}, enc, dec,
+                                            mutable=['moe_metrics']))(params)
   metrics = state['moe_metrics']
   assert set(metrics) == {'encoder', 'decoder'}
   assert set(metrics['encoder']) == {'layers_1'} and set(metrics['decoder']) == {'layers_1'}
