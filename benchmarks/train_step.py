@@ -71,7 +71,7 @@ def workloads(suite: str, quick: bool) -> list[Workload]:
     tiny = T5Config(vocab_size=512, emb_dim=32, num_heads=2, head_dim=16, num_encoder_layers=2,
                     num_decoder_layers=2, mlp_dim=64,
                     moe=MoeConfig(num_experts=4, num_selected_experts=2, expert_mlp_dim=64))
-    return [Workload('quickstart', tiny, 4, 32, 8), Workload('base-like', tiny, 4, 32, 8)]
+    return [Workload('quickstart', tiny, 4, 32, 8)]
   if suite == 'gpu':
     return [Workload('switch-base-like', base_like(128, 4, 'bfloat16'), 32, 512, 128),
             Workload('base-like dense', base_like(None, 4, 'bfloat16'), 32, 512, 128)]
