@@ -129,6 +129,10 @@ class Checkpointer:
       return False
     if not force and step % self.cfg.period:
       return False
+    if jax.default_backend() == 'cpu':
+      # On CPU orbax's "device to host" copy is a zero-copy view of the buffers, which the next
+      # (donating) train step overwrites while the async write is still running; save a copy.
+      state = jax.tree.map(lambda x: x.copy(), state)
     meta = {'step': step, 'data_position': int(data_position),
             'param_shapes': {k: list(v) for k, v in ts.param_shapes(state.params).items()}}
     return self.manager.save(step, args=ocp.args.Composite(

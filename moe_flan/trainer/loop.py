@@ -90,6 +90,37 @@ def _log_record(metrics: Mapping[str, Any], step_time: float) -> dict[str, Any]:
   return record
 
 
+def _loop(setup: builder.TrainSetup, state, start: int, run: RunConfig,
+          writer: metrics_lib.MetricsWriter, eval_writer: metrics_lib.MetricsWriter,
+          stop: _StopFlag):
+  """Steps from `start` to `run.train_steps`; returns (state, last logged record)."""
+  batches = setup.train_batches(start)
+  train_step = setup.jit_train_step()
+  bar = progress_lib.Progress(start, run.train_steps)
+  last: dict[str, Any] = {}
+  t_last, last_logged = time.time(), start
+  try:
+    for step in range(start + 1, run.train_steps + 1):
+      if stop.set:
+        break
+      state, metrics = train_step(state, setup.shard(next(batches)))
+      scalars = jax.device_get({k: metrics[k] for k in nan_guard.GUARDED if k in metrics})
+      nan_guard.check_finite(step, scalars)
+      if step % run.log_period == 0 or step == run.train_steps or stop.set:
+        now = time.time()
+        step_time = (now - t_last) / (step - last_logged)
+        t_last, last_logged = now, step
+        last = writer.write(step, _log_record(metrics, step_time))
+        bar.update(step, {k: last[k] for k in ('loss', 'accuracy') if k in last})
+      if run.eval_period and step % run.eval_period == 0:
+        eval_writer.write(step, setup.evaluate(state.params, run.eval_steps))
+      setup.save(state)
+    setup.save(state, force=True)   # final (or SIGTERM) save; a no-op if already saved
+  finally:
+    bar.close()
+  return state, last
+
+
 @gin.configurable
 def train(model_dir: str = gin.REQUIRED, model: config_lib.T5Config = gin.REQUIRED,
           data: data_lib.DataConfig = gin.REQUIRED, run: RunConfig = RunConfig(),
@@ -97,48 +128,24 @@ def train(model_dir: str = gin.REQUIRED, model: config_lib.T5Config = gin.REQUIR
           checkpoint: ckpt_lib.CheckpointConfig = ckpt_lib.CheckpointConfig(),
           eval_data: Optional[data_lib.DataConfig] = None) -> TrainResult:
   """Trains `model` on `data` for `run.train_steps` steps, resuming from MODEL_DIR if possible."""
-  setup = builder.build(model_dir, model, data, optimizer, checkpoint, run.frozen_groups,
+  with _StopFlag() as stop:   # from the start: a SIGTERM during set-up also exits cleanly
+    setup = builder.build(model_dir, model, data, optimizer, checkpoint, run.frozen_groups,
                           run.seed, eval_data)
-  state, start = setup.initial_state()
-  if jax.process_index() == 0:
-    print(f'moe_flan: {"resuming from step " + str(start) if start else "starting at step 0"} '
-          f'of {run.train_steps} in {model_dir}', flush=True)
-  writer = metrics_lib.MetricsWriter(model_dir, 'train')
-  eval_writer = metrics_lib.MetricsWriter(model_dir, 'eval', tensorboard=True)
-  metrics_lib.truncate_after(writer.jsonl_path, start)
-  metrics_lib.truncate_after(eval_writer.jsonl_path, start)
-  batches = setup.train_batches(start)
-  train_step = setup.jit_train_step()
-  bar = progress_lib.Progress(start, run.train_steps)
-  last: dict[str, Any] = {}
-  stopped = False
-  try:
-    with _StopFlag() as stop:
-      t_last, last_logged = time.time(), start
-      for step in range(start + 1, run.train_steps + 1):
-        state, metrics = train_step(state, setup.shard(next(batches)))
-        scalars = jax.device_get({k: metrics[k] for k in nan_guard.GUARDED if k in metrics})
-        nan_guard.check_finite(step, scalars)
-        if step % run.log_period == 0 or step == run.train_steps or stop.set:
-          now = time.time()
-          step_time = (now - t_last) / (step - last_logged)
-          t_last, last_logged = now, step
-          last = writer.write(step, _log_record(metrics, step_time))
-          bar.update(step, {k: last[k] for k in ('loss', 'accuracy') if k in last})
-        if run.eval_period and step % run.eval_period == 0:
-          eval_writer.write(step, setup.evaluate(state.params, run.eval_steps))
-        if stop.set:
-          setup.save(state, force=True)
-          stopped = True
-          break
-        setup.save(state)
-      if not stopped:
-        setup.save(state, force=True)
-  finally:
-    bar.close()
-    setup.close()
-    writer.close()
-    eval_writer.close()
+    state, start = setup.initial_state()
+    writer = metrics_lib.MetricsWriter(model_dir, 'train')
+    eval_writer = metrics_lib.MetricsWriter(model_dir, 'eval', tensorboard=True)
+    # Records past the resumed checkpoint came from a killed run; they are replayed.
+    metrics_lib.truncate_after(writer.jsonl_path, start)
+    metrics_lib.truncate_after(eval_writer.jsonl_path, start)
+    if jax.process_index() == 0:
+      print(f'moe_flan: {"resuming from step " + str(start) if start else "starting at step 0"} '
+            f'of {run.train_steps} in {model_dir}', flush=True)
+    try:
+      state, last = _loop(setup, state, start, run, writer, eval_writer, stop)
+    finally:
+      setup.close()
+      writer.close()
+      eval_writer.close()
   if run.write_plots and jax.process_index() == 0:
     plots.plot_all(model_dir)
-  return TrainResult(int(jax.device_get(state.step)), last, stopped)
+  return TrainResult(int(jax.device_get(state.step)), last, stop.set)
