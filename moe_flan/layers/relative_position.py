@@ -47,8 +47,8 @@ class RelativePositionBias(nn.Module):
   def __call__(self, query_positions: jax.Array, key_positions: jax.Array) -> jax.Array:
     """<int32>[B, L] query and <int32>[B, M] key positions (B may be 1) -> <float32>[B, H, L, M].
 
-    Positions (not array indices) drive the offsets, so packed segments whose positions
-    restart at 0 get the same bias as when alone.
+    The stacks pass 0..L-1 with B = 1 (see `moe_flan.model.encoder.relpos_positions`); when
+    decoding one step, the query position is the step index.
     """
     table = self.param(
         'rel_embedding',
@@ -58,6 +58,7 @@ class RelativePositionBias(nn.Module):
     offsets = key_positions[:, None, :] - query_positions[:, :, None]    # [B, L, M]
     buckets = relative_position_bucket(offsets, self.bidirectional, self.num_buckets,
                                        self.max_distance)
-    onehot = jax.nn.one_hot(buckets, self.num_buckets, dtype=jnp.float32)  # [B, L, M, R]
-    # One-hot contraction instead of a gather: it shards and differentiates like a matmul.
-    return jnp.einsum('HR,BLMR->BHLM', table, onehot)
+    # A gather, not a one-hot matmul: the one-hot [B, L, M, R] would be R-fold larger than
+    # the result at long lengths.
+    bias = jnp.take(table, buckets, axis=1)                                # [H, B, L, M]
+    return jnp.transpose(bias, (1, 0, 2, 3))

@@ -17,7 +17,7 @@ from moe_flan.layers.masks import (causal_mask, combine_masks, make_attention_ma
                                    segment_mask)
 from moe_flan.layers.normalization import RMSNorm
 from moe_flan.layers.relative_position import RelativePositionBias
-from moe_flan.model.encoder import default_positions
+from moe_flan.model.encoder import relpos_positions
 from moe_flan.model.feed_forward import feed_forward_sublayers, residual_dropout
 
 _ACT = (axes.BATCH, axes.LENGTH, axes.EMBED)
@@ -95,9 +95,9 @@ class Decoder(nn.Module):
   config: T5Config
   shared_embedding: nn.Module
 
-  def _relpos_bias(self, tokens: jax.Array, positions: Optional[jax.Array], decode: bool,
-                   stepping: bool, max_decode_length: Optional[int]) -> jax.Array:
-    """<float32>[B|1, H, L, L] (full sequence) or [1, H, 1, max_decode_length] (one step)."""
+  def _relpos_bias(self, tokens: jax.Array, decode: bool, stepping: bool,
+                   max_decode_length: Optional[int]) -> jax.Array:
+    """<float32>[1, H, L, L] (full sequence) or [1, H, 1, max_decode_length] (one step)."""
     cfg = self.config
     relpos = RelativePositionBias(num_heads=cfg.num_heads,
                                   num_buckets=cfg.relative_attention_num_buckets,
@@ -107,7 +107,7 @@ class Decoder(nn.Module):
       # Index of the next position to decode (the layers' attention caches keep their own).
       position = self.variable('cache', 'position', lambda: jnp.array(0, jnp.int32))
     if not stepping:
-      positions = default_positions(tokens, positions)
+      positions = relpos_positions(tokens.shape[1])
       return relpos(positions, positions)
     if max_decode_length is None:
       raise ValueError('Decoder: max_decode_length is required when decoding step by step')
@@ -136,8 +136,8 @@ class Decoder(nn.Module):
     decoder_mask, encoder_decoder_mask, token_mask = decoder_masks(
         encoder_input_tokens, decoder_input_tokens, decoder_target_tokens, encoder_segment_ids,
         decoder_segment_ids, stepping)
-    bias = self._relpos_bias(decoder_input_tokens, decoder_positions, decode, stepping,
-                             max_decode_length)
+    del decoder_positions   # implied by the segment layout, see relpos_positions
+    bias = self._relpos_bias(decoder_input_tokens, decode, stepping, max_decode_length)
     x = self.shared_embedding(decoder_input_tokens).astype(dtype)
     x = nn.Dropout(rate=cfg.dropout_rate, broadcast_dims=(-2,))(
         x, deterministic=not enable_dropout)

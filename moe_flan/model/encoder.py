@@ -18,11 +18,15 @@ from moe_flan.model.feed_forward import feed_forward_sublayers, residual_dropout
 _ACT = (axes.BATCH, axes.LENGTH, axes.EMBED)
 
 
-def default_positions(tokens: jax.Array, positions: Optional[jax.Array]) -> jax.Array:
-  """Given positions <int32>[B, L], or 0..L-1 as <int32>[1, L] (broadcast over the batch)."""
-  if positions is not None:
-    return positions.astype(jnp.int32)
-  return jnp.arange(tokens.shape[1], dtype=jnp.int32)[None, :]
+def relpos_positions(length: int) -> jax.Array:
+  """0..L-1 as <int32>[1, L]: the positions the relative bias is computed from, for every row.
+
+  Packed inputs need no per-example positions here: T5 has no absolute position embedding,
+  packed segments are contiguous (so inside a segment index offsets equal position offsets)
+  and pairs across segments are masked. One [1, H, L, L] bias instead of [B, H, L, L] saves
+  B-fold memory at long packed lengths. (The *_positions features are accepted and unused.)
+  """
+  return jnp.arange(length, dtype=jnp.int32)[None, :]
 
 
 class EncoderLayer(nn.Module):
@@ -69,7 +73,8 @@ class Encoder(nn.Module):
         padding_mask(tokens, tokens),
         None if encoder_segment_ids is None else segment_mask(encoder_segment_ids,
                                                               encoder_segment_ids))
-    positions = default_positions(tokens, encoder_positions)
+    del encoder_positions   # implied by the segment layout, see relpos_positions
+    positions = relpos_positions(tokens.shape[1])
     bias = RelativePositionBias(num_heads=cfg.num_heads,
                                 num_buckets=cfg.relative_attention_num_buckets,
                                 max_distance=cfg.relative_attention_max_distance,
