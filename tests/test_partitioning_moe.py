@@ -111,8 +111,16 @@ def test_expert_parallel_experts_choose():
 
 
 def test_expert_parallel_rejects_indivisible_expert_count():
+  x, mask, _, kp = _inputs()
+  partitioner, layer = _partitioner((2, 4, 1)), _layer('expert_parallel', 6)
+  abstract = jax.eval_shape(layer.init, kp, x, mask)   # no mesh: shapes only
   with pytest.raises(ValueError, match=r"dimension 0 \('expert'\) has size 6.*size 4"):
-    _run(_layer('expert_parallel', 6), _partitioner((2, 4, 1)))
+    partitioner.shardings(abstract)
+  # The dispatcher checks too, for params that did not come through the Partitioner.
+  with partitioner.activate():
+    with pytest.raises(ValueError, match=r"experts/wi_0: dimension 0 \('expert'\) has size 6"):
+      jax.eval_shape(lambda p: layer.apply({'params': p}, x, mask, mutable=['moe_metrics']),
+                     _values(abstract['params']))
 
 
 def _compiled_hlo(dispatch, num_experts=8, mesh_shape=(2, 4, 1)):

@@ -50,7 +50,9 @@ def _train(dispatch: str, mesh_shape=None):
   """Runs NUM_STEPS steps; returns (per-step metrics, final params) as numpy."""
   config = _config(dispatch)
   model = EncoderDecoder(config)
-  tx = optax.adamw(1e-2)
+  # eps well above float32 noise: Adam divides by sqrt(v), which would blow a gradient that is
+  # zero up to rounding (1e-9 here, -1e-9 there) into a full-size update of random sign.
+  tx = optax.adamw(1e-2, eps=1e-3)
   mesh_shape = mesh_shape or (1, 1, 1)
   devices = jax.devices()[:int(np.prod(mesh_shape))]
   partitioner = partitioning.Partitioner(partitioning.make_mesh(mesh_shape, devices),
@@ -86,8 +88,10 @@ def _train(dispatch: str, mesh_shape=None):
 
 
 @functools.lru_cache(maxsize=None)
-def _one_device(dispatch):
-  history, params, _ = _train(dispatch)
+def _one_device():
+  # 'expert_parallel' and 'scatter' give the same numbers (tests/test_partitioning_moe.py);
+  # on one device the scatter path needs no shard_map.
+  history, params, _ = _train('scatter')
   return history, params
 
 
@@ -106,15 +110,11 @@ def _assert_same_run(got, want):
 @pytest.mark.parametrize('mesh_shape', [(8, 1, 1), (2, 4, 1), (1, 4, 2), (2, 2, 2)],
                          ids=lambda s: 'x'.join(map(str, s)))
 def test_expert_parallel_train_step_matches_one_device(mesh_shape):
-  # One device runs the same dispatcher (with a 1x1x1 mesh: shard_map over single devices).
   history, params, state = _train('expert_parallel', mesh_shape)
-  _assert_same_run((history, params), _one_device('expert_parallel'))
+  _assert_same_run((history, params), _one_device())
   assert history[1]['loss'] < history[0]['loss'] + 1.0   # a sane, finite run
   experts = state.params['encoder']['layers_0']['moe']['experts']['wi_0']
   want = partitioning.Partitioner(partitioning.make_mesh(mesh_shape)).spec_for(
       ('expert', 'embed', 'mlp'), experts.shape)
   assert experts.sharding.spec == want  # the updated params stay sharded
 
-
-def test_einsum_train_step_matches_one_device():
-  _assert_same_run(_train('einsum', (2, 2, 2))[:2], _one_device('einsum'))
