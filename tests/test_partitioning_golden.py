@@ -68,3 +68,14 @@ def test_overlays_shard_what_they_promise():
                                                '# mesh: data=1, expert=4, model=2')
   assert spec('fsdp', wo) == ("P('expert', 'model', 'data')", '# mesh: data=8, expert=1, model=1')
   assert spec('fsdp', 'token_embedder/embedding')[0] == "P('model', 'data')"
+
+
+def test_shard_map_overlay_selects_the_explicit_dispatcher():
+  from moe_flan import config as config_lib  # pylint: disable=g-import-not-at-top
+  from moe_flan.partitioning import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
+  gin.parse_config_files_and_bindings(
+      [os.path.join(ROOT, 'gin/models/flan_moe_tiny.gin'),
+       os.path.join(ROOT, 'gin/partitioning/expert_parallel_shard_map.gin')],
+      ['EXPERT_PARTITIONS = 4'])
+  assert config_lib.T5Config().moe.dispatch == 'expert_parallel'
+  assert tuple(mesh_lib.make_mesh().shape.values()) == (2, 4, 1)
