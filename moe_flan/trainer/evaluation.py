@@ -62,8 +62,12 @@ def _pad_rows(rows: list[list[int]], length: int) -> np.ndarray:
 
 
 def rank_classify(model, params, vocab, inputs: np.ndarray, options: list[list[str]],
-                  target_length: int) -> list[int]:
-  """Index of the best-scoring option per example (score = sum log p(option | prompt))."""
+                  target_length: int, batch_size: int) -> list[int]:
+  """Index of the best-scoring option per example (score = sum log p(option | prompt)).
+
+  (prompt, option) rows are scored `batch_size` at a time, the last chunk padded with empty
+  rows, so every call has the shape of an eval batch (MoE routing groups must divide it).
+  """
   from moe_flan import decoding  # pylint: disable=g-import-not-at-top
   enc_rows, tgt_rows, owner = [], [], []
   for i, opts in enumerate(options):
@@ -71,11 +75,16 @@ def rank_classify(model, params, vocab, inputs: np.ndarray, options: list[list[s
       enc_rows.append(inputs[i])
       tgt_rows.append(list(vocab.encode(opt)) + [1])
       owner.append(i)
-  if not enc_rows:
-    return []
-  scores = np.asarray(decoding.score_targets(model, params, {
-      'encoder_input_tokens': np.stack(enc_rows),
-      'decoder_target_tokens': _pad_rows(tgt_rows, target_length)}))
+  scores = []
+  for start in range(0, len(enc_rows), batch_size):
+    enc = np.zeros((batch_size, inputs.shape[1]), np.int32)
+    chunk = enc_rows[start:start + batch_size]
+    enc[:len(chunk)] = np.stack(chunk)
+    tgt = _pad_rows(tgt_rows[start:start + batch_size] + [[]] * (batch_size - len(chunk)),
+                    target_length)
+    out = decoding.score_targets(model, params, {'encoder_input_tokens': enc,
+                                                 'decoder_target_tokens': tgt})
+    scores.extend(np.asarray(out)[:len(chunk)].tolist())
   best: dict[int, tuple[float, int]] = {}
   counts: dict[int, int] = {}
   for s, i in zip(scores, owner):
@@ -93,8 +102,7 @@ def example_metrics(model, params, cfg: data_lib.DataConfig, settings: EvalConfi
   from moe_flan import decoding  # pylint: disable=g-import-not-at-top
   from tasks import templates, vocab as vocab_lib  # pylint: disable=g-import-not-at-top
   vocab = vocab_lib.default_vocabulary()
-  unpacked = dataclasses.replace(cfg, pack=False, shuffle=False,
-                                 batch_size=min(cfg.batch_size, settings.num_examples))
+  unpacked = dataclasses.replace(cfg, pack=False, shuffle=False)
   it = data_lib.batches(unpacked, repeat=False)
   records, ranked, ranked_ok, exact = [], 0, 0, 0
   while len(records) < settings.num_examples:
@@ -115,10 +123,12 @@ def example_metrics(model, params, cfg: data_lib.DataConfig, settings: EvalConfi
     if settings.rank_classification and with_opts:
       chosen = rank_classify(model, params, vocab, inputs[with_opts],
                              [options[i] for i in with_opts],
-                             batch['decoder_target_tokens'].shape[1])
+                             batch['decoder_target_tokens'].shape[1], cfg.batch_size)
       for i, c in zip(with_opts, chosen):
         picks[i] = options[i][c]
     for p, t, o, pick in zip(prompts, targets, outputs, picks):
+      if len(records) == settings.num_examples or not t:   # cap; skip padding rows
+        break
       records.append({'input': p, 'target': t, 'output': o, 'rank_choice': pick})
       exact += int(o.strip() == t.strip())
       if pick is not None:

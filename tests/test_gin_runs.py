@@ -1,0 +1,132 @@
+"""Every gin run file parses, finalizes and runs (one train step, or eval/infer) at tiny size;
+bad gin input fails before anything is built, naming the culprit."""
+import glob
+import json
+import os
+import tempfile
+
+import gin
+import jax
+import pytest
+
+from moe_flan.trainer import builder, cli, evaluation, inference, loop
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RUNS = os.path.join(REPO, 'gin', 'runs')
+MODEL = os.path.join(REPO, 'gin', 'models', 'flan_moe_tiny.gin')
+CACHE_DIR = os.path.join(tempfile.gettempdir(), 'moe_flan_trainer_test_jax_cache')
+# Shrinks any run file's model and data to test size (8 simulated devices: batch 8).
+TINY = [
+    'T5Config.emb_dim = 16', 'T5Config.num_heads = 2', 'T5Config.head_dim = 8',
+    'T5Config.mlp_dim = 16', 'T5Config.num_encoder_layers = 1', 'T5Config.num_decoder_layers = 1',
+    'MoeConfig.num_experts = 4', 'MoeConfig.expert_mlp_dim = 16', 'MoeConfig.group_size = 64',
+    "MoeConfig.encoder_sparse_layout = 'all'", "MoeConfig.decoder_sparse_layout = 'all'",
+    "TASK_FEATURE_LENGTHS = {'inputs': 32, 'targets': 8}", 'BATCH_SIZE = 8',
+]
+TRAIN_RUNS = {'quickstart.gin': [], 'instruction_tune.gin': [MODEL], 'pretrain.gin': [MODEL],
+              'finetune.gin': [MODEL]}
+
+
+@pytest.fixture(scope='module', autouse=True)
+def compilation_cache():
+  old = (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs)
+  jax.config.update('jax_compilation_cache_dir', CACHE_DIR)
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
+  yield
+  jax.config.update('jax_compilation_cache_dir', old[0])
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', old[1])
+  gin.clear_config()
+
+
+def _configure(files, bindings):
+  cli.configure_gin(cli.Flags(tuple(files), tuple(bindings), ()))
+
+
+def test_every_run_file_is_covered_and_documented():
+  names = {os.path.basename(p) for p in glob.glob(os.path.join(RUNS, '*.gin'))
+           if not os.path.basename(p).startswith('_')}
+  assert names == set(TRAIN_RUNS) | {'eval.gin', 'infer.gin'}
+  for name in names:
+    with open(os.path.join(RUNS, name)) as f:
+      text = f.read()
+    assert 'python -m moe_flan.' in text.split('\n\n')[0] + text[:600], name
+    assert 'Required to be set:' in text and '- MODEL_DIR' in text, name
+
+
+@pytest.fixture(scope='module')
+def trained_dirs(tmp_path_factory):
+  dirs = {}
+  for name, models in TRAIN_RUNS.items():
+    model_dir = str(tmp_path_factory.mktemp(name.split('.')[0]))
+    extra = ["MIXTURE_OR_TASK_NAME = 'emb_nli'"] if name == 'finetune.gin' else []
+    _configure(models + [os.path.join(RUNS, name)],
+               TINY + extra + [f"MODEL_DIR = '{model_dir}'", 'TRAIN_STEPS = 1', 'LOG_PERIOD = 1'])
+    result = loop.train()
+    dirs[name] = (model_dir, result)
+  return dirs
+
+
+@pytest.mark.parametrize('name', sorted(TRAIN_RUNS))
+def test_train_run_file_runs_one_step(trained_dirs, name):
+  model_dir, result = trained_dirs[name]
+  assert result.step == 1
+  with open(os.path.join(model_dir, 'metrics', 'train.jsonl')) as f:
+    record = json.loads(f.readline())
+  assert record['step'] == 1 and record['loss'] > 0
+  assert os.path.isdir(os.path.join(model_dir, 'checkpoints', '1'))
+
+
+def test_eval_and_infer_run_files(trained_dirs):
+  model_dir = trained_dirs['quickstart.gin'][0]
+  _configure([MODEL, os.path.join(RUNS, 'eval.gin')],
+             TINY + [f"MODEL_DIR = '{model_dir}'", 'NUM_EXAMPLES = 4',
+                     "MIXTURE_OR_TASK_NAME = 'emb_nli'", 'EvalConfig.num_batches = 1',
+                     # Whole prompts, so their option blocks survive for rank classification.
+                     "TASK_FEATURE_LENGTHS = {'inputs': 128, 'targets': 8}",
+                     'EvalConfig.max_decode_length = 4'])
+  metrics = evaluation.evaluate()
+  for key in ('loss', 'accuracy', 'exact_match', 'rank_classification_accuracy'):
+    assert 0 <= metrics[key] and (key == 'loss' or metrics[key] <= 1), key
+  assert metrics['num_examples'] == 4
+  _configure([MODEL, os.path.join(RUNS, 'infer.gin')],
+             TINY + [f"MODEL_DIR = '{model_dir}'", 'InferConfig.max_decode_length = 4',
+                     'InferConfig.input_length = 32'])
+  rows = inference.infer()
+  assert [r['input'] for r in rows] == ['Write the number 12 in words.', 'What is 3 plus 4?']
+  with open(os.path.join(model_dir, 'inference.jsonl')) as f:
+    assert len(f.readlines()) == 2
+
+
+@pytest.mark.parametrize('bindings,match', [
+    (["MODEL_DIR = '/tmp/x'", 'T5Config.no_such_field = 3'], 'no_such_field'),
+    (["MODEL_DIR = '/tmp/x'", 'no_such_function.x = 3'], 'no_such_function'),
+    ([], 'Required to be set: MODEL_DIR'),
+])
+def test_bad_gin_fails_while_parsing(bindings, match):
+  with pytest.raises(ValueError, match=match):
+    _configure([os.path.join(RUNS, 'quickstart.gin')], bindings)
+
+
+def test_finetune_requires_its_task():
+  with pytest.raises(ValueError, match='Required to be set: MIXTURE_OR_TASK_NAME, MODEL_DIR'):
+    _configure([MODEL, os.path.join(RUNS, 'finetune.gin')], [])
+
+
+def test_unknown_task_fails_before_building(tmp_path, monkeypatch):
+  monkeypatch.setattr(builder, '_model', lambda cfg: pytest.fail('model was built'))
+  _configure([os.path.join(RUNS, 'quickstart.gin')],
+             [f"MODEL_DIR = '{tmp_path}'", "MIXTURE_OR_TASK_NAME = 'flan_embeded'"])
+  with pytest.raises(ValueError, match="MIXTURE_OR_TASK_NAME='flan_embeded' is not a registered"):
+    loop.train()
+
+
+def test_flags():
+  flags = cli.parse_flags(['--gin_file=a.gin,b.gin', '--gin_file=c.gin', "--gin.MODEL_DIR='/m'",
+                           '--gin.TRAIN_STEPS=5', '--gin_search_paths=/p', '--num_processes=1'])
+  assert flags.gin_files == ('a.gin', 'b.gin', 'c.gin')
+  assert flags.gin_bindings == ("MODEL_DIR = '/m'", 'TRAIN_STEPS = 5')
+  assert flags.gin_search_paths == ('/p',) and flags.num_processes == 1
+  with pytest.raises(SystemExit):
+    cli.parse_flags(["--gin.MODEL_DIR='/m'"])            # no --gin_file
+  with pytest.raises(SystemExit):
+    cli.parse_flags(['--gin_file=a.gin', '--bogus=1'])
