@@ -89,6 +89,20 @@ def _skip_reason(dispatch: str, num_experts: int, suite: str, quick: bool) -> st
   return None
 
 
+def memory_floor_ratio(shapes: Shapes, num_experts: int, dense_time_s: float,
+                       bytes_per_s: float) -> float:
+  """Lower bound on (MoE layer time / dense time) from expert-weight traffic alone.
+
+  Forward and backward each read every expert's weights, and the backward writes their
+  gradients: 3 * E * 2 * D * F floats that the dense twin (one D x kF pair) barely touches.
+  With the dense time as the compute floor, the MoE layer needs at least
+  dense + (moved bytes - dense bytes) / bandwidth -- an estimate (overlap could hide some).
+  """
+  moe_bytes = 3 * num_experts * 2 * shapes.d_model * shapes.d_ff * 4
+  dense_bytes = 3 * 2 * shapes.d_model * shapes.d_ff * 4
+  return 1.0 + (moe_bytes - dense_bytes) / bytes_per_s / dense_time_s
+
+
 def _compare(ctx: ctx_lib.Context, name: str, candidates: dict, params: dict,
              flops: float) -> list[dict]:
   """Warms up each candidate (dropping the ones that fail), then times them round-robin."""
@@ -106,6 +120,10 @@ def _compare(ctx: ctx_lib.Context, name: str, candidates: dict, params: dict,
     return rows
   comparison = timing.compare(ready, baseline='dense', repeats=ctx.repeats, warmup=0)
   metrics = {v: {'active_flops_per_s': flops / t.median_s} for v, t in comparison.timings.items()}
+  if 'bytes_per_s' in ctx.peak:
+    metrics['dense']['memory_floor_ratio_estimate'] = memory_floor_ratio(
+        QUICK if ctx.quick else FULL, params['num_experts'], comparison.timings['dense'].median_s,
+        ctx.peak['bytes_per_s'])
   rows = ctx_lib.comparison_records(CASE, name, comparison, params, metrics) + rows
   best = min((v for v in ready if v != 'dense'), key=lambda v: comparison.ratios[v].median_s,
              default=None)

@@ -100,3 +100,31 @@ def targets_table(targets: Iterable[dict]) -> str:
     met = {True: 'yes', False: 'NO', None: 'n/a'}[t.get('met')]
     lines.append(f'| {t["name"]} | {t["target"]} | {shown} | {met} |')
   return '\n'.join(lines)
+
+
+def moe_layer_summary(records: Iterable[dict]) -> str:
+  """The issue's layout: one row per (routing, dispatch path), columns E, ratio to dense."""
+  rows = [r for r in records if r['case'] == 'moe_layer' and r['variant'] != 'dense']
+  experts = sorted({r['params']['num_experts'] for r in rows if 'num_experts' in r['params']})
+  if not experts:
+    return ''
+  cells: dict[tuple, dict] = {}
+  for r in rows:
+    routing = r['name'].split(' ')[0]
+    key = (routing, r['variant'])
+    cells.setdefault(key, {})[r['params'].get('num_experts')] = r
+  head = '| routing | dispatch | ' + ' | '.join(f'E={e}' for e in experts)
+  head += f' | growth E{experts[0]}->E{experts[-1]} |'
+  lines = [head, '|' + '---|' * (len(experts) + 3)]
+  for (routing, variant), by_e in sorted(cells.items()):
+    shown = []
+    for e in experts:
+      r = by_e.get(e)
+      shown.append('-' if r is None else (f'{r["ratio"]["median"]:.2f}x' if r['status'] == 'ok'
+                                          else r['status']))
+    first, last = by_e.get(experts[0]), by_e.get(experts[-1])
+    growth = '-'
+    if first and last and first['status'] == last['status'] == 'ok':
+      growth = f'{last["ratio"]["median"] / first["ratio"]["median"]:.2f}x'
+    lines.append(f'| {routing} | {variant} | ' + ' | '.join(shown) + f' | {growth} |')
+  return '\n'.join(lines)

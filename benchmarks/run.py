@@ -43,10 +43,16 @@ def main(argv=None) -> dict:
   dtype = 'bfloat16' if args.suite == 'gpu' else 'float32'
   repeats = args.repeats or (2 if args.quick else 5)
   peak_rec = peak.measure(_PEAK_SIZE[(args.suite, args.quick)], dtype, repeats=repeats)
+  bandwidth = peak.measure_bandwidth(16 if args.quick else 256, repeats=repeats)
+  peak_rec['bytes_per_s'] = bandwidth['bytes_per_s']
+  peak_rec['in_place_bytes_per_s'] = bandwidth['in_place_bytes_per_s']
   ctx = context.Context(args.suite, args.quick, dtype, repeats, peak_rec)
   ctx.log(f'matmul peak {peak_rec["flops_per_s"] / 1e9:.1f} GFLOP/s ({dtype}, '
-          f'{peak_rec["size"]}^3)')
-  records = []
+          f'{peak_rec["size"]}^3); memory bandwidth {bandwidth["bytes_per_s"] / 1e9:.1f} GB/s '
+          f'(fresh output), {bandwidth["in_place_bytes_per_s"] / 1e9:.1f} GB/s (in place)')
+  command = ('python -m benchmarks.run ' + ' '.join(sys.argv[1:] if argv is None else argv)).strip()
+  path = report.results_path(args.suite, args.quick, args.results_dir or report.RESULTS_DIR)
+  records, result = [], {}
   for name in cases:
     start = time.time()
     try:
@@ -56,14 +62,19 @@ def main(argv=None) -> dict:
       records.append(context.record(name, name, '-', status='failed',
                                     reason=f'{type(e).__name__}: {str(e)[:300]}'))
     ctx.log(f'{name} done in {time.time() - start:.0f} s')
-  command = 'python -m benchmarks.run ' + ' '.join(sys.argv[1:] if argv is None else argv)
-  result = report.build(args.suite, args.quick, command.strip(), peak_rec, records,
-                        targets.evaluate(args.suite, records))
-  path = report.results_path(args.suite, args.quick, args.results_dir or report.RESULTS_DIR)
-  report.write(result, path)
+    # Written after every case (complete=False until the end), so a cut-off run keeps its cases.
+    result = report.build(args.suite, args.quick, command, peak_rec, records,
+                          targets.evaluate(args.suite, records))
+    result['complete'] = name == cases[-1]
+    report.write(result, path)
   print(f'\n## {args.suite}{" (quick)" if args.quick else ""} — {result["date"]} — '
         f'{result["machine"]["cpu_model"]}, {result["machine"]["cpu_cores"]} cores\n')
-  print(f'XLA matmul peak: {peak_rec["flops_per_s"] / 1e9:.1f} GFLOP/s ({dtype})\n')
+  print(f'XLA matmul peak: {peak_rec["flops_per_s"] / 1e9:.1f} GFLOP/s ({dtype}); streaming '
+        f'memory bandwidth {peak_rec["bytes_per_s"] / 1e9:.1f} GB/s\n')
+  summary = report.moe_layer_summary(records)
+  if summary:
+    print('MoE layer fwd+bwd time / dense FFN of equal active FLOPs (medians):\n')
+    print(summary + '\n')
   print(report.table(records) + '\n')
   print(report.targets_table(result['targets']) + '\n')
   print(f'wrote {path}')
