@@ -148,7 +148,8 @@ def _all_gather_shapes(hlo: str) -> list[str]:
     # einsum output directly, so XLA all-gathers the dispatch mask instead (correct numbers,
     # more traffic). strict: this fails loudly once dispatch_einsum.py makes that change.
     pytest.param('einsum', marks=pytest.mark.xfail(
-        strict=True, reason='dispatch_einsum.py lacks the group-major constraint')),
+        strict=True, reason='dispatch_einsum.py lacks the group-major constraint (use '
+        'moe_flan.partitioning.expert_resharding)')),
 ])
 def test_compiled_step_uses_all_to_all_and_keeps_expert_weights_in_place(dispatch):
   """Forward + backward on (data 2, expert 4): tokens move by all-to-all; no all-gather of
@@ -157,3 +158,32 @@ def test_compiled_step_uses_all_to_all_and_keeps_expert_weights_in_place(dispatc
   assert re.search(r'all-to-all', hlo), 'no all-to-all in the compiled step'
   weight_like = [s for s in _all_gather_shapes(hlo) if re.search(r'\[\d+,(8,16|16,8)\]', s)]
   assert not weight_like, f'expert weights are all-gathered: {weight_like}'
+
+
+def test_expert_resharding_helpers_lower_to_all_to_all():
+  """The constraints in moe_flan.partitioning.expert_resharding, on a bare dispatch/combine:
+  same numbers as without a mesh, and the compiled code moves tokens by all-to-all only."""
+  from moe_flan.partitioning import expert_resharding as er  # pylint: disable=g-import-not-at-top
+  g, t, e, c, d = 8, 8, 4, 2, 8
+  kx, kd, kw = jax.random.split(jax.random.key(3), 3)
+  x = jax.random.normal(kx, (g, t, d))
+  dispatch = jax.nn.one_hot(jax.random.randint(kd, (g, t), 0, e * c), e * c).reshape(g, t, e, c)
+  w = jax.random.normal(kw, (e, d, d))
+
+  def layer(x, dispatch, w):
+    expert_in = er.to_expert_major(jnp.einsum('GTEC,GTD->GECD', dispatch, x))
+    expert_out = jnp.tanh(jnp.einsum('EGCD,EDF->EGCF', expert_in, w))
+    return jnp.einsum('GTEC,GECD->GTD', dispatch, er.to_group_major(expert_out))
+
+  want = jax.jit(layer)(x, dispatch, w)
+  partitioner = _partitioner((2, 4, 1))
+  with partitioner.activate():
+    groups = jax.sharding.NamedSharding(partitioner.mesh, jax.sharding.PartitionSpec(
+        ('data', 'expert')))
+    experts = jax.sharding.NamedSharding(partitioner.mesh, jax.sharding.PartitionSpec('expert'))
+    fn = jax.jit(layer, in_shardings=(groups, groups, experts))
+    got = fn(x, dispatch, w)
+    hlo = fn.lower(x, dispatch, w).compile().as_text()
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  assert len(re.findall(r'all-to-all\(', hlo)) >= 2, 'expected an all-to-all each way'
+  assert not _all_gather_shapes(hlo), _all_gather_shapes(hlo)

@@ -1,0 +1,36 @@
+"""Token <-> expert resharding by logical constraints, which XLA lowers to an all-to-all.
+
+Dispatched tokens leave the routing step group-major, <[G, E, C, D]> with the groups split over
+the batch mesh axes (data x expert). The experts want them expert-major, <[E, G, C, D]> with E
+split over 'expert' (groups over what is left, 'data'). Constraining the same tensor first
+group-major and then, transposed, expert-major is a pure layout change that the SPMD partitioner
+turns into one all-to-all over 'expert'. Constraining only the expert-major result of the
+dispatch einsum instead lets XLA pick an all-gather of the dispatch mask (same numbers, much
+more traffic). Outside a mesh / without rules the constraints are no-ops.
+
+    expert_in = to_expert_major(jnp.einsum('GTEC,GTD->GECD', dispatch, x))   # [E, G, C, D]
+    expert_out = ffn.batched(expert_in)
+    y = jnp.einsum('GTEC,GECD->GTD', combine, to_group_major(expert_out))
+"""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from moe_flan import axes
+
+GROUP_MAJOR = (axes.EXPERT_GROUP, axes.UNMODELED, axes.CAPACITY, axes.EMBED)
+EXPERT_MAJOR = (axes.EXPERT, axes.EXPERT_GROUP, axes.CAPACITY, axes.EMBED)
+
+
+def to_expert_major(x: jax.Array) -> jax.Array:
+  """<[G, E, C, D]> (groups split) -> <[E, G, C, D]> (experts split): an all-to-all."""
+  x = nn.with_logical_constraint(x, GROUP_MAJOR)
+  return nn.with_logical_constraint(jnp.swapaxes(x, 0, 1), EXPERT_MAJOR)
+
+
+def to_group_major(x: jax.Array) -> jax.Array:
+  """<[E, G, C, D]> (experts split) -> <[G, E, C, D]> (groups split): the reverse all-to-all."""
+  x = nn.with_logical_constraint(x, EXPERT_MAJOR)
+  return nn.with_logical_constraint(jnp.swapaxes(x, 0, 1), GROUP_MAJOR)
