@@ -1,7 +1,6 @@
 """Checkpoints: round trip, keep-last-K, atomicity, shape checks, partial restore, upcycling."""
 import os
 
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -2,7 +2,6 @@
 import numpy as np
 import jax
 import jax.numpy as jnp
-import optax
 import pytest
 
 from moe_flan.trainer import optimizers as opt

@@ -1,5 +1,17 @@
-"""The trainer: optimizers, freezing, train state/steps, checkpoints, metrics, the train loop.
+"""The trainer: what `python -m moe_flan.train / evaluate / infer` run.
 
-Modules are imported by name (e.g. `from moe_flan.trainer import loop`); importing this package
-registers nothing with gin by itself.
+Modules (import by name, e.g. `from moe_flan.trainer import loop`):
+  loop          train(model_dir, model, data, run, optimizer, checkpoint, eval_data) -- gin entry
+  builder       build(...) -> TrainSetup: input checks, partitioner, shardings, jitted steps
+  train_step    make_train_step / make_eval_step (loss via moe_flan.model.compute_loss)
+  train_state   TrainState(step, params, opt_state, rng)
+  optimizers    OptimizerConfig, ScheduleConfig, make_optimizer (Adafactor per-expert factoring,
+                AdamW), make_schedule (constant, rsqrt, linear, cosine)
+  freezing      parameter groups router / experts / non_expert / embeddings; with_freezing
+  checkpoints   CheckpointConfig, Checkpointer (orbax), restore_initial_params
+  upcycling     dense checkpoint -> MoE params (experts copy the dense MLP)
+  data          DataConfig, batches (tasks.pipeline), check_task_exists
+  evaluation    EvalConfig, evaluate (loss/accuracy, rank classification, exact match)
+  inference     InferConfig, infer (greedy / sampling / beam search)
+  metrics, progress, plots, nan_guard, cli
 """

@@ -8,7 +8,6 @@ fails in `_check_inputs`/`_build` before anything is compiled.
 from __future__ import annotations
 
 import dataclasses
-import os
 import signal
 import threading
 import time
@@ -16,7 +15,6 @@ from typing import Any, Mapping, Optional, Sequence
 
 import gin
 import jax
-import numpy as np
 
 from moe_flan import config as config_lib
 from moe_flan.trainer import checkpoints as ckpt_lib
@@ -28,7 +26,6 @@ from moe_flan.trainer import optimizers
 from moe_flan.trainer import plots
 from moe_flan.trainer import progress as progress_lib
 from moe_flan.trainer import builder
-from moe_flan.trainer import train_step as step_lib
 
 
 @gin.configurable

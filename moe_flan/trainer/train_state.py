@@ -12,7 +12,6 @@ import numpy as np
 import optax
 from flax import struct
 
-from moe_flan import config as config_lib
 
 
 class TrainState(struct.PyTreeNode):
