@@ -93,7 +93,8 @@ def test_initial_checkpoint_partial_restore_and_errors(tmp_path):
                                     fresh)
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(saved)):
       np.testing.assert_array_equal(a, b)
-  with pytest.raises(ValueError, match=r'(?s)does not fit the model:.*token_embedder/embedding: model \(10, 8\) vs checkpoint \(10, 4\)'):
+  with pytest.raises(ValueError, match=r'(?s)does not fit the model:.*token_embedder/embedding: '
+                                       r'model \(10, 8\) vs checkpoint \(10, 4\)'):
     ck.restore_initial_params(ck.CheckpointConfig(initial_checkpoint_path=str(tmp_path / 'src')),
                               _params(width=8))
   with pytest.raises(ValueError, match='does not exist'):

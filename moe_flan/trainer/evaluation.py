@@ -46,7 +46,7 @@ def mean_metrics(setup, params: Any, cfg: data_lib.DataConfig, num_batches: int
     w = float(m['num_tokens'])
     weight_sum += w
     for k, v in m.items():
-      if np.ndim(v) == 0 and k != 'num_tokens':
+      if np.ndim(v) == 0 and k not in ('num_tokens', 'weight_sum'):   # counts, not means
         totals[k] = totals.get(k, 0.0) + float(v) * w
   out = {k: v / max(weight_sum, 1.0) for k, v in totals.items()}
   out['num_tokens'] = weight_sum
