@@ -6,12 +6,11 @@ tokens, so it is the slow path at large E; 'scatter' gives the same numbers with
 """
 from __future__ import annotations
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from moe_flan import axes
 from moe_flan.moe.experts import ExpertFFN
+from moe_flan.moe.resharding import to_expert_major, to_group_major
 from moe_flan.moe.routing import Routing
 
 
@@ -28,12 +27,12 @@ def dispatch_combine_tensors(routing: Routing, dtype) -> tuple[jax.Array, jax.Ar
 
 
 def einsum_dispatch(routing: Routing, x: jax.Array, ffn: ExpertFFN) -> jax.Array:
-  """x: <dtype>[G, T, D] -> <dtype>[G, T, D] (the dispatcher interface, see dispatch.py)."""
+  """x: <dtype>[G, T, D] -> <dtype>[G, T, D] (the dispatcher interface, see dispatch.py).
+
+  The einsums stay group-local (<[G, E, C, D]> split like x); only the expert-major buffers
+  move between devices, by the all-to-all of `to_expert_major` / `to_group_major`.
+  """
   dispatch, combine = dispatch_combine_tensors(routing, x.dtype)
-  expert_in = jnp.einsum('GTEC,GTD->EGCD', dispatch, x)
-  expert_in = nn.with_logical_constraint(
-      expert_in, (axes.EXPERT, axes.EXPERT_GROUP, axes.CAPACITY, axes.EMBED))
-  expert_out = ffn.batched(expert_in).astype(x.dtype)
-  expert_out = nn.with_logical_constraint(
-      expert_out, (axes.EXPERT, axes.EXPERT_GROUP, axes.CAPACITY, axes.EMBED))
-  return jnp.einsum('GTEC,EGCD->GTD', combine, expert_out)
+  expert_in = to_expert_major(jnp.einsum('GTEC,GTD->GECD', dispatch, x))     # [E, G, C, D]
+  expert_out = ffn.batched(expert_in).astype(x.dtype)                       # [E, G, C, D]
+  return jnp.einsum('GTEC,GECD->GTD', combine, to_group_major(expert_out))

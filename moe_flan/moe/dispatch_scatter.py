@@ -9,15 +9,12 @@ capacity-based path on CPU and at large E. Same numbers as 'einsum' for the same
 """
 from __future__ import annotations
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from moe_flan import axes
 from moe_flan.moe.experts import ExpertFFN
+from moe_flan.moe.resharding import to_expert_major, to_group_major
 from moe_flan.moe.routing import Routing
-
-_BUFFER_AXES = (axes.EXPERT, axes.EXPERT_GROUP, axes.CAPACITY, axes.EMBED)
 
 
 def buffer_slots(routing: Routing) -> jax.Array:
@@ -30,15 +27,23 @@ def buffer_slots(routing: Routing) -> jax.Array:
 def slot_sources(slots: jax.Array, num_slots: int) -> jax.Array:
   """slots: <int32>[G, T, S] -> <int32>[G, E * C]: source token of each slot; T if empty."""
   g, t, s = slots.shape
-  token = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32)[None, :, None], slots.shape)
-  sources = jnp.full((g, num_slots + 1), t, jnp.int32)   # last column catches unrouted ones
-  sources = sources.at[jnp.arange(g)[:, None], slots.reshape(g, t * s)].set(
-      token.reshape(g, t * s))
-  return sources[:, :num_slots]
+  token = jnp.repeat(jnp.arange(t, dtype=jnp.int32), s)              # [T*S], t-major like slots
+
+  def one_group(group_slots: jax.Array) -> jax.Array:                # [T*S] -> [E*C + 1]
+    sources = jnp.full((num_slots + 1,), t, jnp.int32)   # the last entry catches unrouted ones
+    return sources.at[group_slots].set(token)
+
+  # vmap (not an explicit group index) makes G a batch dimension of the scatter, which the
+  # SPMD partitioner keeps on the group's device instead of all-gathering the indices.
+  return jax.vmap(one_group)(slots.reshape(g, t * s))[:, :num_slots]
 
 
 def scatter_dispatch(routing: Routing, x: jax.Array, ffn: ExpertFFN) -> jax.Array:
-  """x: <dtype>[G, T, D] -> <dtype>[G, T, D] (the dispatcher interface, see dispatch.py)."""
+  """x: <dtype>[G, T, D] -> <dtype>[G, T, D] (the dispatcher interface, see dispatch.py).
+
+  Both gathers index within a group, so they stay on the group's device; only the
+  expert-major buffers move, by the all-to-all of `to_expert_major` / `to_group_major`.
+  """
   g, t, d = x.shape
   e, c = routing.num_experts, routing.capacity
   slots = buffer_slots(routing)                                      # [G, T, S]
@@ -46,11 +51,9 @@ def scatter_dispatch(routing: Routing, x: jax.Array, ffn: ExpertFFN) -> jax.Arra
   zero_row = jnp.zeros((g, 1, d), x.dtype)
   x_padded = jnp.concatenate([x, zero_row], axis=1)                  # [G, T+1, D]
   buffers = jnp.take_along_axis(x_padded, sources[..., None], axis=1)   # [G, E*C, D]
-  buffers = jnp.transpose(buffers.reshape(g, e, c, d), (1, 0, 2, 3))    # [E, G, C, D]
-  buffers = nn.with_logical_constraint(buffers, _BUFFER_AXES)
-  y = nn.with_logical_constraint(ffn.batched(buffers).astype(x.dtype), _BUFFER_AXES)
-  y = jnp.transpose(y, (1, 0, 2, 3)).reshape(g, e * c, d)
-  y_padded = jnp.concatenate([y, zero_row], axis=1)                  # [G, E*C+1, D]
+  buffers = to_expert_major(buffers.reshape(g, e, c, d))             # [E, G, C, D]
+  y = to_group_major(ffn.batched(buffers).astype(x.dtype))          # [G, E, C, D]
+  y_padded = jnp.concatenate([y.reshape(g, e * c, d), zero_row], axis=1)   # [G, E*C+1, D]
   s = slots.shape[-1]
   picked = jnp.take_along_axis(y_padded, slots.reshape(g, t * s, 1), axis=1)
   picked = picked.reshape(g, t, s, d)

@@ -5,12 +5,15 @@ the batch mesh axes (data x expert). The experts want them expert-major, <[E, G,
 split over 'expert' (groups over what is left, 'data'). Constraining the same tensor first
 group-major and then, transposed, expert-major is a pure layout change that the SPMD partitioner
 turns into one all-to-all over 'expert'. Constraining only the expert-major result of the
-dispatch einsum instead lets XLA pick an all-gather of the dispatch mask (same numbers, much
-more traffic). Outside a mesh / without rules the constraints are no-ops.
+dispatch einsum instead lets XLA all-gather the dispatch mask (same numbers, much more traffic).
+Outside a mesh / without logical-axis rules the constraints are no-ops.
 
     expert_in = to_expert_major(jnp.einsum('GTEC,GTD->GECD', dispatch, x))   # [E, G, C, D]
     expert_out = ffn.batched(expert_in)
     y = jnp.einsum('GTEC,GECD->GTD', combine, to_group_major(expert_out))
+
+Lives in moe_flan.moe (not moe_flan.partitioning) because dispatchers use it and
+moe_flan.partitioning imports moe_flan.moe; it only needs flax and the names in moe_flan/axes.py.
 """
 from __future__ import annotations
 
@@ -20,17 +23,18 @@ import jax.numpy as jnp
 
 from moe_flan import axes
 
+# The expert axis of group-major buffers stays unsplit: the groups already use 'expert'.
 GROUP_MAJOR = (axes.EXPERT_GROUP, axes.UNMODELED, axes.CAPACITY, axes.EMBED)
 EXPERT_MAJOR = (axes.EXPERT, axes.EXPERT_GROUP, axes.CAPACITY, axes.EMBED)
 
 
 def to_expert_major(x: jax.Array) -> jax.Array:
-  """<[G, E, C, D]> (groups split) -> <[E, G, C, D]> (experts split): an all-to-all."""
+  """<dtype>[G, E, C, D] (groups split) -> <dtype>[E, G, C, D] (experts split): an all-to-all."""
   x = nn.with_logical_constraint(x, GROUP_MAJOR)
   return nn.with_logical_constraint(jnp.swapaxes(x, 0, 1), EXPERT_MAJOR)
 
 
 def to_group_major(x: jax.Array) -> jax.Array:
-  """<[E, G, C, D]> (experts split) -> <[G, E, C, D]> (groups split): the reverse all-to-all."""
+  """<dtype>[E, G, C, D] (experts split) -> <dtype>[G, E, C, D] (groups split): the reverse."""
   x = nn.with_logical_constraint(x, EXPERT_MAJOR)
   return nn.with_logical_constraint(jnp.swapaxes(x, 0, 1), GROUP_MAJOR)
