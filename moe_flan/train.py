@@ -21,7 +21,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def console_main() -> None:
-  sys.exit(main())
+  try:
+    sys.exit(main())
+  except ValueError as e:   # bad input: the message names the setting; no traceback needed
+    print(f'moe_flan.train: error: {e}', file=sys.stderr)
+    sys.exit(2)
 
 
 if __name__ == '__main__':

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import logging
 import os
 from typing import Optional, Sequence
 
@@ -85,14 +86,27 @@ def required_macros_unset() -> list[str]:
                 if selector == 'gin.macro' and str(params.get('value')) == '%gin.REQUIRED')
 
 
+class _QuietGinProbes(logging.Filter):
+  """gin logs 'Path not found' at ERROR while probing a search path that lacks an include;
+  the include is then found on the next path, so the message only alarms users."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith('Path not found:')
+
+
 def configure_gin(flags: Flags) -> None:
   """Parses the gin files and bindings, checks REQUIRED macros, finalizes the config."""
   import_configurables()
   gin.clear_config()
   for path in (REPO_GIN_DIR,) + flags.gin_search_paths:
     gin.add_config_file_search_path(path)
-  gin.parse_config_files_and_bindings(list(flags.gin_files), list(flags.gin_bindings),
-                                      finalize_config=False)
+  quiet = _QuietGinProbes()
+  logging.getLogger().addFilter(quiet)
+  try:
+    gin.parse_config_files_and_bindings(list(flags.gin_files), list(flags.gin_bindings),
+                                        finalize_config=False)
+  finally:
+    logging.getLogger().removeFilter(quiet)
   missing = required_macros_unset()
   if missing:
     how = ' '.join(f'--gin.{m}=...' for m in missing)
