@@ -217,3 +217,15 @@ def test_routed_slots_are_distinct_and_within_capacity(name, k, prioritized):
       if name == 'tokens_choose':   # each expert fills min(capacity, demand) slots
         wanted = np.sum(real[g][:, None] & (expert[g] == e))
         assert len(slots) == min(cap, wanted)
+
+
+def test_top_k_by_argmax_equals_lax_top_k_including_ties():
+  """The partition-friendly top-k gives lax.top_k's values, indices and tie order."""
+  probs = jax.nn.softmax(jax.random.normal(jax.random.key(0), (3, 16, 8)), axis=-1)
+  ties = jnp.array([[[0.25, 0.25, 0.25, 0.25, 0.0, 0.0, 0.0, 0.0]]])
+  for p in (probs, ties):
+    for k in (1, 2, 3):
+      want_values, want_index = jax.lax.top_k(p, k)
+      values, index = routing_lib.top_k_by_argmax(p, k)
+      np.testing.assert_array_equal(np.asarray(index), np.asarray(want_index))
+      np.testing.assert_array_equal(np.asarray(values), np.asarray(want_values))

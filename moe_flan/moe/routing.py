@@ -116,6 +116,23 @@ def _slots_in_priority_order(expert_index: jax.Array, real: jax.Array, num_exper
   return position.astype(jnp.int32)
 
 
+def top_k_by_argmax(probs: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
+  """`jax.lax.top_k` over the last axis as k rounds of argmax (same values, same tie order).
+
+  probs: <float32>[G, T, E] -> (<float32>[G, T, S], <int32>[G, T, S]). Why not lax.top_k: XLA's
+  SPMD partitioner does not split the TopK op, so a sharded [G, T, E] is all-gathered onto every
+  device first; argmax partitions like any reduction. k is small (1-2) in every MoE we configure.
+  """
+  values, indices = [], []
+  remaining = probs
+  for _ in range(k):
+    index = jnp.argmax(remaining, axis=-1)                                # first max on ties
+    values.append(jnp.take_along_axis(probs, index[..., None], axis=-1)[..., 0])
+    indices.append(index)
+    remaining = jnp.where(jax.nn.one_hot(index, probs.shape[-1], dtype=bool), -jnp.inf, remaining)
+  return jnp.stack(values, axis=-1), jnp.stack(indices, axis=-1).astype(jnp.int32)
+
+
 def tokens_choose(logits: jax.Array, padding_mask: jax.Array, *, num_selected_experts: int,
                   capacity: int, batch_prioritized_routing: bool = False) -> Routing:
   """Each token picks its top-k experts; experts serve selections up to `capacity`.
@@ -124,7 +141,7 @@ def tokens_choose(logits: jax.Array, padding_mask: jax.Array, *, num_selected_ex
   """
   num_experts = logits.shape[-1]
   probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
-  weights, expert_index = jax.lax.top_k(probs, num_selected_experts)     # [G, T, S]
+  weights, expert_index = top_k_by_argmax(probs, num_selected_experts)  # [G, T, S]
   real = padding_mask.astype(bool)
   priority = None
   if batch_prioritized_routing:
