@@ -53,7 +53,7 @@ def plot_expert_load(model_dir: str, last_n: int = 10) -> Optional[str]:
   ax.set_xticks(range(load.shape[1]))
   ax.set_yticks(range(load.shape[0]))
   ax.set_xlabel('expert')
-  ax.set_ylabel('MoE layer (encoder first, then decoder)')
+  ax.set_ylabel('MoE layer (by parameter path: decoder, then encoder)')
   ax.set_title('fraction of routed tokens per expert')
   fig.colorbar(im, ax=ax)
   path = os.path.join(model_dir, EXPERT_PNG)
