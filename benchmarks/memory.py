@@ -1,8 +1,9 @@
 """Case 4: peak memory of a train step.
 
 Each model runs in a fresh subprocess (`python -m benchmarks.memory --child NAME ...`) so the
-high-water marks belong to that model alone: host RSS via `resource.getrusage` (ru_maxrss) after
-imports, after building (params + optimizer state + compile) and after two steps; on an
+high-water marks belong to that model alone: host RSS high-water marks after
+imports, after building (params + optimizer state + compile) and after two steps (VmHWM from
+/proc/self/status, else `resource.getrusage`); on an
 accelerator also the device's `peak_bytes_in_use` from `jax.Device.memory_stats()`.
 """
 from __future__ import annotations
@@ -21,6 +22,18 @@ _MARK = 'MEMORY_RESULT '
 
 
 def _max_rss_bytes() -> int:
+  """This process's peak resident set size.
+
+  Linux's VmHWM (/proc/self/status) belongs to the current address space; getrusage's
+  ru_maxrss is not used first because it survives fork + exec, so a child started by a large
+  parent would report the parent's high-water mark."""
+  try:
+    with open('/proc/self/status') as f:
+      for line in f:
+        if line.startswith('VmHWM:'):
+          return int(line.split()[1]) * 1024            # kB
+  except OSError:
+    pass
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024   # Linux: KiB
 
 

@@ -35,7 +35,7 @@ from moe_flan.moe.experts import ACTIVATIONS, ExpertFFN, input_kernel_names
 from moe_flan.moe.routing import Routing
 
 NUM_SIZES = 16               # segment sizes per expert: 0, unit, 2 * unit, ..., NUM_SIZES * unit
-_GATHER_MAX_SELECTIONS = 8   # above this (experts-choose), combine with a scatter-add
+_GATHER_MAX_SELECTIONS = 2   # above this (experts-choose: S = E), move rows with scatter-adds
 _NT = (((1,), (1,)), ((), ()))   # a @ b.T without materialising b.T
 _TN = (((0,), (0,)), ((), ()))   # a.T @ b
 
