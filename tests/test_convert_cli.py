@@ -78,7 +78,7 @@ def test_import_into_a_gin_model_that_does_not_fit(tmp_path, capsys):
                    '--gin_file=models/t5_1_1_tiny.gin'])
   err = capsys.readouterr().err
   assert code == 2
-  assert 'T5Config.vocab_size: checkpoint 64, gin 32128' in err
+  assert 'T5Config.vocab_size: checkpoint 64, gin 3072' in err
   assert 'T5Config.emb_dim: checkpoint 16, gin 128' in err
   assert not os.path.exists(tmp_path / 'ckpt' / 'state')
 
