@@ -27,11 +27,11 @@ def compilation_cache():
   jax.config.update('jax_persistent_cache_min_compile_time_secs', old[1])
 
 
-def tiny_model(emb_dim=16):
+def tiny_model(emb_dim=16, vocab_size=3072):  # 3072: the shipped vocabulary's size
   moe = config_lib.MoeConfig(num_experts=4, num_selected_experts=2, expert_mlp_dim=16,
                              group_size=64, encoder_sparse_layout='all',
                              decoder_sparse_layout='all')
-  return config_lib.T5Config(vocab_size=32128, emb_dim=emb_dim, num_heads=2, head_dim=8,
+  return config_lib.T5Config(vocab_size=vocab_size, emb_dim=emb_dim, num_heads=2, head_dim=8,
                              num_encoder_layers=1, num_decoder_layers=1, mlp_dim=16, moe=moe)
 
 
@@ -88,13 +88,15 @@ def test_model_dir_of_another_shape_is_refused_before_compiling(trained, monkeyp
   monkeypatch.setattr(builder.TrainSetup, 'initial_state',
                       lambda self: pytest.fail('reached state initialisation'))
   with pytest.raises(ValueError, match=r'(?s)refusing to resume.*token_embedder/embedding: '
-                                       r'model \(32128, 32\) vs checkpoint \(32128, 16\)'):
+                                       r'model \(3072, 32\) vs checkpoint \(3072, 16\)'):
     _train(model_dir, 8, model=tiny_model(emb_dim=32))
 
 
 @pytest.mark.parametrize('setting,value,match', [
     ('task', 'no_such_task', "MIXTURE_OR_TASK_NAME='no_such_task' is not a registered"),
     ('init', '/no/such/checkpoint', "'/no/such/checkpoint' does not exist"),
+    ('vocab', 3071, r"T5Config.vocab_size=3071 is smaller than the 'inputs' vocabulary of "
+                    r"'flan_embedded' \(3072 ids\)"),
 ])
 def test_bad_input_fails_before_compiling(tmp_path, monkeypatch, setting, value, match):
   monkeypatch.setattr(builder.TrainSetup, 'initial_state',
@@ -102,7 +104,8 @@ def test_bad_input_fails_before_compiling(tmp_path, monkeypatch, setting, value,
   data = DATA if setting != 'task' else data_lib.DataConfig(value, DATA.task_feature_lengths, 8)
   ckpt = ck.CheckpointConfig(initial_checkpoint_path=value if setting == 'init' else None)
   with pytest.raises(ValueError, match=match):
-    loop.train(str(tmp_path), tiny_model(), data, loop.RunConfig(train_steps=1),
+    model = tiny_model(vocab_size=value) if setting == 'vocab' else tiny_model()
+    loop.train(str(tmp_path), model, data, loop.RunConfig(train_steps=1),
                optimizers.OptimizerConfig(), ckpt)
 
 

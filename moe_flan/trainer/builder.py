@@ -142,13 +142,14 @@ def _model(config: config_lib.T5Config) -> nn.Module:
 
 def check_inputs(model_dir: str, data: data_lib.DataConfig,
                  checkpoint: ckpt_lib.CheckpointConfig,
-                 eval_data: Optional[data_lib.DataConfig] = None) -> None:
+                 eval_data: Optional[data_lib.DataConfig] = None,
+                 model_vocab_size: Optional[int] = None) -> None:
   """Raises ValueError naming the bad setting; nothing is compiled before this passes."""
   if not isinstance(model_dir, str) or not model_dir:
     raise ValueError(f'MODEL_DIR={model_dir!r} must be a non-empty path')
-  data_lib.check_task_exists(data.mixture_or_task_name)
+  data_lib.check_task_exists(data.mixture_or_task_name, model_vocab_size)
   if eval_data is not None:
-    data_lib.check_task_exists(eval_data.mixture_or_task_name)
+    data_lib.check_task_exists(eval_data.mixture_or_task_name, model_vocab_size)
   if checkpoint.initial_checkpoint_path:
     ckpt_lib.resolve_step_dir(checkpoint.initial_checkpoint_path)
 
@@ -159,7 +160,7 @@ def build(model_dir: str, model_config: config_lib.T5Config, data: data_lib.Data
           eval_data: Optional[data_lib.DataConfig] = None, partitioner=None) -> TrainSetup:
   """Checks inputs and builds a TrainSetup (no compilation)."""
   from moe_flan.partitioning import partitioner as part_lib  # pylint: disable=g-import-not-at-top
-  check_inputs(model_dir, data, checkpoint, eval_data)
+  check_inputs(model_dir, data, checkpoint, eval_data, model_config.vocab_size)
   os.makedirs(model_dir, exist_ok=True)
   partitioner = partitioner or part_lib.create_partitioner()
   partitioner.check_batch_size(data.batch_size)

@@ -4,7 +4,8 @@
   --gin_search_paths=P,Q  extra directories to search for gin files and includes
   --gin.NAME=VALUE        one binding, e.g. --gin.MODEL_DIR="'/tmp/run'" or --gin.TRAIN_STEPS=100
   --gin_bindings=B        (repeatable) a raw binding line, as in t5x
-  --coordinator_address, --num_processes, --process_id   multi-host (jax.distributed)
+  --coordinator_address, --num_processes, --process_id, --distributed_auto_detect,
+  --distributed_timeout_s   multi-host (jax.distributed; also $MOE_FLAN_* and SLURM detection)
 
 Bad input fails here, before anything is built: an unknown configurable or parameter (gin's
 error names it) and any macro still at %gin.REQUIRED (named, with the flag that sets it).
@@ -19,6 +20,8 @@ import os
 from typing import Optional, Sequence
 
 import gin
+
+from moe_flan.partitioning import distributed
 
 REPO_GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))), 'gin')
@@ -40,6 +43,7 @@ class Flags:
   num_processes: Optional[int] = None
   process_id: Optional[int] = None
   distributed_auto_detect: bool = False
+  distributed_timeout_s: int = distributed.DEFAULT_TIMEOUT_S
 
 
 def _split(values: Sequence[str]) -> tuple[str, ...]:
@@ -53,11 +57,7 @@ def parse_flags(argv: Sequence[str], prog: str = 'moe_flan') -> Flags:
   parser.add_argument('--gin_file', action='append', default=[])
   parser.add_argument('--gin_bindings', action='append', default=[])
   parser.add_argument('--gin_search_paths', action='append', default=[])
-  parser.add_argument('--coordinator_address', default=None)
-  parser.add_argument('--num_processes', type=int, default=None)
-  parser.add_argument('--process_id', type=int, default=None)
-  parser.add_argument('--distributed_auto_detect', action='store_true',
-                      help='let jax.distributed detect the cluster (TPU pods, SLURM)')
+  distributed.add_flags(parser)
   gin_dotted = [a for a in argv if a.startswith('--gin.')]
   args = parser.parse_args([a for a in argv if not a.startswith('--gin.')])
   bindings = list(args.gin_bindings)
@@ -70,7 +70,7 @@ def parse_flags(argv: Sequence[str], prog: str = 'moe_flan') -> Flags:
     parser.error('at least one --gin_file is required')
   return Flags(_split(args.gin_file), tuple(bindings), _split(args.gin_search_paths),
                args.coordinator_address, args.num_processes, args.process_id,
-               args.distributed_auto_detect)
+               args.distributed_auto_detect, args.distributed_timeout_s)
 
 
 def import_configurables() -> None:
@@ -116,10 +116,7 @@ def configure_gin(flags: Flags) -> None:
 
 
 def initialize_distributed(flags: Flags) -> None:
-  """jax.distributed set-up for multi-host runs (no-op for one process without flags)."""
-  if (flags.coordinator_address is None and flags.num_processes in (None, 1)
-      and not flags.distributed_auto_detect):
-    return
-  from moe_flan.partitioning import distributed  # pylint: disable=g-import-not-at-top
+  """jax.distributed set-up from the flags, else $MOE_FLAN_* or SLURM; a no-op for one process."""
   distributed.initialize(flags.coordinator_address, flags.num_processes, flags.process_id,
-                         auto_detect=flags.distributed_auto_detect)
+                         auto_detect=flags.distributed_auto_detect,
+                         timeout_s=flags.distributed_timeout_s)

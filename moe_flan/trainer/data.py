@@ -38,15 +38,24 @@ class DataConfig:
       raise ValueError(f'BATCH_SIZE={self.batch_size}: must be >= 1')
 
 
-def check_task_exists(name: str) -> None:
-  """ValueError naming `name` if no seqio Task or Mixture is registered under it."""
-  import seqio  # pylint: disable=g-import-not-at-top
+def check_task_exists(name: str, model_vocab_size: Optional[int] = None) -> None:
+  """ValueError naming `name` if no seqio Task or Mixture is registered under it (with the
+  closest registered names), or if its vocabulary has more ids than the model's embedding."""
   import tasks  # pylint: disable=g-import-not-at-top,unused-import  (registers tasks)
-  known = set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names())
-  if name not in known:
-    close = sorted(k for k in known if name.split('_')[0] in k)[:10]
-    raise ValueError(f'MIXTURE_OR_TASK_NAME={name!r} is not a registered seqio task or mixture'
-                     + (f'; similar: {close}' if close else ''))
+  from tasks import registry  # pylint: disable=g-import-not-at-top
+  try:
+    provider = registry.get(name)
+  except ValueError as e:
+    raise ValueError(f'MIXTURE_OR_TASK_NAME={name!r} is not a registered seqio task or '
+                     f'mixture ({e})') from None
+  if model_vocab_size is None:
+    return
+  for feature_name, feature in provider.output_features.items():
+    if feature.vocabulary.vocab_size > model_vocab_size:
+      raise ValueError(
+          f'T5Config.vocab_size={model_vocab_size} is smaller than the {feature_name!r} '
+          f'vocabulary of {name!r} ({feature.vocabulary.vocab_size} ids); set VOCAB_SIZE >= '
+          f'{feature.vocabulary.vocab_size}')
 
 
 def batches(cfg: DataConfig, shard_id: int = 0, num_shards: int = 1, start_batch: int = 0,
