@@ -11,10 +11,10 @@ from typing import Optional, Sequence
 import gin
 
 ROUTER_TYPES = ('tokens_choose', 'experts_choose', 'hf_switch')
-DISPATCH_TYPES = ('einsum', 'scatter', 'dropless', 'expert_parallel')
+DISPATCH_TYPES = ('einsum', 'scatter', 'segmented', 'dropless', 'expert_parallel')
 SPARSE_LAYOUTS = ('every', 'hf_every', 'top', 'bottom', 'all', 'none')
 # Dispatch paths that drop tokens beyond an expert's capacity.
-CAPACITY_DISPATCHES = ('einsum', 'scatter', 'expert_parallel')
+CAPACITY_DISPATCHES = ('einsum', 'scatter', 'segmented', 'expert_parallel')
 
 
 def _fail(setting: str, value, why: str):
@@ -161,3 +161,8 @@ class T5Config:
       return ()
     return sparse_block_indices(self.moe.decoder_sparse_layout, self.moe.decoder_sparse_every,
                                 self.num_decoder_layers)
+
+  def sparse_block_paths(self) -> tuple[str, ...]:
+    """Parameter paths of the sparse blocks, encoder first (the order of per-layer MoE metrics)."""
+    return (tuple(f'encoder/layers_{i}' for i in self.encoder_sparse_blocks()) +
+            tuple(f'decoder/layers_{i}' for i in self.decoder_sparse_blocks()))

@@ -185,15 +185,18 @@ def test_unknown_router_name_is_a_clear_error():
     routing_lib.get_router('nope')
 
 
-def test_collect_moe_metrics_averages_over_layers_in_natural_order():
-  def layer(lb, load):
-    return {'load_balancing_loss': (jnp.float32(lb),), 'expert_load': (jnp.asarray(load),)}
-  tree = {'encoder': {'layers_10': {'moe': layer(3.0, [0.0, 1.0])},
-                      'layers_2': {'moe': layer(1.0, [1.0, 0.0])}}}
+def test_collect_moe_metrics_averages_over_layers_encoder_first_in_natural_order():
+  def layer(lb, load, dropped):
+    return {'load_balancing_loss': (jnp.float32(lb),), 'expert_load': (jnp.asarray(load),),
+            'fraction_dropped': (jnp.float32(dropped),)}
+  tree = {'decoder': {'layers_1': {'moe': layer(5.0, [0.5, 0.5], 0.3)}},
+          'encoder': {'layers_10': {'moe': layer(3.0, [0.0, 1.0], 0.2)},
+                      'layers_2': {'moe': layer(1.0, [1.0, 0.0], 0.1)}}}
   out = collect_moe_metrics(tree)
-  np.testing.assert_allclose(out['load_balancing_loss'], 2.0)
+  np.testing.assert_allclose(out['load_balancing_loss'], 3.0)
   np.testing.assert_allclose(out['expert_load'], [0.5, 0.5])
-  np.testing.assert_allclose(out['expert_load_per_layer'], [[1.0, 0.0], [0.0, 1.0]])
+  np.testing.assert_allclose(out['expert_load_per_layer'], [[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]])
+  np.testing.assert_allclose(out['fraction_dropped_per_layer'], [0.1, 0.2, 0.3])
   assert collect_moe_metrics({}) == {}
 
 

@@ -72,8 +72,14 @@ def router_metrics(logits: jax.Array, padding_mask: jax.Array, routing) -> Dict[
   }
 
 
-def _natural_key(path: str) -> List[Any]:
-  return [int(p) if p.isdigit() else p for p in re.split(r'(\d+)', path)]
+# Metrics also returned layer by layer (for the expert-utilisation heatmap and drop plots).
+PER_LAYER_METRICS = ('expert_load', 'fraction_dropped')
+
+
+def _layer_order_key(path: str) -> List[Any]:
+  """Encoder before decoder (data flow), then natural order (layers_2 before layers_10)."""
+  stack = 0 if 'encoder' in path else 1
+  return [stack] + [int(p) if p.isdigit() else p for p in re.split(r'(\d+)', path)]
 
 
 def _per_layer_values(tree: Any) -> Dict[str, List[Tuple[str, jax.Array]]]:
@@ -100,16 +106,17 @@ def collect_moe_metrics(tree: Any) -> Dict[str, jax.Array]:
   tree: the 'moe_metrics' collection (or a dict holding it) as returned by
   `apply(..., mutable=['moe_metrics'])`; sown values are tuples, and a leading layer axis (e.g.
   from nn.scan) is split into layers. Returns name -> mean over layers for each metric in
-  METRIC_NAMES found, plus 'expert_load_per_layer' <float32>[num_layers, E] (layers in natural
-  path order). Returns {} when the tree holds no MoE metrics (a dense model).
+  METRIC_NAMES found, plus 'expert_load_per_layer' <float32>[num_layers, E] and
+  'fraction_dropped_per_layer' <float32>[num_layers] (encoder layers, then decoder layers, each in
+  natural path order). Returns {} when the tree holds no MoE metrics (a dense model).
   """
   found = _per_layer_values(tree)
   out = {}
   for name, entries in found.items():
-    entries = sorted(entries, key=lambda e: _natural_key(e[0]))
+    entries = sorted(entries, key=lambda e: _layer_order_key(e[0]))
     stacked = jnp.stack([v for _, v in entries])
     out[name] = jnp.mean(stacked, axis=0)
-    if name == 'expert_load':
-      out['expert_load_per_layer'] = stacked
+    if name in PER_LAYER_METRICS:
+      out[f'{name}_per_layer'] = stacked
   return out
 

@@ -144,5 +144,5 @@ def train(model_dir: str = gin.REQUIRED, model: config_lib.T5Config = gin.REQUIR
       writer.close()
       eval_writer.close()
   if run.write_plots and jax.process_index() == 0:
-    plots.plot_all(model_dir)
+    plots.plot_all(model_dir, model.sparse_block_paths())
   return TrainResult(int(jax.device_get(state.step)), last, stop.set)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import Optional, Sequence
 
 import matplotlib
 
@@ -40,8 +40,13 @@ def plot_losses(model_dir: str) -> Optional[str]:
   return path
 
 
-def plot_expert_load(model_dir: str, last_n: int = 10) -> Optional[str]:
-  """Mean per-layer expert load over the last `last_n` logged steps -> heatmap PNG."""
+def plot_expert_load(model_dir: str, layer_names: Sequence[str] = (),
+                     last_n: int = 10) -> Optional[str]:
+  """Mean per-layer expert load over the last `last_n` logged steps -> heatmap PNG.
+
+  layer_names: one label per MoE layer (encoder first, as the metrics are ordered), e.g.
+  `T5Config.sparse_block_paths()`; rows are numbered when they are missing or do not match.
+  """
   train = metrics_lib.read_jsonl(os.path.join(model_dir, 'metrics', 'train.jsonl'))
   loads = [r[EXPERT_KEY] for r in train if EXPERT_KEY in r]
   if not loads:
@@ -52,8 +57,10 @@ def plot_expert_load(model_dir: str, last_n: int = 10) -> Optional[str]:
   im = ax.imshow(load, aspect='auto', cmap='viridis')
   ax.set_xticks(range(load.shape[1]))
   ax.set_yticks(range(load.shape[0]))
+  if len(layer_names) == load.shape[0]:
+    ax.set_yticklabels(layer_names)
   ax.set_xlabel('expert')
-  ax.set_ylabel('MoE layer (by parameter path: decoder, then encoder)')
+  ax.set_ylabel('MoE layer (encoder, then decoder)')
   ax.set_title('fraction of routed tokens per expert')
   fig.colorbar(im, ax=ax)
   path = os.path.join(model_dir, EXPERT_PNG)
@@ -63,5 +70,5 @@ def plot_expert_load(model_dir: str, last_n: int = 10) -> Optional[str]:
   return path
 
 
-def plot_all(model_dir: str) -> list[str]:
-  return [p for p in (plot_losses(model_dir), plot_expert_load(model_dir)) if p]
+def plot_all(model_dir: str, layer_names: Sequence[str] = ()) -> list[str]:
+  return [p for p in (plot_losses(model_dir), plot_expert_load(model_dir, layer_names)) if p]

@@ -7,7 +7,6 @@ an uninterrupted one. Metrics are scalars except the per-layer MoE arrays
 """
 from __future__ import annotations
 
-import re
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -20,22 +19,6 @@ from moe_flan.trainer import freezing
 from moe_flan.trainer import train_state as ts
 
 Batch = dict[str, jax.Array]
-
-
-def _natural_key(path: str):
-  return [int(p) if p.isdigit() else p for p in re.split(r'(\d+)', path)]
-
-
-def per_layer(tree: Any, name: str) -> jax.Array | None:
-  """<float32>[num_layers] of the scalar sown as `name` by each MoE layer (natural path order)."""
-  found = []
-  for path, value in jax.tree_util.tree_flatten_with_path(tree)[0]:
-    keys = [str(getattr(k, 'key', getattr(k, 'idx', k))) for k in path]
-    if name in keys:
-      found.append(('/'.join(keys), jnp.ravel(jnp.asarray(value, jnp.float32))))
-  if not found:
-    return None
-  return jnp.concatenate([v for _, v in sorted(found, key=lambda e: _natural_key(e[0]))])
 
 
 def token_accuracy(logits: jax.Array, batch: Batch) -> tuple[jax.Array, jax.Array]:
@@ -57,9 +40,6 @@ def forward_metrics(model: nn.Module, config: config_lib.T5Config, params: Any, 
   moe_tree = variables.get('moe_metrics', {})
   loss, metrics = compute_loss(config, logits, batch, moe_tree)
   metrics = {k: jnp.asarray(v, jnp.float32) for k, v in dict(metrics).items()}
-  dropped = per_layer(moe_tree, 'fraction_dropped')
-  if dropped is not None:
-    metrics['moe/fraction_dropped_per_layer'] = dropped
   correct, count = token_accuracy(logits, batch)
   metrics.setdefault('accuracy', correct / jnp.maximum(count, 1.0))
   metrics['num_tokens'] = count
