@@ -85,7 +85,7 @@ def _partitioner(shape, **rules):
 
 
 @pytest.mark.parametrize('mesh_shape', MESHES, ids=lambda s: 'x'.join(map(str, s)))
-@pytest.mark.parametrize('dispatch', ['einsum', 'scatter', 'dropless', 'expert_parallel'])
+@pytest.mark.parametrize('dispatch', ['einsum', 'scatter', 'segmented', 'dropless', 'expert_parallel'])
 def test_sharded_layer_matches_one_device(dispatch, mesh_shape):
   want = _unsharded(dispatch, 4)
   got = _run(_layer(dispatch, 4), _partitioner(mesh_shape))

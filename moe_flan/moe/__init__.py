@@ -9,6 +9,7 @@ Public API:
   collect_moe_metrics              per-layer metrics averaged over layers (losses.py)
 """
 from moe_flan.moe.dispatch import DISPATCHERS, register_dispatcher
+from moe_flan.moe import dispatch_segmented  # registers 'segmented'  # noqa: F401
 from moe_flan.moe.experts import ExpertFFN, ExpertParams
 from moe_flan.moe.layer import MoeLayer
 from moe_flan.moe.losses import collect_moe_metrics
