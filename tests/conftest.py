@@ -6,3 +6,23 @@ os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                            ' --xla_force_host_platform_device_count=8').strip()
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')
+
+import tempfile  # noqa: E402
+
+import pytest  # noqa: E402
+
+# Compiled train steps shared between the trainer tests' train() calls and subprocesses (same
+# HLO, new closures); a compile costs seconds on 2 cores.
+JAX_CACHE_DIR = os.path.join(tempfile.gettempdir(), 'moe_flan_trainer_test_jax_cache')
+
+
+@pytest.fixture(scope='module')
+def persistent_compilation_cache():
+  """Turns on JAX's persistent compilation cache for one test module, then restores it."""
+  import jax  # pylint: disable=g-import-not-at-top  (after XLA_FLAGS above)
+  old = (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs)
+  jax.config.update('jax_compilation_cache_dir', JAX_CACHE_DIR)
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
+  yield JAX_CACHE_DIR
+  jax.config.update('jax_compilation_cache_dir', old[0])
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', old[1])

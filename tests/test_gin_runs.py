@@ -3,7 +3,6 @@ bad gin input fails before anything is built, naming the culprit."""
 import glob
 import json
 import os
-import tempfile
 
 import gin
 import jax
@@ -14,7 +13,6 @@ from moe_flan.trainer import builder, cli, evaluation, inference, loop
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUNS = os.path.join(REPO, 'gin', 'runs')
 MODEL = os.path.join(REPO, 'gin', 'models', 'flan_moe_tiny.gin')
-CACHE_DIR = os.path.join(tempfile.gettempdir(), 'moe_flan_trainer_test_jax_cache')
 # Shrinks any run file's model and data to test size (8 simulated devices: batch 8).
 TINY = [
     'T5Config.emb_dim = 16', 'T5Config.num_heads = 2', 'T5Config.head_dim = 8',
@@ -27,14 +25,12 @@ TRAIN_RUNS = {'quickstart.gin': [], 'instruction_tune.gin': [MODEL], 'pretrain.g
               'finetune.gin': [MODEL]}
 
 
+pytestmark = pytest.mark.usefixtures('persistent_compilation_cache')
+
+
 @pytest.fixture(scope='module', autouse=True)
-def compilation_cache():
-  old = (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs)
-  jax.config.update('jax_compilation_cache_dir', CACHE_DIR)
-  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
+def _clear_gin():
   yield
-  jax.config.update('jax_compilation_cache_dir', old[0])
-  jax.config.update('jax_persistent_cache_min_compile_time_secs', old[1])
   gin.clear_config()
 
 

@@ -3,7 +3,6 @@ TensorBoard events and plots; NaN guard; bad input rejected before anything comp
 import glob
 import json
 import os
-import tempfile
 
 import jax
 import numpy as np
@@ -13,18 +12,8 @@ from moe_flan import config as config_lib
 from moe_flan.trainer import builder, checkpoints as ck, data as data_lib, loop, nan_guard
 from moe_flan.trainer import optimizers, plots
 
-CACHE_DIR = os.path.join(tempfile.gettempdir(), 'moe_flan_trainer_test_jax_cache')
 
-
-@pytest.fixture(scope='module', autouse=True)
-def compilation_cache():
-  """Shares compiled steps between the train() calls of this module (same HLO, new closures)."""
-  old = (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs)
-  jax.config.update('jax_compilation_cache_dir', CACHE_DIR)
-  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
-  yield
-  jax.config.update('jax_compilation_cache_dir', old[0])
-  jax.config.update('jax_persistent_cache_min_compile_time_secs', old[1])
+pytestmark = pytest.mark.usefixtures('persistent_compilation_cache')
 
 
 def tiny_model(emb_dim=16, vocab_size=3072):  # 3072: the shipped vocabulary's size

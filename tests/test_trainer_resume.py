@@ -10,14 +10,14 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 
 import pytest
 
+from conftest import JAX_CACHE_DIR
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 40
-CACHE_DIR = os.path.join(tempfile.gettempdir(), 'moe_flan_trainer_test_jax_cache')
 TINY_GIN = """
 include 'runs/quickstart.gin'
 T5Config.emb_dim = 16
@@ -43,7 +43,7 @@ ScheduleConfig.warmup_steps = 0
 def _env():
   env = dict(os.environ)
   env.pop('XLA_FLAGS', None)       # one CPU device, like a laptop run
-  env.update(JAX_COMPILATION_CACHE_DIR=CACHE_DIR, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+  env.update(JAX_COMPILATION_CACHE_DIR=JAX_CACHE_DIR, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
              TF_CPP_MIN_LOG_LEVEL='2', PYTHONPATH=REPO)
   return env
 
