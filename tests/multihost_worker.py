@@ -1,13 +1,19 @@
 """One process of the multi-host test (tests/test_partitioning_multihost.py); also runnable alone.
 
     python tests/multihost_worker.py --num_processes=2 --process_id=0 \
-        --coordinator_address=127.0.0.1:PORT --local_devices=2 --out=/tmp/p0.json
+        --coordinator_address=127.0.0.1:PORT --local_devices=2 --out=/tmp/p0.json \
+        [--model_dir=/tmp/multihost_model]
 
 Trains a tiny sparse EncoderDecoder for a few steps with the trainer's `make_train_step` on a
 (data 1, expert 4, model 1) mesh over all processes' CPU devices (gloo collectives). Each process
 generates the same global batches but feeds only its own rows (`Partitioner.data_shard_info` +
 `shard_batch`, i.e. jax.make_array_from_process_local_data). Process 0 writes the per-step
 losses and per-parameter sums of squares (computed on the mesh, replicated) as JSON.
+
+With --model_dir, every process also logs each step's loss through the trainer's MetricsWriter
+(only process 0 may write) and, after the last step, saves the sharded TrainState with the
+trainer's Checkpointer (all processes call save: each writes its own expert shards); process 0
+then writes the final params, gathered, to `<out>.params.npz` for a bit-exact restore check.
 """
 import argparse
 import json
@@ -28,6 +34,7 @@ def _parse(argv):
   parser.add_argument('--local_devices', type=int, default=4)
   parser.add_argument('--dispatch', default='expert_parallel')
   parser.add_argument('--out', required=True)
+  parser.add_argument('--model_dir', default=None)
   return parser.parse_args(argv)
 
 
@@ -42,12 +49,10 @@ def _global_batches(np):
            'decoder_loss_weights': np.ones((B, LT), np.float32)}
 
 
-def train(devices=None, dispatch: str = 'expert_parallel') -> dict:
-  """Trains NUM_STEPS steps on a (1, 4, 1) mesh over `devices` (default: all processes')."""
+def _setup(devices, dispatch: str):
+  """The tiny sparse model, its SGD step and a (1, 4, 1) mesh's state shardings."""
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
   from moe_flan import partitioning  # pylint: disable=g-import-not-at-top
   from moe_flan.config import MoeConfig, T5Config  # pylint: disable=g-import-not-at-top
@@ -79,8 +84,27 @@ def train(devices=None, dispatch: str = 'expert_parallel') -> dict:
 
   frozen = jax.tree.map(lambda _: False, nn.meta.unbox(boxed))
   step = step_lib.make_train_step(model, config, tx, lambda s: 0.5, frozen)
+  return partitioner, shardings, fresh, step
+
+
+def run(devices=None, dispatch: str = 'expert_parallel', model_dir=None):
+  """Trains NUM_STEPS steps on a (1, 4, 1) mesh over `devices` (default: all processes').
+
+  Returns (final TrainState, summary dict). With `model_dir`, logs losses via MetricsWriter and
+  saves the final state with the trainer's Checkpointer (synchronously) under `model_dir`.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from moe_flan.trainer import checkpoints  # pylint: disable=g-import-not-at-top
+  from moe_flan.trainer import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
+
+  partitioner, shardings, fresh, step = _setup(devices, dispatch)
+  repl = partitioner.replicated
   shard_id, num_shards = partitioner.data_shard_info()
   rows = B // num_shards
+  # Every process makes a writer, as the trainer does; only process 0's may touch the disk.
+  writer = metrics_lib.MetricsWriter(model_dir, tensorboard=False) if model_dir else None
   losses = []
   with partitioner.activate():
     state = jax.jit(fresh, out_shardings=shardings)(jax.random.PRNGKey(0))
@@ -90,13 +114,51 @@ def train(devices=None, dispatch: str = 'expert_parallel') -> dict:
       local = {k: v[shard_id * rows:(shard_id + 1) * rows] for k, v in batch.items()}
       state, metrics = jitted(state, partitioner.shard_batch(local))
       losses.append(float(np.asarray(metrics['loss'])))
+      if writer is not None:
+        writer.write(len(losses), {'loss': metrics['loss'],
+                                   'writer_process': np.float32(jax.process_index())})
     sums = jax.jit(lambda p: jax.tree.map(lambda x: jnp.sum(x * x), p),
                    out_shardings=repl)(state.params)
+  if model_dir:
+    writer.close()
+    ckpt = checkpoints.Checkpointer(model_dir, checkpoints.CheckpointConfig(async_save=False))
+    saved = ckpt.save(state, data_position=NUM_STEPS, force=True)
+    ckpt.close()
+    assert saved, f'process {jax.process_index()}: Checkpointer.save did not save'
   flat = jax.tree_util.tree_flatten_with_path(sums)[0]
   print(f'process {jax.process_index()}: shard {shard_id}/{num_shards} losses {losses}',
         flush=True)
-  return {'losses': losses, 'num_shards': num_shards, 'process_count': jax.process_count(),
-          'param_sq_sums': {jax.tree_util.keystr(p): float(np.asarray(v)) for p, v in flat}}
+  return state, {'losses': losses, 'num_shards': num_shards,
+                 'process_count': jax.process_count(),
+                 'param_sq_sums': {jax.tree_util.keystr(p): float(np.asarray(v))
+                                   for p, v in flat}}
+
+
+def train(devices=None, dispatch: str = 'expert_parallel') -> dict:
+  """The summary of `run` (losses, shard info, per-param sums of squares)."""
+  return run(devices, dispatch)[1]
+
+
+def restore(model_dir: str, like_state):
+  """(TrainState, meta) of the latest checkpoint under `model_dir`, on `like_state`'s shardings."""
+  from moe_flan.trainer import checkpoints  # pylint: disable=g-import-not-at-top
+  ckpt = checkpoints.Checkpointer(model_dir, checkpoints.CheckpointConfig(async_save=False))
+  try:
+    return ckpt.restore(like_state)
+  finally:
+    ckpt.close()
+
+
+def gathered_params(state) -> dict:
+  """'a/b/c' -> host numpy array of every param, gathered from all processes."""
+  import flax  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  mesh = jax.tree.leaves(state.params)[0].sharding.mesh
+  repl = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  full = jax.jit(lambda p: p, out_shardings=repl)(state.params)
+  return {k: np.asarray(v) for k, v in
+          flax.traverse_util.flatten_dict(full, sep='/').items()}
 
 
 def main(argv):
@@ -107,10 +169,14 @@ def main(argv):
   from moe_flan.partitioning import distributed  # pylint: disable=g-import-not-at-top
   distributed.initialize(args.coordinator_address, args.num_processes, args.process_id,
                          timeout_s=120)
-  result = train(dispatch=args.dispatch)
+  state, result = run(dispatch=args.dispatch, model_dir=args.model_dir)
+  params = gathered_params(state) if args.model_dir else None   # collective: every process
   if jax.process_index() == 0:
     with open(args.out, 'w') as f:
       json.dump(result, f)
+    if params is not None:
+      import numpy as np  # pylint: disable=g-import-not-at-top
+      np.savez(args.out + '.params.npz', **params)
 
 
 if __name__ == '__main__':
