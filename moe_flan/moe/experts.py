@@ -24,21 +24,8 @@ import jax
 import jax.numpy as jnp
 
 from moe_flan import axes
-
-ACTIVATIONS = {
-    'gelu': lambda x: jax.nn.gelu(x, approximate=True),
-    'relu': jax.nn.relu,
-    'silu': jax.nn.silu,
-    'linear': lambda x: x,
-}
-
-
-def input_kernel_names(activations: Sequence[str]) -> tuple[str, ...]:
-  """'wi' for one activation, 'wi_0', 'wi_1', ... for several (t5x naming)."""
-  if len(activations) == 1:
-    return ('wi',)
-  return tuple(f'wi_{i}' for i in range(len(activations)))
-
+# One activation table and kernel naming for dense MLPs and experts (re-exported for dispatchers).
+from moe_flan.layers.mlp import ACTIVATIONS, input_kernel_names  # noqa: F401
 
 class ExpertParams(nn.Module):
   """Creates the expert kernels and returns them as a dict name -> array (see module doc)."""
