@@ -136,20 +136,13 @@ def _check_against_one_device(dispatch: str, mesh_shape):
   assert experts.sharding.spec == want  # the updated params stay sharded
 
 
-@pytest.mark.parametrize('mesh_shape', [(8, 1, 1), (2, 4, 1), (1, 4, 2), (2, 2, 2)],
-                         ids=lambda s: 'x'.join(map(str, s)))
-def test_expert_parallel_train_step_matches_one_device(mesh_shape):
-  _check_against_one_device('expert_parallel', mesh_shape)
+MESHES = [(8, 1, 1), (2, 4, 1), (1, 4, 2), (2, 2, 2)]
 
 
-# Every other dispatch path (a new entry in DISPATCH_TYPES is covered too), each against its own
-# one-device run, on the mesh that exercises the most: (2, 2, 2) shards all three axes (batch over
-# data x expert, 2 of the 4 experts per expert shard, expert weights split over 'model'). Other
-# meshes per dispatcher are left to the layer-level tests (tests/test_partitioning_moe.py): each
-# extra mesh here costs a train-step compile (~7 s; ~15 s for 'segmented') per dispatcher.
-OTHER_DISPATCHES = tuple(d for d in DISPATCH_TYPES if d != 'expert_parallel')
-
-
-@pytest.mark.parametrize('dispatch', OTHER_DISPATCHES)
-def test_every_dispatch_train_step_matches_one_device(dispatch):
-  _check_against_one_device(dispatch, (2, 2, 2))
+# Every dispatch path in DISPATCH_TYPES (a new entry is covered too) on every mesh, each against
+# its own one-device run (computed once per dispatcher). (2, 2, 2) shards all three axes (batch
+# over data x expert, 2 of the 4 experts per expert shard, expert weights split over 'model').
+@pytest.mark.parametrize('mesh_shape', MESHES, ids=lambda s: 'x'.join(map(str, s)))
+@pytest.mark.parametrize('dispatch', DISPATCH_TYPES)
+def test_train_step_matches_one_device(dispatch, mesh_shape):
+  _check_against_one_device(dispatch, mesh_shape)
