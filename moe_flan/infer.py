@@ -20,11 +20,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def console_main() -> None:
-  try:
-    sys.exit(main())
-  except ValueError as e:   # bad input: the message names the setting; no traceback needed
-    print(f'moe_flan.infer: error: {e}', file=sys.stderr)
-    sys.exit(2)
+  from moe_flan.trainer import cli  # pylint: disable=g-import-not-at-top
+  cli.console_entry(main, 'moe_flan.infer')
 
 
 if __name__ == '__main__':

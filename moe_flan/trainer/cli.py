@@ -17,7 +17,8 @@ import dataclasses
 import importlib
 import logging
 import os
-from typing import Optional, Sequence
+import sys
+from typing import Callable, Optional, Sequence
 
 import gin
 
@@ -120,3 +121,13 @@ def initialize_distributed(flags: Flags) -> None:
   distributed.initialize(flags.coordinator_address, flags.num_processes, flags.process_id,
                          auto_detect=flags.distributed_auto_detect,
                          timeout_s=flags.distributed_timeout_s)
+
+
+def console_entry(main: Callable[[], int], prog: str) -> None:
+  """Runs an entry point's `main`; bad input (ValueError, whose message names the setting)
+  exits 2 with the message instead of a traceback."""
+  try:
+    sys.exit(main())
+  except ValueError as e:
+    print(f'{prog}: error: {e}', file=sys.stderr)
+    sys.exit(2)
