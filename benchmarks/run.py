@@ -13,6 +13,8 @@ import sys
 import time
 import traceback
 
+from moe_flan import host_allocator
+
 SUITES = {
     'cpu': ('moe_layer', 'train_step', 'input_pipeline', 'memory', 'hf_switch'),
     'gpu': ('train_step', 'moe_layer', 'memory'),
@@ -27,6 +29,9 @@ def _parse(argv):
   p.add_argument('--cases', default='', help='comma-separated subset of the suite\'s cases')
   p.add_argument('--repeats', type=int, default=None, help='timed rounds per comparison')
   p.add_argument('--results_dir', default=None, help='default: benchmarks/results')
+  p.add_argument('--default_heap', action='store_true',
+                 help='leave glibc malloc as it is (by default the CPU suite runs with '
+                      'moe_flan.host_allocator keeping freed memory, as the trainer does)')
   return p.parse_args(argv)
 
 
@@ -35,6 +40,10 @@ def main(argv=None) -> dict:
   if args.suite == 'cpu':
     os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')
     os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+  if args.default_heap:
+    os.environ[host_allocator.OPT_OUT_ENV] = '0'     # also read by the memory case's children
+  # Before JAX starts its threads; both sides of every comparison run under the same heap.
+  heap = 'kept freed memory' if host_allocator.configure_for_cpu() else 'default'
   from benchmarks import context, peak, report, targets   # after the platform is chosen
   cases = [c for c in args.cases.split(',') if c] or list(SUITES[args.suite])
   unknown = sorted(set(cases) - set(SUITES[args.suite]))
@@ -66,9 +75,11 @@ def main(argv=None) -> dict:
     result = report.build(args.suite, args.quick, command, peak_rec, records,
                           targets.evaluate(args.suite, records))
     result['complete'] = name == cases[-1]
+    result['machine']['host_heap'] = heap
     report.write(result, path)
   print(f'\n## {args.suite}{" (quick)" if args.quick else ""} — {result["date"]} — '
         f'{result["machine"]["cpu_model"]}, {result["machine"]["cpu_cores"]} cores\n')
+  print(f'host heap: {heap} (moe_flan/host_allocator.py)')
   print(f'XLA matmul peak: {peak_rec["flops_per_s"] / 1e9:.1f} GFLOP/s ({dtype}); streaming '
         f'memory bandwidth {peak_rec["bytes_per_s"] / 1e9:.1f} GB/s\n')
   summary = report.moe_layer_summary(records)

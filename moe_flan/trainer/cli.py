@@ -22,6 +22,7 @@ from typing import Callable, Optional, Sequence
 
 import gin
 
+from moe_flan import host_allocator
 from moe_flan.partitioning import distributed
 
 REPO_GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
@@ -125,7 +126,9 @@ def initialize_distributed(flags: Flags) -> None:
 
 def console_entry(main: Callable[[], int], prog: str) -> None:
   """Runs an entry point's `main`; bad input (ValueError, whose message names the setting)
-  exits 2 with the message instead of a traceback."""
+  exits 2 with the message instead of a traceback. On a CPU-only host the C heap is set to keep
+  freed buffers first (host_allocator.py: no page-fault storm on every step's fresh buffers)."""
+  host_allocator.configure_for_cpu()
   try:
     sys.exit(main())
   except ValueError as e:
