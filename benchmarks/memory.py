@@ -92,7 +92,7 @@ def _main() -> None:
   args = p.parse_args()
   if args.suite == 'cpu':
     os.environ.setdefault('JAX_PLATFORMS', 'cpu')
-    host_allocator.configure_for_cpu()   # as the parent (it passes its opt-out through the env)
+    host_allocator.configure_from_env()   # as the parent (its choice comes through the env)
   print(_MARK + json.dumps(child(args.child, args.suite, args.quick)), flush=True)
 
 

@@ -29,9 +29,9 @@ def _parse(argv):
   p.add_argument('--cases', default='', help='comma-separated subset of the suite\'s cases')
   p.add_argument('--repeats', type=int, default=None, help='timed rounds per comparison')
   p.add_argument('--results_dir', default=None, help='default: benchmarks/results')
-  p.add_argument('--default_heap', action='store_true',
-                 help='leave glibc malloc as it is (by default the CPU suite runs with '
-                      'moe_flan.host_allocator keeping freed memory, as the trainer does)')
+  p.add_argument('--heap', choices=('default', 'kept'), default='default',
+                 help='kept: run with moe_flan.host_allocator.keep_freed_memory() (CPU suite; '
+                      'every candidate of a comparison shares the process, so the same heap)')
   return p.parse_args(argv)
 
 
@@ -40,10 +40,9 @@ def main(argv=None) -> dict:
   if args.suite == 'cpu':
     os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')
     os.environ.setdefault('JAX_PLATFORMS', 'cpu')
-  if args.default_heap:
-    os.environ[host_allocator.OPT_OUT_ENV] = '0'     # also read by the memory case's children
-  # Before JAX starts its threads; both sides of every comparison run under the same heap.
-  heap = 'kept freed memory' if host_allocator.configure_for_cpu() else 'default'
+    # Before JAX starts its threads; the env var also reaches the memory case's children.
+    os.environ[host_allocator.ENV] = '1' if args.heap == 'kept' else '0'
+  heap = 'kept freed memory' if host_allocator.configure_from_env() else 'default'
   from benchmarks import context, peak, report, targets   # after the platform is chosen
   cases = [c for c in args.cases.split(',') if c] or list(SUITES[args.suite])
   unknown = sorted(set(cases) - set(SUITES[args.suite]))

@@ -9,15 +9,14 @@ E=128 experts (d_model 512, d_ff 2048) about 1 GiB of fresh pages per step, meas
 
 `keep_freed_memory()` sets glibc's malloc so that large blocks come from the heap and freed
 memory stays mapped for the next step: one arena (non-main arenas would fall back to `mmap` for
-blocks larger than their 64 MiB heaps), no `mmap` for allocations, no trimming of the heap top.
-The cost: the process keeps its peak heap size mapped (resident set stays at the step's peak
-instead of dipping between steps) and threads share one arena lock (XLA makes few, large
-allocations). Where libc is not glibc (macOS, musl), nothing changes.
-
-The train/evaluate/infer entry points call `configure_for_cpu()` before JAX starts its thread
-pools (arenas are per thread, so later calls do not move existing threads onto the main arena);
-set MOE_FLAN_KEEP_FREED_HOST_MEMORY=0 to opt out. Accelerator runs are left alone: their big
-buffers live on the device.
+blocks larger than their 64 MiB heaps), no `mmap` for allocations, no trimming of the heap below 2 GiB of free top.
+The costs, measured on the HF Switch comparison model at E=128 (benchmarks/hf_switch.py): the
+resident set grows over the first steps to ~2x the step's peak (11.8 GB vs 5.6 GB; glibc's
+heap fragments) and then stays there; threads share one arena lock. Because of the memory cost
+it is opt-in: MOE_FLAN_KEEP_FREED_HOST_MEMORY=1 makes the train/evaluate/infer entry points
+call it (`configure_from_env()`, before JAX starts its thread pools: arenas are per thread), and
+`python -m benchmarks.run --heap kept` measures with it. Accelerator runs are left alone (their
+big buffers live on the device), and where libc is not glibc (macOS, musl) nothing changes.
 """
 from __future__ import annotations
 
@@ -33,7 +32,7 @@ M_TOP_PAD = -2
 M_MMAP_MAX = -4
 M_ARENA_MAX = -8
 
-OPT_OUT_ENV = 'MOE_FLAN_KEEP_FREED_HOST_MEMORY'
+ENV = 'MOE_FLAN_KEEP_FREED_HOST_MEMORY'   # '1' turns keep_freed_memory() on in the entry points
 # Modules that make an accelerator backend available to JAX (then the host heap matters less).
 ACCELERATOR_PLUGINS = ('libtpu', 'jax_cuda12_plugin', 'jax_cuda13_plugin', 'jax_rocm60_plugin',
                        'jax_rocm7_plugin')
@@ -61,6 +60,8 @@ def keep_freed_memory(top_pad_bytes: int = 64 << 20) -> bool:
   libc = _glibc()
   if libc is None:
     return False
+  # The trim threshold is a C int: at most 2 GiB of free heap top stays mapped (-1 does not
+  # mean "never" here: measured, it trims on every free).
   settings = ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, _INT_MAX),
               (M_TOP_PAD, top_pad_bytes))
   return all(libc.mallopt(ctypes.c_int(param), ctypes.c_int(value)) == 1
@@ -76,9 +77,12 @@ def runs_on_cpu_only() -> bool:
   return not any(importlib.util.find_spec(name) is not None for name in ACCELERATOR_PLUGINS)
 
 
-def configure_for_cpu() -> bool:
-  """`keep_freed_memory()` when training on the host and not opted out; returns whether it
-  was applied. Call before JAX's backend starts (the entry points do)."""
-  if os.environ.get(OPT_OUT_ENV, '1').strip().lower() in ('0', 'false', 'no'):
+def configure_from_env() -> bool:
+  """`keep_freed_memory()` if $MOE_FLAN_KEEP_FREED_HOST_MEMORY is 1 (or true/yes) and JAX will
+  compute on the host; returns whether it was applied. Call before JAX's backend starts."""
+  value = os.environ.get(ENV, '').strip().lower()
+  if value in ('', '0', 'false', 'no'):
     return False
+  if value not in ('1', 'true', 'yes'):
+    raise ValueError(f'Bad environment: {ENV}={os.environ[ENV]!r}: use 1 or 0')
   return runs_on_cpu_only() and keep_freed_memory()

@@ -20,10 +20,10 @@ applied = host_allocator.keep_freed_memory() if sys.argv[1] == 'keep' else False
 import jax, jax.numpy as jnp
 step = jax.jit(lambda x: x + 1.0)          # a fresh 64 MiB output buffer per call
 x = jnp.zeros((16 << 20,), jnp.float32)
-for _ in range(3):
+for _ in range(5):                         # the heap settles after a few calls
   step(x).block_until_ready()
 faults = []
-for _ in range(3):
+for _ in range(5):
   before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
   step(x).block_until_ready()
   faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
@@ -42,12 +42,12 @@ def _probe(mode: str) -> dict:
 def test_kept_memory_removes_page_faults_of_fresh_xla_buffers():
   kept = _probe('keep')
   assert kept['applied'] is True
-  # Each call's 16384 output pages come back from the heap already mapped.
-  assert max(kept['faults']) < 0.05 * _PAGES, kept
+  # Once the heap has settled, a call's 16384 output pages come back already mapped.
+  assert sorted(kept['faults'])[2] < 0.05 * _PAGES, kept
   default = _probe('default')
   if min(default['faults']) < 0.5 * _PAGES:
     pytest.skip(f'default heap did not fault per call here (huge pages?): {default}')
-  assert min(default['faults']) > 10 * max(max(kept['faults']), 1), (default, kept)
+  assert min(default['faults']) > 10 * max(sorted(kept['faults'])[2], 1), (default, kept)
 
 
 def test_runs_on_cpu_only_reads_jax_platforms(monkeypatch):
@@ -62,16 +62,21 @@ def test_runs_on_cpu_only_reads_jax_platforms(monkeypatch):
   assert host_allocator.runs_on_cpu_only()
 
 
-def test_configure_for_cpu_respects_opt_out_and_accelerators(monkeypatch):
+def test_configure_from_env_is_opt_in_and_cpu_only(monkeypatch):
   calls = []
   monkeypatch.setattr(host_allocator, 'keep_freed_memory', lambda: calls.append(1) or True)
   monkeypatch.setenv('JAX_PLATFORMS', 'cpu')
-  monkeypatch.setenv(host_allocator.OPT_OUT_ENV, '0')
-  assert host_allocator.configure_for_cpu() is False and not calls
-  monkeypatch.setenv(host_allocator.OPT_OUT_ENV, '1')
-  assert host_allocator.configure_for_cpu() is True and calls == [1]
+  monkeypatch.delenv(host_allocator.ENV, raising=False)
+  assert host_allocator.configure_from_env() is False and not calls      # off by default
+  monkeypatch.setenv(host_allocator.ENV, '0')
+  assert host_allocator.configure_from_env() is False and not calls
+  monkeypatch.setenv(host_allocator.ENV, '1')
+  assert host_allocator.configure_from_env() is True and calls == [1]
   monkeypatch.setenv('JAX_PLATFORMS', 'tpu')
-  assert host_allocator.configure_for_cpu() is False and calls == [1]
+  assert host_allocator.configure_from_env() is False and calls == [1]
+  monkeypatch.setenv(host_allocator.ENV, 'maybe')
+  with pytest.raises(ValueError, match="MOE_FLAN_KEEP_FREED_HOST_MEMORY='maybe'"):
+    host_allocator.configure_from_env()
 
 
 def test_bad_top_pad_is_named():

@@ -126,10 +126,10 @@ def initialize_distributed(flags: Flags) -> None:
 
 def console_entry(main: Callable[[], int], prog: str) -> None:
   """Runs an entry point's `main`; bad input (ValueError, whose message names the setting)
-  exits 2 with the message instead of a traceback. On a CPU-only host the C heap is set to keep
-  freed buffers first (host_allocator.py: no page-fault storm on every step's fresh buffers)."""
-  host_allocator.configure_for_cpu()
+  exits 2 with the message instead of a traceback. With $MOE_FLAN_KEEP_FREED_HOST_MEMORY=1 on
+  a CPU-only host the C heap first keeps freed buffers (host_allocator.py)."""
   try:
+    host_allocator.configure_from_env()
     sys.exit(main())
   except ValueError as e:
     print(f'{prog}: error: {e}', file=sys.stderr)
