@@ -93,12 +93,12 @@ def table(records: Iterable[dict]) -> str:
 
 
 def targets_table(targets: Iterable[dict]) -> str:
-  lines = ['| target | required | measured | met |', '|---|---|---|---|']
+  lines = ['| target | required | measured | met | note |', '|---|---|---|---|---|']
   for t in targets:
     value = t.get('value')
     shown = f'{value:.3g}' if isinstance(value, float) else str(value)
     met = {True: 'yes', False: 'NO', None: 'n/a'}[t.get('met')]
-    lines.append(f'| {t["name"]} | {t["target"]} | {shown} | {met} |')
+    lines.append(f'| {t["name"]} | {t["target"]} | {shown} | {met} | {t.get("note") or ""} |')
   return '\n'.join(lines)
 
 

@@ -6,7 +6,7 @@ import math
 from benchmarks import run as run_lib
 
 EXPECTED = {
-    'moe_layer': {'dense', 'einsum', 'scatter', 'segmented', 'dropless'},
+    'moe_layer': {'dense', 'einsum', 'scatter', 'segmented', 'dropless', 'expert_matmuls_only'},
     'train_step': {'train_step'},
     'input_pipeline': {'get_batches'},
     'memory': {'train_step'},
@@ -21,6 +21,7 @@ def test_quick_cpu_suite_writes_results(tmp_path):
   assert saved == json.loads(json.dumps(result, default=float))
   assert saved['suite'] == 'cpu' and saved['quick'] is True
   assert saved['machine']['cpu_cores'] >= 1 and saved['peak']['flops_per_s'] > 0
+  assert saved['machine']['host_heap'] == 'default'      # --heap kept is opt-in
   by_case = {}
   for row in saved['records']:
     assert row['status'] == 'ok', row
@@ -36,3 +37,6 @@ def test_quick_cpu_suite_writes_results(tmp_path):
   names = {t['name'] for t in saved['targets']}
   assert 'train step FLOP/s / XLA matmul peak (base-like)' in names
   assert all(t['met'] in (True, False, None) for t in saved['targets'])
+  # The expert-matmuls floor is reported beside the best dispatcher, never chosen as it.
+  top1 = next(t for t in saved['targets'] if t['name'] == 'MoE layer top-1 E=8: best path / dense')
+  assert 'expert matmuls alone' in top1['note'] and not top1['note'].startswith('expert_matmuls')
