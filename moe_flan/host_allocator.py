@@ -10,9 +10,9 @@ E=128 experts (d_model 512, d_ff 2048) about 1 GiB of fresh pages per step, meas
 `keep_freed_memory()` sets glibc's malloc so that large blocks come from the heap and freed
 memory stays mapped for the next step: one arena (non-main arenas would fall back to `mmap` for
 blocks larger than their 64 MiB heaps), no `mmap` for allocations, and the heap top trimmed only
-above 2 GiB free. The costs, measured on the HF Switch comparison model at E=128 (benchmarks/hf_switch.py): the
-resident set grows over the first steps to ~2x the step's peak (11.8 GB vs 5.6 GB; glibc's
-heap fragments) and then stays there; threads share one arena lock. Because of the memory cost
+above 2 GiB free. The costs, measured on the HF Switch comparison model at E=128
+(benchmarks/hf_switch.py): the resident set grows over the first steps to ~2x the step's peak
+(11.8 GB vs 5.6 GB; glibc's heap fragments) and then stays there; threads share one arena lock. Because of the memory cost
 it is opt-in: MOE_FLAN_KEEP_FREED_HOST_MEMORY=1 makes the train/evaluate/infer entry points
 call it (`configure_from_env()`, before JAX starts its thread pools: arenas are per thread), and
 `python -m benchmarks.run --heap kept` measures with it. Accelerator runs are left alone (their
