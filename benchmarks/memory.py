@@ -16,7 +16,7 @@ import subprocess
 import sys
 
 from benchmarks import context as ctx_lib
-from moe_flan import host_allocator
+from benchmarks import heap as heap_lib
 
 CASE = 'memory'
 _MARK = 'MEMORY_RESULT '
@@ -92,7 +92,8 @@ def _main() -> None:
   args = p.parse_args()
   if args.suite == 'cpu':
     os.environ.setdefault('JAX_PLATFORMS', 'cpu')
-    host_allocator.configure_from_env()   # as the parent (its choice comes through the env)
+    if os.environ.get(heap_lib.ENV) == 'kept':   # as the parent (its choice comes via the env)
+      heap_lib.keep_freed_memory()
   print(_MARK + json.dumps(child(args.child, args.suite, args.quick)), flush=True)
 
 

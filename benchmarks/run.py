@@ -13,7 +13,7 @@ import sys
 import time
 import traceback
 
-from moe_flan import host_allocator
+from benchmarks import heap as heap_lib
 
 SUITES = {
     'cpu': ('moe_layer', 'train_step', 'input_pipeline', 'memory', 'hf_switch'),
@@ -30,8 +30,8 @@ def _parse(argv):
   p.add_argument('--repeats', type=int, default=None, help='timed rounds per comparison')
   p.add_argument('--results_dir', default=None, help='default: benchmarks/results')
   p.add_argument('--heap', choices=('default', 'kept'), default='default',
-                 help='kept: run with moe_flan.host_allocator.keep_freed_memory() (CPU suite; '
-                      'every candidate of a comparison shares the process, so the same heap)')
+                 help='kept: glibc keeps freed heap memory (benchmarks/heap.py; CPU suite; every '
+                      'candidate of a comparison shares the process, so the same heap)')
   return p.parse_args(argv)
 
 
@@ -41,8 +41,9 @@ def main(argv=None) -> dict:
     os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')
     os.environ.setdefault('JAX_PLATFORMS', 'cpu')
     # Before JAX starts its threads; the env var also reaches the memory case's children.
-    os.environ[host_allocator.ENV] = '1' if args.heap == 'kept' else '0'
-  heap = 'kept freed memory' if host_allocator.configure_from_env() else 'default'
+    os.environ[heap_lib.ENV] = args.heap
+  kept = args.suite == 'cpu' and args.heap == 'kept' and heap_lib.keep_freed_memory()
+  heap = 'kept freed memory' if kept else 'default'
   from benchmarks import context, peak, report, targets   # after the platform is chosen
   cases = [c for c in args.cases.split(',') if c] or list(SUITES[args.suite])
   unknown = sorted(set(cases) - set(SUITES[args.suite]))
@@ -78,7 +79,7 @@ def main(argv=None) -> dict:
     report.write(result, path)
   print(f'\n## {args.suite}{" (quick)" if args.quick else ""} — {result["date"]} — '
         f'{result["machine"]["cpu_model"]}, {result["machine"]["cpu_cores"]} cores\n')
-  print(f'host heap: {heap} (moe_flan/host_allocator.py)')
+  print(f'host heap: {heap} (benchmarks/heap.py)')
   print(f'XLA matmul peak: {peak_rec["flops_per_s"] / 1e9:.1f} GFLOP/s ({dtype}); streaming '
         f'memory bandwidth {peak_rec["bytes_per_s"] / 1e9:.1f} GB/s\n')
   summary = report.moe_layer_summary(records)

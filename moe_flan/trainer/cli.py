@@ -22,7 +22,6 @@ from typing import Callable, Optional, Sequence
 
 import gin
 
-from moe_flan import host_allocator
 from moe_flan.partitioning import distributed
 
 REPO_GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
@@ -126,10 +125,8 @@ def initialize_distributed(flags: Flags) -> None:
 
 def console_entry(main: Callable[[], int], prog: str) -> None:
   """Runs an entry point's `main`; bad input (ValueError, whose message names the setting)
-  exits 2 with the message instead of a traceback. With $MOE_FLAN_KEEP_FREED_HOST_MEMORY=1 on
-  a CPU-only host the C heap first keeps freed buffers (host_allocator.py)."""
+  exits 2 with the message instead of a traceback."""
   try:
-    host_allocator.configure_from_env()
     sys.exit(main())
   except ValueError as e:
     print(f'{prog}: error: {e}', file=sys.stderr)
