@@ -21,7 +21,6 @@ from typing import Callable, Optional
 
 import gin
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import context as ctx_lib

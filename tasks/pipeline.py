@@ -8,7 +8,7 @@ off accelerators so it never competes with JAX for device memory.
 """
 from __future__ import annotations
 
-from typing import Dict, Iterator, Mapping, Optional
+from typing import Dict, Mapping
 
 from absl import logging
 import numpy as np

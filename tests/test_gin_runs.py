@@ -5,7 +5,6 @@ import json
 import os
 
 import gin
-import jax
 import pytest
 
 from moe_flan.trainer import builder, cli, evaluation, inference, loop

@@ -1,7 +1,6 @@
 """The embedded generated collection: size, templates, determinism, splits, registry behaviour."""
 import importlib
 import io
-import random
 
 import pytest
 import seqio

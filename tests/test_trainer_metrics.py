@@ -1,7 +1,6 @@
 """Metrics writers (JSON lines + TensorBoard), progress output, plots, NaN guard unit checks."""
 import glob
 import io
-import json
 import os
 
 import numpy as np

@@ -27,6 +27,7 @@ from moe_flan import axes
 # One activation table and kernel naming for dense MLPs and experts (re-exported for dispatchers).
 from moe_flan.layers.mlp import ACTIVATIONS, input_kernel_names  # noqa: F401
 
+
 class ExpertParams(nn.Module):
   """Creates the expert kernels and returns them as a dict name -> array (see module doc)."""
   num_experts: int

@@ -98,8 +98,8 @@ def rank_classify(model, params, vocab, inputs: np.ndarray, options: list[list[s
 def example_metrics(model, params, cfg: data_lib.DataConfig, settings: EvalConfig
                     ) -> tuple[dict[str, float], list[dict[str, Any]]]:
   """Rank-classification accuracy and generation exact match on the first examples."""
-  import tasks  # pylint: disable=g-import-not-at-top,unused-import
   from moe_flan import decoding  # pylint: disable=g-import-not-at-top
+  # (importing from `tasks` also registers the seqio tasks)
   from tasks import templates, vocab as vocab_lib  # pylint: disable=g-import-not-at-top
   vocab = vocab_lib.default_vocabulary()
   unpacked = dataclasses.replace(cfg, pack=False, shuffle=False)

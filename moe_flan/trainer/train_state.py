@@ -13,7 +13,6 @@ import optax
 from flax import struct
 
 
-
 class TrainState(struct.PyTreeNode):
   """step <int32>[], params, opt_state, rng <uint32>[2] (the run's base key; step keys fold in)."""
   step: jax.Array
