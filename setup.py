@@ -35,7 +35,7 @@ setuptools.setup(
     packages=setuptools.find_packages(include=['moe_flan', 'moe_flan.*', 'tasks', 'tasks.*',
                                                'benchmarks', 'benchmarks.*']),
     include_package_data=True,
-    package_data={'tasks': ['data/*', 'data/**/*']},
+    package_data={'tasks': ['data/*', 'data/**/*'], 'moe_flan': ['kernels/*.cc']},
     install_requires=INSTALL_REQUIRES,
     extras_require={'test': TEST_REQUIRES},
     entry_points={'console_scripts': [

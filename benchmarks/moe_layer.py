@@ -8,8 +8,8 @@ F * capacity_factor * k for experts-choose (every expert fills all its C = cf * 
 "Forward + backward" is a VJP with a fixed random cotangent, giving gradients for the input and
 every parameter (router included), exactly what a train step needs from the layer.
 
-On CPU `jax.lax.ragged_dot` ('dropless') computes all E experts for every row (E times the
-work), so it is run only at E = 8 there; larger E rows are recorded as skipped with that reason.
+On CPU 'dropless' runs the package's grouped-matmul kernels (moe_flan/kernels), not
+`jax.lax.ragged_dot`, whose CPU fallback computes all E experts for every row.
 """
 from __future__ import annotations
 
@@ -107,13 +107,6 @@ def moe_layer_step(shapes: Shapes, num_experts: int, k: int, router_type: str, d
   return lambda: step(params, x)
 
 
-def _skip_reason(dispatch: str, num_experts: int, suite: str, quick: bool) -> str | None:
-  if dispatch == 'dropless' and suite == 'cpu' and num_experts > 8 and not quick:
-    return ('ragged_dot falls back to dense E-times-the-work on CPU (and runs out of memory at '
-            'E=128); measured at E=8 only')
-  return None
-
-
 def memory_floor_ratio(shapes: Shapes, num_experts: int, dense_time_s: float,
                        bytes_per_s: float) -> float:
   """Lower bound on (MoE layer time / dense time) from expert-weight traffic alone.
@@ -180,11 +173,6 @@ def run(ctx: ctx_lib.Context) -> list[dict]:
         candidates[MATMUL_FLOOR] = (lambda e=e, r=expert_rows: expert_matmuls_step(
             shapes.tokens, shapes.d_model, shapes.d_ff, e, r, dtype))
         for dispatch in (EC_DISPATCHES if ec else DISPATCHES):
-          reason = _skip_reason(dispatch, e, ctx.suite, ctx.quick)
-          if reason:
-            rows.append(ctx_lib.record(CASE, name, dispatch, status='skipped', params=params,
-                                       reason=reason))
-            continue
           candidates[dispatch] = (lambda d=dispatch, e=e, k=k, r=router_type:
                                   moe_layer_step(shapes, e, k, r, d, dtype))
         flops = 6.0 * shapes.tokens * shapes.d_model * dense_ff * 2   # fwd+bwd of both matmuls

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from moe_flan import axes
+from moe_flan.kernels.grouped_matmul import grouped_matmul
 # One activation table and kernel naming for dense MLPs and experts (re-exported for dispatchers).
 from moe_flan.layers.mlp import ACTIVATIONS, input_kernel_names  # noqa: F401
 
@@ -91,15 +92,15 @@ class ExpertFFN:
   def ragged(self, x: jax.Array, group_sizes: jax.Array) -> jax.Array:
     """x: <dtype>[N, D], rows sorted by expert; group_sizes: <int32>[E] rows per expert.
 
-    Rows past sum(group_sizes) come back as zeros. Uses `jax.lax.ragged_dot` (grouped matmul;
-    on CPU it falls back to a dense E-times-the-work computation, so prefer 'scatter' there).
+    Rows past sum(group_sizes) come back as zeros. Uses `grouped_matmul`: `jax.lax.ragged_dot`
+    on accelerators, the package's grouped-matmul kernels on CPU.
     """
     x = x.astype(self.dtype)
     h = None
     for act, name in zip(self.activations, input_kernel_names(self.activations)):
-      a = ACTIVATIONS[act](jax.lax.ragged_dot(x, self._w(name), group_sizes))
+      a = ACTIVATIONS[act](grouped_matmul(x, self._w(name), group_sizes))
       h = a if h is None else h * a
     h = self._dropout(h)
-    y = jax.lax.ragged_dot(h, self._w('wo'), group_sizes)
+    y = grouped_matmul(h, self._w('wo'), group_sizes)
     valid = jnp.arange(x.shape[0]) < jnp.sum(group_sizes)
     return jnp.where(valid[:, None], y, 0.0)

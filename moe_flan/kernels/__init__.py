@@ -1,0 +1,1 @@
+"""C++ kernels for XLA:CPU (built on first use, see build.py)."""

@@ -1,0 +1,430 @@
+// Grouped (segmented) float32 matmuls for XLA:CPU, called through the XLA FFI.
+//
+// Rows of a [M, *] buffer are split into G segments (starts[g], lengths[g]); segment g is
+// multiplied by its own weight matrix. This is the CPU twin of jax.lax.ragged_dot, which on CPU
+// falls back to a dense computation doing G times the work. Three products cover the forward
+// and backward passes of an expert FFN (x: rows, w: [G, K, N]):
+//
+//   nn: out[M, N]    = x[M, K]  @ w[g]       for the rows of segment g   (forward)
+//   nt: out[M, K]    = dy[M, N] @ w[g]^T     for the rows of segment g   (input gradient)
+//   tn: out[G, K, N] = x[seg g]^T @ dy[seg g]                           (weight gradient)
+//
+// Rows outside every segment get zeros (nn, nt); an empty segment gets a zero gradient (tn).
+//
+// Why a kernel: with many experts each segment holds few rows (4096 tokens / 128 experts = 32),
+// and a general GEMM spends as long packing and streaming each thin weight matrix as it does
+// multiplying. Here each weight block is read from memory once, packed into cache-sized panels
+// and reused by every row block of the segment (nn, tn), or consumed as rows by dot products
+// (nt, whose weight is read along its contiguous N axis, so it needs no transpose).
+// Work is split over (segment, column block) tasks run on XLA's intra-op thread pool.
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <vector>
+
+#include <immintrin.h>
+#include <sys/mman.h>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+typedef float v16 __attribute__((vector_size(64)));
+constexpr int kLanes = 16;
+constexpr int kNr = 2 * kLanes;  // columns of a micro-tile (two vectors)
+constexpr int kMr = 8;           // rows of a micro-tile
+constexpr int kKc = 128;         // reduction depth of a packed panel
+constexpr int kNb = 256;         // columns of one task (nn, tn)
+constexpr int kKb = 64;          // output columns of one task (nt)
+
+inline v16 load(const float* p) {
+  v16 v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+inline void store(float* p, v16 v) { std::memcpy(p, &v, sizeof(v)); }
+
+// How a micro-tile writes its result: overwrite, add to what is there, or overwrite with
+// non-temporal stores (a result nobody reads soon, e.g. a weight gradient: no read-for-ownership,
+// no cache pollution).
+enum class Store { kWrite, kAdd, kStream };
+
+// Non-temporal store of v to 64-byte aligned p.
+inline void stream(float* p, v16 v) {
+#if defined(__AVX512F__)
+  _mm512_stream_ps(p, reinterpret_cast<__m512>(v));
+#elif defined(__AVX__)
+  float lanes[kLanes];
+  store(lanes, v);
+  _mm256_stream_ps(p, _mm256_loadu_ps(lanes));
+  _mm256_stream_ps(p + 8, _mm256_loadu_ps(lanes + 8));
+#else
+  store(p, v);
+#endif
+}
+
+inline void store_vector(float* p, v16 v, Store mode) {
+  if (mode == Store::kAdd) {
+    store(p, load(p) + v);
+  } else if (mode == Store::kStream && reinterpret_cast<uintptr_t>(p) % sizeof(v16) == 0) {
+    stream(p, v);
+  } else {
+    store(p, v);
+  }
+}
+
+// c[MR, nr] (op)= sum_p a(i, p) * panel[p, :]; a(i, p) = a[i * a_row + p * a_red];
+// panel: [depth, kNr] contiguous (columns past nr are zero padding).
+// Walks the cache lines of a block of rows (`Upcoming`) for prefetching, row by row.
+struct PrefetchCursor {
+  const char* row = nullptr;
+  int64_t row_bytes_stride = 0;
+  int line = 0;            // next line of `row`
+  int lines_per_row = 0;
+  int64_t remaining = 0;   // lines left in the block
+
+  void prefetch_next() {
+    __builtin_prefetch(row + line * 64, 0, 2);
+    if (++line == lines_per_row) {
+      line = 0;
+      row += row_bytes_stride;
+    }
+    --remaining;
+  }
+};
+
+// Also prefetches the next `num_prefetch` lines of `cursor`, one per step of p.
+template <int MR>
+void micro_tile(int depth, const float* a, int64_t a_row, int64_t a_red, const float* panel,
+                float* c, int64_t ldc, int nr, Store mode, PrefetchCursor& cursor,
+                int num_prefetch) {
+  PrefetchCursor local = cursor;   // in registers for the loop
+  v16 acc[MR][2];
+  for (int i = 0; i < MR; ++i) acc[i][0] = acc[i][1] = v16{};
+  for (int p = 0; p < depth; ++p) {
+    if (p < num_prefetch) local.prefetch_next();
+    const v16 b0 = load(panel + p * kNr), b1 = load(panel + p * kNr + kLanes);
+    for (int i = 0; i < MR; ++i) {
+      const float s = a[i * a_row + p * a_red];
+      acc[i][0] += s * b0;
+      acc[i][1] += s * b1;
+    }
+  }
+  for (int p = depth; p < num_prefetch; ++p) local.prefetch_next();
+  cursor = local;
+  for (int i = 0; i < MR; ++i) {
+    float* row = c + i * ldc;
+    if (nr == kNr) {
+      store_vector(row, acc[i][0], mode);
+      store_vector(row + kLanes, acc[i][1], mode);
+    } else {
+      float tile[kNr];
+      store(tile, acc[i][0]);
+      store(tile + kLanes, acc[i][1]);
+      for (int j = 0; j < nr; ++j) row[j] = mode == Store::kAdd ? row[j] + tile[j] : tile[j];
+    }
+  }
+}
+
+using MicroTileFn = void (*)(int, const float*, int64_t, int64_t, const float*, float*, int64_t,
+                             int, Store, PrefetchCursor&, int);
+constexpr MicroTileFn kMicroTiles[kMr + 1] = {
+    nullptr,        micro_tile<1>, micro_tile<2>, micro_tile<3>, micro_tile<4>,
+    micro_tile<5>, micro_tile<6>, micro_tile<7>, micro_tile<8>};
+
+// panel[s][p][0:kNr] = b[p0 + p, n0 + s * kNr + j] (zero past nb): panels of width kNr.
+void pack_panels(const float* b, int64_t ldb, int64_t p0, int depth, int64_t n0, int nb,
+                 float* panel) {
+  for (int s = 0; s * kNr < nb; ++s) {
+    const int width = std::min(kNr, nb - s * kNr);
+    float* out = panel + static_cast<int64_t>(s) * depth * kNr;
+    for (int p = 0; p < depth; ++p) {
+      const float* src = b + (p0 + p) * ldb + n0 + s * kNr;
+      float* dst = out + p * kNr;
+      if (width == kNr) {   // the common case, without a library call
+        store(dst, load(src));
+        store(dst + kLanes, load(src + kLanes));
+      } else {
+        std::memcpy(dst, src, width * sizeof(float));
+        std::memset(dst + width, 0, (kNr - width) * sizeof(float));
+      }
+    }
+  }
+}
+
+// The rows the next pack_panels will read. A thin segment does little arithmetic per weight
+// element, so the next block is prefetched while this one computes: otherwise each pack waits
+// on memory with the core idle.
+struct Upcoming {
+  const float* first = nullptr;  // element (row 0, column 0) of the block
+  int64_t ld = 0;
+  int rows = 0;
+  int width = 0;                 // floats per row
+};
+
+// c[rows, nb] (op)= a-block @ panels: rows in blocks of kMr, panels in blocks of kNr; the
+// lines of `next` are prefetched spread evenly over the micro-tiles.
+void panel_product(int rows, int depth, const float* a, int64_t a_row, int64_t a_red,
+                   const float* panel, int nb, float* c, int64_t ldc, Store mode,
+                   const Upcoming& next) {
+  const int lines_per_row = (next.width * 4 + 63) / 64;
+  PrefetchCursor cursor{reinterpret_cast<const char*>(next.first), next.ld * 4, 0, lines_per_row,
+                        int64_t{next.rows} * lines_per_row};
+  const int row_blocks = (rows + kMr - 1) / kMr, col_panels = (nb + kNr - 1) / kNr;
+  const int tiles = row_blocks * col_panels;
+  const int64_t total = cursor.remaining;
+  for (int t = 0; t < tiles; ++t) {
+    const int count = static_cast<int>((t + 1) * total / tiles - t * total / tiles);
+    const int i = (t / col_panels) * kMr, s = t % col_panels;
+    const int mr = std::min(kMr, rows - i);
+    kMicroTiles[mr](depth, a + i * a_row, a_row, a_red,
+                    panel + static_cast<int64_t>(s) * depth * kNr, c + i * ldc + s * kNr, ldc,
+                    std::min(kNr, nb - s * kNr), mode, cursor, count);
+  }
+}
+
+// Runs task(t, next) for t in [0, num_tasks) on the calling thread and the intra-op pool;
+// `next` is the task the same thread runs after t (-1 if none), so t can prefetch its inputs.
+template <typename Task>
+void parallel_tasks(ffi::ThreadPool& pool, int64_t num_tasks, Task task) {
+  struct State {
+    std::atomic<int64_t> next{0};
+    std::atomic<int64_t> done{0};
+  };
+  auto state = std::make_shared<State>();
+  auto work = [state, num_tasks, task]() {
+    for (int64_t t = state->next.fetch_add(1); t < num_tasks;) {
+      const int64_t following = state->next.fetch_add(1);
+      task(t, following < num_tasks ? following : -1);
+      __builtin_ia32_sfence();   // order any non-temporal stores before the release below
+      state->done.fetch_add(1, std::memory_order_release);
+      t = following;
+    }
+  };
+  const int64_t helpers = std::min<int64_t>(pool.num_threads(), num_tasks) - 1;
+  for (int64_t h = 0; h < helpers; ++h) pool.Schedule(decltype(work)(work));
+  work();
+  // Helpers that start late find no task left; they hold `state`, not this frame.
+  while (state->done.load(std::memory_order_acquire) < num_tasks) {
+    __builtin_ia32_pause();
+  }
+}
+
+// A fresh output buffer is newly mapped memory (glibc maps large blocks anew on each
+// allocation), and the first write to each 4 KiB page faults: for a 1 GiB weight gradient that
+// is 262k faults per step. Transparent huge pages cut them 512-fold where the kernel allows
+// them on request (the "madvise" setting); elsewhere this is a no-op.
+void prefer_huge_pages(void* data, size_t bytes) {
+  constexpr uintptr_t kHuge = uintptr_t{2} << 20;
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(data) + kHuge - 1) & ~(kHuge - 1);
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(data) + bytes) & ~(kHuge - 1);
+  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+}
+
+struct Segments {
+  const int32_t* starts;
+  const int32_t* lengths;
+  int64_t count;
+};
+
+ffi::Error check_segments(const Segments& seg, int64_t rows) {
+  for (int64_t g = 0; g < seg.count; ++g) {
+    const int64_t s = seg.starts[g], n = seg.lengths[g];
+    if (s < 0 || n < 0 || s + n > rows) {
+      return ffi::Error::InvalidArgument("grouped_matmul: segment " + std::to_string(g) +
+                                         " (start " + std::to_string(s) + ", length " +
+                                         std::to_string(n) + ") is outside the " +
+                                         std::to_string(rows) + " rows");
+    }
+  }
+  return ffi::Error::Success();
+}
+
+// Zeroes the rows of out[rows, width] that no segment covers.
+void zero_uncovered(const Segments& seg, int64_t rows, int64_t width, float* out) {
+  std::vector<char> covered(rows, 0);
+  for (int64_t g = 0; g < seg.count; ++g) {
+    std::fill_n(covered.begin() + seg.starts[g], seg.lengths[g], 1);
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    if (!covered[r]) std::memset(out + r * width, 0, width * sizeof(float));
+  }
+}
+
+// out[M, N] = x[M, K] @ w[g] on each segment's rows.
+ffi::Error GroupedNN(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
+                     ffi::Buffer<ffi::S32> starts, ffi::Buffer<ffi::S32> lengths,
+                     ffi::ResultBuffer<ffi::F32> out) {
+  const int64_t m = x.dimensions()[0], k = x.dimensions()[1], n = w.dimensions()[2];
+  const Segments seg{starts.typed_data(), lengths.typed_data(), w.dimensions()[0]};
+  if (ffi::Error e = check_segments(seg, m); e.failure()) return e;
+  const float *xd = x.typed_data(), *wd = w.typed_data();
+  float* od = out->typed_data();
+  prefer_huge_pages(od, out->size_bytes());
+  zero_uncovered(seg, m, n, od);
+  const int64_t col_blocks = (n + kNb - 1) / kNb;
+  // The first weight block of task t (read by its first pack).
+  auto first_block = [=](int64_t t) {
+    const int64_t g = t / col_blocks, n0 = (t % col_blocks) * kNb;
+    if (t < 0 || seg.lengths[g] == 0) return Upcoming{};
+    return Upcoming{wd + g * k * n + n0, n, static_cast<int>(std::min<int64_t>(kKc, k)),
+                    static_cast<int>(std::min<int64_t>(kNb, n - n0))};
+  };
+  parallel_tasks(pool, seg.count * col_blocks, [=](int64_t t, int64_t following) {
+    const int64_t g = t / col_blocks, n0 = (t % col_blocks) * kNb;
+    const int rows = seg.lengths[g], nb = static_cast<int>(std::min<int64_t>(kNb, n - n0));
+    if (rows == 0) return;
+    thread_local std::vector<float> panel;
+    panel.resize(static_cast<size_t>(kKc) * kNb);
+    const float* wg = wd + g * k * n;
+    const float* xg = xd + static_cast<int64_t>(seg.starts[g]) * k;
+    float* og = od + static_cast<int64_t>(seg.starts[g]) * n + n0;
+    for (int64_t p0 = 0; p0 < k; p0 += kKc) {
+      const int depth = static_cast<int>(std::min<int64_t>(kKc, k - p0));
+      pack_panels(wg, n, p0, depth, n0, nb, panel.data());
+      const int64_t p1 = p0 + kKc;
+      const Upcoming next = p1 < k ? Upcoming{wg + p1 * n + n0, n,
+                                              static_cast<int>(std::min<int64_t>(kKc, k - p1)), nb}
+                                   : first_block(following);
+      panel_product(rows, depth, xg + p0, k, 1, panel.data(), nb, og, n,
+                    p0 > 0 ? Store::kAdd : Store::kWrite, next);
+    }
+  });
+  return ffi::Error::Success();
+}
+
+// out[g] = x[seg g]^T @ dy[seg g]: x [M, K], dy [M, N], out [G, K, N].
+ffi::Error GroupedTN(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
+                     ffi::Buffer<ffi::S32> starts, ffi::Buffer<ffi::S32> lengths,
+                     ffi::ResultBuffer<ffi::F32> out) {
+  const int64_t m = x.dimensions()[0], k = x.dimensions()[1], n = dy.dimensions()[1];
+  const Segments seg{starts.typed_data(), lengths.typed_data(), starts.dimensions()[0]};
+  if (ffi::Error e = check_segments(seg, m); e.failure()) return e;
+  const float *xd = x.typed_data(), *dyd = dy.typed_data();
+  float* od = out->typed_data();
+  prefer_huge_pages(od, out->size_bytes());
+  const int64_t col_blocks = (n + kNb - 1) / kNb;
+  parallel_tasks(pool, seg.count * col_blocks, [=](int64_t t, int64_t) {
+    const int64_t g = t / col_blocks, n0 = (t % col_blocks) * kNb;
+    const int rows = seg.lengths[g], nb = static_cast<int>(std::min<int64_t>(kNb, n - n0));
+    float* og = od + g * k * n + n0;
+    if (rows == 0) {
+      for (int64_t r = 0; r < k; ++r) std::memset(og + r * n, 0, nb * sizeof(float));
+      return;
+    }
+    thread_local std::vector<float> panel;
+    panel.resize(static_cast<size_t>(kKc) * kNb);
+    const int64_t first = seg.starts[g];
+    for (int64_t p0 = 0; p0 < rows; p0 += kKc) {   // reduction over the segment's rows
+      const int depth = static_cast<int>(std::min<int64_t>(kKc, rows - p0));
+      pack_panels(dyd, n, first + p0, depth, n0, nb, panel.data());
+      const int64_t p1 = p0 + kKc;
+      const Upcoming next{dyd + (first + std::min<int64_t>(p1, rows - 1)) * n + n0, n,
+                          static_cast<int>(std::max<int64_t>(0, std::min<int64_t>(kKc, rows - p1))),
+                          nb};
+      // One pass (a thin segment): the gradient is final, stream it past the caches.
+      const Store mode = p0 > 0 ? Store::kAdd : (rows <= kKc ? Store::kStream : Store::kWrite);
+      panel_product(static_cast<int>(k), depth, xd + (first + p0) * k, 1, k, panel.data(), nb,
+                    og, n, mode, next);
+    }
+  });
+  return ffi::Error::Success();
+}
+
+inline float horizontal_sum(v16 v) {
+#if defined(__AVX512F__)
+  return _mm512_reduce_add_ps(reinterpret_cast<__m512>(v));
+#else
+  float sum = 0.f;
+  for (int l = 0; l < kLanes; ++l) sum += v[l];
+  return sum;
+#endif
+}
+
+// c[R, C] = a[R rows] . b[C rows] over `len` contiguous floats (rows strided by lda / ldb).
+template <int R, int C>
+void dot_tile(int64_t len, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
+              int64_t ldc) {
+  v16 acc[R][C] = {};
+  int64_t p = 0;
+  for (; p + kLanes <= len; p += kLanes) {
+    v16 bv[C];
+    for (int j = 0; j < C; ++j) bv[j] = load(b + j * ldb + p);
+    for (int i = 0; i < R; ++i) {
+      const v16 av = load(a + i * lda + p);
+      for (int j = 0; j < C; ++j) acc[i][j] += av * bv[j];
+    }
+  }
+  for (int i = 0; i < R; ++i) {
+    for (int j = 0; j < C; ++j) {
+      float sum = horizontal_sum(acc[i][j]);
+      for (int64_t q = p; q < len; ++q) sum += a[i * lda + q] * b[j * ldb + q];
+      c[i * ldc + j] = sum;
+    }
+  }
+}
+
+// c[rows, cols] = a[rows, len] @ b[cols, len]^T, 4 x 4 dot tiles with scalar edges.
+void dot_block(int rows, int cols, int64_t len, const float* a, int64_t lda, const float* b,
+               int64_t ldb, float* c, int64_t ldc) {
+  constexpr int kR = 4, kC = 4;
+  for (int j = 0; j < cols; j += kC) {
+    const int cw = std::min(kC, cols - j);
+    for (int i = 0; i < rows; i += kR) {
+      const int rh = std::min(kR, rows - i);
+      const float *ai = a + i * lda, *bj = b + j * ldb;
+      float* cij = c + i * ldc + j;
+      if (rh == kR && cw == kC) {
+        dot_tile<kR, kC>(len, ai, lda, bj, ldb, cij, ldc);
+      } else {
+        for (int r = 0; r < rh; ++r) {
+          for (int q = 0; q < cw; ++q) dot_tile<1, 1>(len, ai + r * lda, lda, bj + q * ldb, ldb,
+                                                      cij + r * ldc + q, ldc);
+        }
+      }
+    }
+  }
+}
+
+// out[M, K] = dy[M, N] @ w[g]^T on each segment's rows (w: [G, K, N]).
+ffi::Error GroupedNT(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
+                     ffi::Buffer<ffi::S32> starts, ffi::Buffer<ffi::S32> lengths,
+                     ffi::ResultBuffer<ffi::F32> out) {
+  const int64_t m = dy.dimensions()[0], n = dy.dimensions()[1], k = w.dimensions()[1];
+  const Segments seg{starts.typed_data(), lengths.typed_data(), w.dimensions()[0]};
+  if (ffi::Error e = check_segments(seg, m); e.failure()) return e;
+  const float *dyd = dy.typed_data(), *wd = w.typed_data();
+  float* od = out->typed_data();
+  prefer_huge_pages(od, out->size_bytes());
+  zero_uncovered(seg, m, k, od);
+  const int64_t col_blocks = (k + kKb - 1) / kKb;
+  parallel_tasks(pool, seg.count * col_blocks, [=](int64_t t, int64_t) {
+    const int64_t g = t / col_blocks, k0 = (t % col_blocks) * kKb;
+    const int rows = seg.lengths[g], kb = static_cast<int>(std::min<int64_t>(kKb, k - k0));
+    if (rows == 0) return;
+    const int64_t first = seg.starts[g];
+    dot_block(rows, kb, n, dyd + first * n, n, wd + (g * k + k0) * n, n, od + first * k + k0, k);
+  });
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+#define MOE_FLAN_BIND_GROUPED(NAME, FN)                                 \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(NAME, FN,                               \
+                                ffi::Ffi::Bind()                        \
+                                    .Ctx<ffi::ThreadPool>()             \
+                                    .Arg<ffi::Buffer<ffi::F32>>()       \
+                                    .Arg<ffi::Buffer<ffi::F32>>()       \
+                                    .Arg<ffi::Buffer<ffi::S32>>()       \
+                                    .Arg<ffi::Buffer<ffi::S32>>()       \
+                                    .Ret<ffi::Buffer<ffi::F32>>());
+
+MOE_FLAN_BIND_GROUPED(MoeFlanGroupedNN, GroupedNN)
+MOE_FLAN_BIND_GROUPED(MoeFlanGroupedNT, GroupedNT)
+MOE_FLAN_BIND_GROUPED(MoeFlanGroupedTN, GroupedTN)

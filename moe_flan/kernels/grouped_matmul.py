@@ -1,0 +1,101 @@
+"""Grouped matmul (`jax.lax.ragged_dot` semantics) with a real CPU implementation.
+
+    grouped_matmul(x <[M, K]>, w <[G, K, N]>, group_sizes <int32>[G]) -> <[M, N]>
+
+Rows are sorted by group: rows [0, s_0) use w[0], the next s_1 rows use w[1], and so on; rows
+past sum(group_sizes) come back as zeros. On GPU/TPU this is `jax.lax.ragged_dot`, a real
+grouped matmul there. On CPU ragged_dot falls back to a dense computation doing G times the
+work, so there this runs the C++ kernels of `grouped_matmul.cc` through the XLA FFI (forward
+`nn`; backward `nt` for the input and `tn` for the weights), in float32. The backend is chosen
+when the computation is lowered (`lax.platform_dependent`), so one jitted function serves both.
+
+Reference twin: `ragged_dot` itself; tests check outputs and gradients agree.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+
+import jax
+import jax.numpy as jnp
+
+from moe_flan.kernels import build
+
+_SOURCE = 'grouped_matmul.cc'
+_TARGETS = (('moe_flan_grouped_nn', 'MoeFlanGroupedNN'),
+            ('moe_flan_grouped_nt', 'MoeFlanGroupedNT'),
+            ('moe_flan_grouped_tn', 'MoeFlanGroupedTN'))
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_kernels_available() -> bool:
+  """True once the C++ kernels are built and registered; False (logged) if they cannot be."""
+  try:
+    build.register_cpu_targets(_SOURCE, _TARGETS)
+    return True
+  except build.KernelBuildError as e:
+    logging.warning('moe_flan grouped_matmul: CPU kernels unavailable, falling back to '
+                    'jax.lax.ragged_dot (G times the work on CPU): %s', e)
+    return False
+
+
+def _segments(group_sizes: jax.Array) -> tuple[jax.Array, jax.Array]:
+  lengths = group_sizes.astype(jnp.int32)
+  return jnp.cumsum(lengths) - lengths, lengths
+
+
+def _ffi(target: str, shape: tuple, *operands: jax.Array) -> jax.Array:
+  return jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(shape, jnp.float32),
+                          vmap_method='sequential')(*operands)
+
+
+def _kernel_nn(x, w, group_sizes):
+  starts, lengths = _segments(group_sizes)
+  out = _ffi('moe_flan_grouped_nn', (x.shape[0], w.shape[2]),
+             x.astype(jnp.float32), w.astype(jnp.float32), starts, lengths)
+  return out.astype(x.dtype)
+
+
+def _kernel_grads(x, w, group_sizes, dy):
+  starts, lengths = _segments(group_sizes)
+  dy32 = dy.astype(jnp.float32)
+  dx = _ffi('moe_flan_grouped_nt', x.shape, dy32, w.astype(jnp.float32), starts, lengths)
+  dw = _ffi('moe_flan_grouped_tn', w.shape, x.astype(jnp.float32), dy32, starts, lengths)
+  return dx.astype(x.dtype), dw.astype(w.dtype)
+
+
+def _ragged_grads(x, w, group_sizes, dy):
+  _, vjp = jax.vjp(lambda a, b: jax.lax.ragged_dot(a, b, group_sizes), x, w)
+  return vjp(dy)
+
+
+@jax.custom_vjp
+def _grouped_matmul(x: jax.Array, w: jax.Array, group_sizes: jax.Array) -> jax.Array:
+  return jax.lax.platform_dependent(x, w, group_sizes, cpu=_kernel_nn,
+                                    default=jax.lax.ragged_dot)
+
+
+def _grouped_matmul_fwd(x, w, group_sizes):
+  return _grouped_matmul(x, w, group_sizes), (x, w, group_sizes)
+
+
+def _grouped_matmul_bwd(residuals, dy):
+  x, w, group_sizes = residuals
+  dx, dw = jax.lax.platform_dependent(x, w, group_sizes, dy, cpu=_kernel_grads,
+                                      default=_ragged_grads)
+  return dx, dw, None
+
+
+_grouped_matmul.defvjp(_grouped_matmul_fwd, _grouped_matmul_bwd)
+
+
+def grouped_matmul(x: jax.Array, w: jax.Array, group_sizes: jax.Array) -> jax.Array:
+  """x: <dtype>[M, K], w: <dtype>[G, K, N], group_sizes: <int32>[G] -> <dtype>[M, N] (see doc)."""
+  if x.ndim != 2 or w.ndim != 3 or group_sizes.shape != (w.shape[0],) or x.shape[1] != w.shape[1]:
+    raise ValueError(f'grouped_matmul: expected x [M, K], w [G, K, N], group_sizes [G]; got x '
+                     f'{x.shape}, w {w.shape}, group_sizes {group_sizes.shape}')
+  if not jnp.issubdtype(group_sizes.dtype, jnp.integer):
+    raise ValueError(f'grouped_matmul: group_sizes must be integers, got {group_sizes.dtype}')
+  if not cpu_kernels_available():
+    return jax.lax.ragged_dot(x, w, group_sizes)
+  return _grouped_matmul(x, w.astype(x.dtype), group_sizes.astype(jnp.int32))
