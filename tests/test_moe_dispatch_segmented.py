@@ -33,6 +33,16 @@ def _layer_like(dispatch, route, real, k, capacity, acts):
   return run
 
 
+@pytest.fixture(params=['grouped', 'loop'])
+def expert_path(request, monkeypatch):
+  """Runs a test on both ways the dispatcher evaluates the experts (see its module doc)."""
+  if request.param == 'loop':
+    monkeypatch.setattr(seg, 'use_grouped_matmul', lambda: False)
+  else:
+    assert seg.use_grouped_matmul(), 'the CPU grouped-matmul kernels must build here'
+  return request.param
+
+
 # Each case compiles the per-expert loop (fwd + bwd), so the grid is a covering subset.
 CASES = [('tokens_choose', 1, 1, ('relu',)), ('tokens_choose', 2, 3, ('gelu', 'linear')),
          ('tokens_choose', 2, 1, ('relu',)), ('experts_choose', 1, 3, ('gelu', 'linear')),
@@ -42,7 +52,7 @@ CASES = [('tokens_choose', 1, 1, ('relu',)), ('tokens_choose', 2, 3, ('gelu', 'l
 @pytest.mark.parametrize('router_type,k,capacity,acts', CASES,
                          ids=['top1-overflow-relu', 'top2-tight-gated', 'top2-overflow-relu',
                               'ec-tight-gated', 'ec-ample-relu'])
-def test_matches_reference(router_type, k, capacity, acts):
+def test_matches_reference(router_type, k, capacity, acts, expert_path):
   keys = jax.random.split(jax.random.key(7), 4)
   g, t = 2, 8
   x = jax.random.normal(keys[0], (g, t, D))
@@ -70,7 +80,7 @@ def test_matches_reference(router_type, k, capacity, acts):
 
 
 @pytest.mark.parametrize('router_type,k', ROUTINGS[1:], ids=['top2', 'experts_choose'])
-def test_same_numbers_as_scatter_on_one_routing(router_type, k):
+def test_same_numbers_as_scatter_on_one_routing(router_type, k, expert_path):
   """Given one routing, 'segmented' and 'scatter' agree (outputs and gradients w.r.t. x,
   logits and expert weights), including segments of many units and empty experts."""
   keys = jax.random.split(jax.random.key(3), 4)
@@ -113,3 +123,8 @@ def test_layout_segments_are_exact_and_aligned():
   np.testing.assert_array_equal(layout.row_source[:7], [0, 2, 6, 1, 4, 5, 3])
   p = layout.row_source.shape[0]
   np.testing.assert_array_equal(layout.selection_row[:, 0], [0, 3, 1, 6, 4, 5, 2, p])
+  # Rounded to units of 2 rows, segments start on unit boundaries and sizes count units.
+  wide = seg.segment_layout(routing, unit=2)
+  np.testing.assert_array_equal(wide.sizes, [2, 2, 1])
+  np.testing.assert_array_equal(wide.starts, [0, 4, 8])
+  np.testing.assert_array_equal(wide.row_source[:9], [0, 2, 6, 2 * 4, 1, 4, 5, 2 * 4, 3])

@@ -40,6 +40,7 @@ constexpr int kMr = 8;           // rows of a micro-tile
 constexpr int kKc = 128;         // reduction depth of a packed panel
 constexpr int kNb = 256;         // columns of one task (nn, tn)
 constexpr int kKb = 64;          // output columns of one task (nt)
+constexpr int kPackedNtRows = 64;  // nt: segments this deep amortise transposing weight panels
 
 inline v16 load(const float* p) {
   v16 v;
@@ -391,6 +392,37 @@ void dot_block(int rows, int cols, int64_t len, const float* a, int64_t lda, con
   }
 }
 
+// panel[s][p][j] = b[k0 + s * kNr + j, p0 + p] (zero past kb): rows of b become panel columns.
+void pack_transposed(const float* b, int64_t ldb, int64_t k0, int kb, int64_t p0, int depth,
+                     float* panel) {
+  for (int s = 0; s * kNr < kb; ++s) {
+    const int width = std::min(kNr, kb - s * kNr);
+    float* out = panel + static_cast<int64_t>(s) * depth * kNr;
+    for (int j = 0; j < kNr; ++j) {
+      const float* src = b + (k0 + s * kNr + j) * ldb + p0;
+      for (int p = 0; p < depth; ++p) out[p * kNr + j] = j < width ? src[p] : 0.f;
+    }
+  }
+}
+
+// og[rows, kb] = dy_g[rows, n] @ w_g[k0 : k0 + kb, :]^T through transposed panels: the
+// transpose is paid once per panel and shared by rows / kMr micro-tiles.
+void nt_packed(int rows, int64_t n, const float* dy_g, const float* w_g, int64_t k0, int kb,
+               float* og, int64_t ldo) {
+  thread_local std::vector<float> panel;
+  panel.resize(static_cast<size_t>(kKc) * ((kKb + kNr - 1) / kNr) * kNr);
+  for (int64_t p0 = 0; p0 < n; p0 += kKc) {
+    const int depth = static_cast<int>(std::min<int64_t>(kKc, n - p0));
+    pack_transposed(w_g, n, k0, kb, p0, depth, panel.data());
+    const int64_t p1 = p0 + kKc;
+    const Upcoming next = p1 < n ? Upcoming{w_g + k0 * n + p1, n, kb,
+                                            static_cast<int>(std::min<int64_t>(kKc, n - p1))}
+                                 : Upcoming{};
+    panel_product(rows, depth, dy_g + p0, n, 1, panel.data(), kb, og + k0, ldo,
+                  p0 > 0 ? Store::kAdd : Store::kWrite, next);
+  }
+}
+
 // out[M, K] = dy[M, N] @ w[g]^T on each segment's rows (w: [G, K, N]).
 ffi::Error GroupedNT(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
                      ffi::Buffer<ffi::S32> starts, ffi::Buffer<ffi::S32> lengths,
@@ -408,7 +440,12 @@ ffi::Error GroupedNT(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy, ffi::Buffer
     const int rows = seg.lengths[g], kb = static_cast<int>(std::min<int64_t>(kKb, k - k0));
     if (rows == 0) return;
     const int64_t first = seg.starts[g];
-    dot_block(rows, kb, n, dyd + first * n, n, wd + (g * k + k0) * n, n, od + first * k + k0, k);
+    if (rows >= kPackedNtRows) {
+      nt_packed(rows, n, dyd + first * n, wd + g * k * n, k0, kb, od + first * k, k);
+    } else {   // thin: dot products along w's contiguous rows, no transpose
+      dot_block(rows, kb, n, dyd + first * n, n, wd + (g * k + k0) * n, n, od + first * k + k0,
+                k);
+    }
   });
   return ffi::Error::Success();
 }

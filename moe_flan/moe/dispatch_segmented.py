@@ -1,11 +1,18 @@
-"""Segmented dispatch: rows sorted into per-expert segments, one exact-size matmul per expert.
+"""Segmented dispatch: rows sorted into per-expert segments, exact-size matmuls per expert.
 
-A CPU-first capacity dispatcher (registered as 'segmented'). Routed selections are laid out in
-one row buffer <[P, D]>: expert 0's rows (all groups, each group's slots in order), then
-expert 1's, and so on. Each expert's segment is rounded up to a multiple of `unit` rows, where
-`unit = ceil(G * C / NUM_SIZES)`, so a segment holds one of NUM_SIZES + 1 possible row counts. A
-loop over experts then runs, per expert, the matmuls of exactly that many rows (a `lax.switch`
-over the possible counts). Compared with the capacity-padded paths ('einsum', 'scatter'):
+A capacity dispatcher (registered as 'segmented'). Routed selections are laid out in one row
+buffer <[P, D]>: expert 0's rows (all groups, each group's slots in order), then expert 1's,
+and so on. Two ways run the experts on it:
+
+* grouped (wherever `grouped_matmul` is a real grouped matmul: accelerators, and CPU once the
+  package's kernels are built): segments are back to back and `ffn.ragged` runs one grouped
+  matmul per weight over all of them;
+* the per-expert loop (the fallback, and the grouped path's reference in the tests): each
+  segment is rounded up to a multiple of `unit = ceil(G * C / NUM_SIZES)` rows, so it holds one
+  of NUM_SIZES + 1 possible row counts, and a loop over experts runs the matmuls of exactly that
+  many rows (a `lax.switch` over the possible counts).
+
+Compared with the capacity-padded paths ('einsum', 'scatter'):
 
 * the experts do the work of the tokens actually routed (plus < `unit` rows per expert), not of
   the E * C capacity slots (the capacity factor, e.g. 1.25x, is no longer paid in FLOPs);
@@ -30,6 +37,7 @@ from typing import Callable, Optional, Sequence
 import jax
 import jax.numpy as jnp
 
+from moe_flan.kernels import grouped_matmul as grouped_matmul_lib
 from moe_flan.moe import dispatch as dispatch_lib
 from moe_flan.moe.experts import ACTIVATIONS, ExpertFFN, input_kernel_names
 from moe_flan.moe.routing import Routing
@@ -60,11 +68,15 @@ class SegmentLayout:
   window: int
 
 
-def segment_layout(routing: Routing) -> SegmentLayout:
-  """Computes the row layout of `routing` (integer work, O(G * T * S + G * E))."""
+def segment_layout(routing: Routing, unit: Optional[int] = None) -> SegmentLayout:
+  """Computes the row layout of `routing` (integer work, O(G * T * S + G * E)).
+
+  unit: rows per size step; default ceil(G * C / NUM_SIZES) (the loop's switch). With unit=1
+  the segments are back to back and `sizes` are row counts (grouped-matmul layout).
+  """
   g, t, s = routing.expert_index.shape
   e, c = routing.num_experts, routing.capacity
-  unit = max(1, math.ceil(g * c / NUM_SIZES))
+  unit = unit or max(1, math.ceil(g * c / NUM_SIZES))
   rows_bound = min(g * t * s, g * e * c) + e * unit   # routed rows + rounding of each segment
   num_rows = rows_bound + NUM_SIZES * unit            # + slack for the last full-size window
   expert = jnp.where(routing.routed, routing.expert_index, e).reshape(g, t * s)
@@ -237,23 +249,38 @@ def _keep_scale(ffn: ExpertFFN, shape: tuple, dtype) -> Optional[jax.Array]:
   return jnp.where(keep, 1.0 / (1.0 - ffn.dropout_rate), 0.0).astype(dtype)
 
 
+def _expert_loop(ffn: ExpertFFN, layout: SegmentLayout, x_rows: jax.Array) -> jax.Array:
+  """The experts on their segments with the per-expert loop: <[P, D]> -> <[P, D]>."""
+  weights = [jnp.asarray(ffn.weights[n], ffn.dtype) for n in input_kernel_names(ffn.activations)]
+  w_out = jnp.asarray(ffn.weights['wo'], ffn.dtype)
+  scale = _keep_scale(ffn, (x_rows.shape[0], w_out.shape[1]), ffn.dtype)
+  return segmented_ffn(tuple(ffn.activations), layout.unit, x_rows, tuple(weights), w_out,
+                       layout.starts, layout.sizes, scale)
+
+
+def use_grouped_matmul() -> bool:
+  """Whether the experts run as one grouped matmul per weight (`ffn.ragged` on back-to-back
+  segments) rather than the per-expert loop: wherever grouped_matmul is a real grouped matmul
+  (accelerators; CPU once its kernels are built)."""
+  return jax.default_backend() != 'cpu' or grouped_matmul_lib.cpu_kernels_available()
+
+
 def segmented_dispatch(routing: Routing, x: jax.Array, ffn: ExpertFFN) -> jax.Array:
   """x: <dtype>[G, T, D] -> <dtype>[G, T, D] (the dispatcher interface, see dispatch.py)."""
   g, t, d = x.shape
   s = routing.expert_index.shape[-1]
-  layout = segment_layout(routing)
+  grouped = use_grouped_matmul()
+  layout = segment_layout(routing, unit=1 if grouped else None)
   tokens = x.reshape(g * t, d).astype(ffn.dtype)
-  num_rows = layout.row_source.shape[0]
-  weights = [jnp.asarray(ffn.weights[n], ffn.dtype) for n in input_kernel_names(ffn.activations)]
-  w_out = jnp.asarray(ffn.weights['wo'], ffn.dtype)
-  scale = _keep_scale(ffn, (num_rows, w_out.shape[1]), ffn.dtype)
   combine = routing.combine_weight.reshape(g * t, s).astype(ffn.dtype)
   if s <= _GATHER_MAX_SELECTIONS:
     x_rows = gather_rows(tokens, layout.row_source, layout.selection_row)
   else:
     x_rows = jnp.take(tokens, layout.row_source, axis=0, mode='fill', fill_value=0)
-  y_rows = segmented_ffn(tuple(ffn.activations), layout.unit, x_rows, tuple(weights), w_out,
-                         layout.starts, layout.sizes, scale)
+  if grouped:
+    y_rows = ffn.ragged(x_rows, layout.sizes)     # unit 1: sizes are row counts
+  else:
+    y_rows = _expert_loop(ffn, layout, x_rows)
   if s <= _GATHER_MAX_SELECTIONS:
     picked = gather_rows(y_rows, layout.selection_row.reshape(-1), layout.row_selection[:, None])
     y = jnp.einsum('GTSD,GTS->GTD', picked.reshape(g, t, s, d), combine.reshape(g, t, s))
