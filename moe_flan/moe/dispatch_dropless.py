@@ -1,11 +1,12 @@
-"""Dropless dispatch: sort selections by expert and run a grouped matmul (`jax.lax.ragged_dot`).
+"""Dropless dispatch: sort selections by expert and run a grouped matmul (`ffn.ragged`).
 
 Every routed selection is processed; there are no capacity buffers, so with tokens-choose
 routing (the layer then routes with capacity = T) no token is dropped. Selections that the
 routing did not route (padding; experts-choose non-picks) sort to the end and are skipped.
 
-On accelerators ragged_dot is a real grouped matmul. On CPU (jax 0.10) it falls back to a dense
-computation doing E times the work, so this path is correct but slow there; use 'scatter' on CPU.
+`ffn.ragged` runs `moe_flan.kernels.grouped_matmul`: `jax.lax.ragged_dot` on accelerators, the
+package's C++ grouped-matmul kernels on CPU (where ragged_dot would fall back to a dense
+computation doing E times the work).
 """
 from __future__ import annotations
 
