@@ -2,9 +2,11 @@
 
 The 2-core machines this runs on drift by tens of percent between (and within) runs because
 other processes share the cores, so absolute times mean little. `compare` therefore runs the
-candidates round-robin (A B C A B C ...) in one process and reports, beside each candidate's
-median time, the median of its per-round ratio to a baseline: drift that hits a whole round
-cancels out of the ratio.
+candidates round-robin in one process and reports, beside each candidate's median time, the
+median of its per-round ratio to a baseline: drift that hits a whole round cancels out of the
+ratio. The order rotates every round (A B C, B C A, C A B, ...): on these VMs a candidate that
+frees a lot of memory leaves the next one to fault fresh pages in, and a fixed order would pin
+that cost on one candidate.
 """
 from __future__ import annotations
 
@@ -73,7 +75,8 @@ def compare(fns: Mapping[str, Callable[[], Any]], baseline: str, repeats: int = 
   """Times every candidate in `fns` round-robin and reports ratios to `fns[baseline]`.
 
   Each candidate is warmed up (compiled) first; then `repeats` rounds each call every candidate
-  once. Callers warm up and drop candidates that fail (e.g. out of memory) before calling this.
+  once, in an order rotated by one per round. Callers warm up and drop candidates that fail
+  (e.g. out of memory) before calling this.
   """
   if baseline not in fns:
     raise ValueError(f'compare: baseline={baseline!r} is not one of {sorted(fns)}')
@@ -81,9 +84,11 @@ def compare(fns: Mapping[str, Callable[[], Any]], baseline: str, repeats: int = 
     for _ in range(warmup):
       block(fn())
   samples: dict[str, list[float]] = {name: [] for name in fns}
-  for _ in range(repeats):
-    for name, fn in fns.items():
-      samples[name].append(_timed_call(fn))
+  names = list(fns)
+  for round_index in range(repeats):
+    shift = round_index % len(names)
+    for name in names[shift:] + names[:shift]:
+      samples[name].append(_timed_call(fns[name]))
   timings = {name: summarize(s) for name, s in samples.items()}
   base = samples[baseline]
   ratios = {name: summarize([a / b for a, b in zip(s, base)]) for name, s in samples.items()}

@@ -49,19 +49,32 @@ def _ffi(target: str, shape: tuple, *operands: jax.Array) -> jax.Array:
                           vmap_method='sequential')(*operands)
 
 
+# The three CPU kernels (float32; callers check `cpu_kernels_available()` first).
+def cpu_nn(x: jax.Array, w: jax.Array, group_sizes: jax.Array) -> jax.Array:
+  """x <[M, K]>, w <[G, K, N]> -> <f32[M, N]>: each group's rows @ its w[g]."""
+  return _ffi('moe_flan_grouped_nn', (x.shape[0], w.shape[2]), x.astype(jnp.float32),
+              w.astype(jnp.float32), *_segments(group_sizes))
+
+
+def cpu_nt(dy: jax.Array, w: jax.Array, group_sizes: jax.Array) -> jax.Array:
+  """dy <[M, N]>, w <[G, K, N]> -> <f32[M, K]>: each group's rows @ w[g]^T."""
+  return _ffi('moe_flan_grouped_nt', (dy.shape[0], w.shape[1]), dy.astype(jnp.float32),
+              w.astype(jnp.float32), *_segments(group_sizes))
+
+
+def cpu_tn(x: jax.Array, dy: jax.Array, group_sizes: jax.Array) -> jax.Array:
+  """x <[M, K]>, dy <[M, N]> -> <f32[G, K, N]>: x[group g]^T @ dy[group g]."""
+  return _ffi('moe_flan_grouped_tn', (group_sizes.shape[0], x.shape[1], dy.shape[1]),
+              x.astype(jnp.float32), dy.astype(jnp.float32), *_segments(group_sizes))
+
+
 def _kernel_nn(x, w, group_sizes):
-  starts, lengths = _segments(group_sizes)
-  out = _ffi('moe_flan_grouped_nn', (x.shape[0], w.shape[2]),
-             x.astype(jnp.float32), w.astype(jnp.float32), starts, lengths)
-  return out.astype(x.dtype)
+  return cpu_nn(x, w, group_sizes).astype(x.dtype)
 
 
 def _kernel_grads(x, w, group_sizes, dy):
-  starts, lengths = _segments(group_sizes)
-  dy32 = dy.astype(jnp.float32)
-  dx = _ffi('moe_flan_grouped_nt', x.shape, dy32, w.astype(jnp.float32), starts, lengths)
-  dw = _ffi('moe_flan_grouped_tn', w.shape, x.astype(jnp.float32), dy32, starts, lengths)
-  return dx.astype(x.dtype), dw.astype(w.dtype)
+  return (cpu_nt(dy, w, group_sizes).astype(x.dtype),
+          cpu_tn(x, dy, group_sizes).astype(w.dtype))
 
 
 def _ragged_grads(x, w, group_sizes, dy):
