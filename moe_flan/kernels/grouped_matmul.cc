@@ -13,17 +13,19 @@
 //
 // Why a kernel: with many experts each segment holds few rows (4096 tokens / 128 experts = 32),
 // and a general GEMM spends as long packing and streaming each thin weight matrix as it does
-// multiplying. Here each weight block is read from memory once, packed into cache-sized panels
-// and reused by every row block of the segment (nn, tn), or consumed as rows by dot products
-// (nt, whose weight is read along its contiguous N axis, so it needs no transpose).
-// Work is split over (segment, column block) tasks run on XLA's intra-op thread pool.
+// multiplying. Here each weight block is read from memory once (prefetched while the previous
+// block computes), packed into cache-sized panels and reused by every row block of the segment
+// (nn, tn, and nt for deep segments, whose panels are transposed weight rows). A thin segment's
+// input gradient is computed weight-stationary instead (nt_thin), and a middling one as dot
+// products along the weight's contiguous rows (dot_block). Work is split over (segment, column
+// block) tasks run on XLA's intra-op thread pool.
 #include <algorithm>
 #include <array>
-#include <utility>
 #include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include <immintrin.h>
