@@ -79,6 +79,15 @@ def test_the_kernel_is_what_runs_on_cpu():
   assert 'ragged_dot' not in hlo
 
 
+def test_accelerators_get_ragged_dot_not_the_cpu_kernels():
+  """The backend is chosen at lowering: a GPU lowering of the same function has no CPU call."""
+  x, w, sizes, _ = _inputs(37, 5, 7, (10, 0, 20))
+  traced = jax.jit(jax.grad(lambda x, w: jnp.sum(gm.grouped_matmul(x, w, sizes) ** 2),
+                            (0, 1))).trace(x, w)
+  cuda = traced.lower(lowering_platforms=('cuda',)).as_text()
+  assert 'ragged_dot' in cuda and 'moe_flan_grouped' not in cuda
+
+
 def test_bfloat16_inputs_compute_in_float32():
   x, w, sizes, _ = _inputs(100, 33, 65, (0, 40, 1, 0))
   out = gm.grouped_matmul(x.astype(jnp.bfloat16), w.astype(jnp.bfloat16), sizes)
