@@ -125,6 +125,16 @@ def test_a_failed_compile_names_the_source_and_keeps_no_partial_library(tmp_path
     build._compile(source, build._library_path(source))
 
 
+def test_a_library_that_does_not_load_is_a_build_error(tmp_path, monkeypatch):
+  monkeypatch.setenv('MOE_FLAN_KERNEL_CACHE', str(tmp_path))
+  monkeypatch.setattr(build, '_SOURCE_DIR', tmp_path)
+  source = tmp_path / 'truncated.cc'
+  source.write_text('int a;\n')
+  build._library_path(source).write_bytes(b'not an ELF file')
+  with pytest.raises(build.KernelBuildError, match='Cannot load .*truncated.*delete it'):
+    build.load_library('truncated.cc')
+
+
 def test_library_name_changes_with_the_source(tmp_path, monkeypatch):
   monkeypatch.setenv('MOE_FLAN_KERNEL_CACHE', str(tmp_path))
   source = tmp_path / 'k.cc'

@@ -20,7 +20,7 @@ import pathlib
 import shlex
 import subprocess
 import tempfile
-from typing import Dict, Sequence
+from typing import Sequence
 
 import jax
 import jaxlib
@@ -91,17 +91,20 @@ def load_library(source_name: str) -> ctypes.CDLL:
   library = _library_path(source)
   if not library.exists():
     _compile(source, library)
-  return ctypes.cdll.LoadLibrary(str(library))
+  try:
+    return ctypes.cdll.LoadLibrary(str(library))
+  except OSError as e:
+    raise KernelBuildError(f'Cannot load {library} (built from {source}): {e}; delete it to '
+                           f'rebuild') from e
 
 
 @functools.lru_cache(maxsize=None)
-def register_cpu_targets(source_name: str, targets: Sequence[tuple[str, str]]) -> Dict[str, str]:
+def register_cpu_targets(source_name: str, targets: Sequence[tuple[str, str]]) -> None:
   """Registers FFI handlers of `source_name` for XLA:CPU: targets = ((jax_name, symbol), ...).
 
-  Returns {jax_name: jax_name}. Raises KernelBuildError if the library cannot be built.
+  Raises KernelBuildError if the library cannot be built or loaded.
   """
   library = load_library(source_name)
   for name, symbol in targets:
     jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(library, symbol)),
                                 platform='cpu')
-  return {name: name for name, _ in targets}
