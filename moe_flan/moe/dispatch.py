@@ -12,8 +12,8 @@ the same numbers (outputs and gradients) for the same routing; tests check each 
 for-loop-over-experts reference.
 
 Built in: 'einsum' (one-hot masks), 'scatter' (index gather into padded buffers), 'dropless'
-(sorted rows, one grouped matmul per weight). `register_dispatcher('expert_parallel', fn)` adds more;
-`drops_tokens=False` tells the layer the path has no capacity limit, so tokens-choose routing
+(sorted rows, one grouped matmul per weight); 'segmented' (dispatch_segmented.py) and
+'expert_parallel' are added with `register_dispatcher(name, fn)`; `drops_tokens=False` tells the layer the path has no capacity limit, so tokens-choose routing
 then runs with capacity = tokens per group (nothing dropped).
 """
 from __future__ import annotations
