@@ -13,8 +13,9 @@ for-loop-over-experts reference.
 
 Built in: 'einsum' (one-hot masks), 'scatter' (index gather into padded buffers), 'dropless'
 (sorted rows, one grouped matmul per weight); 'segmented' (dispatch_segmented.py) and
-'expert_parallel' are added with `register_dispatcher(name, fn)`; `drops_tokens=False` tells the layer the path has no capacity limit, so tokens-choose routing
-then runs with capacity = tokens per group (nothing dropped).
+'expert_parallel' are added with `register_dispatcher(name, fn)`. `drops_tokens=False` tells the
+layer the path has no capacity limit, so tokens-choose routing then runs with capacity =
+tokens per group (nothing dropped).
 """
 from __future__ import annotations
 
