@@ -6,7 +6,8 @@ import dataclasses
 from moe_flan import config as config_lib
 from moe_flan.moe import dispatch as dispatch_lib
 
-# The dispatcher the CPU train-step benchmarks use (fastest on CPU; see BENCHMARKS.md).
+# The dispatcher the CPU train-step benchmarks use: capacity semantics (like HF Switch) on the
+# grouped-matmul kernels; with 'dropless' the fastest on CPU (see BENCHMARKS.md).
 CPU_DISPATCH = 'segmented'
 # On accelerators grouped_matmul is jax.lax.ragged_dot, a real grouped matmul there.
 GPU_DISPATCH = 'dropless'
