@@ -283,17 +283,25 @@ void zero_uncovered(const Segments& seg, int64_t rows, int64_t width, float* out
   }
 }
 
+// The shared start of nn and nt, whose output out[rows, width] follows the input's rows:
+// checks the segments, maps the output in and zeroes the rows no segment covers.
+ffi::Error prepare_row_output(ffi::ThreadPool& pool, const Segments& seg, int64_t rows,
+                              int64_t width, ffi::ResultBuffer<ffi::F32>& out) {
+  if (ffi::Error e = check_segments(seg, rows); e.failure()) return e;
+  populate_output(pool, out->typed_data(), out->size_bytes());
+  zero_uncovered(seg, rows, width, out->typed_data());
+  return ffi::Error::Success();
+}
+
 // out[M, N] = x[M, K] @ w[g] on each segment's rows.
 ffi::Error GroupedNN(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
                      ffi::Buffer<ffi::S32> starts, ffi::Buffer<ffi::S32> lengths,
                      ffi::ResultBuffer<ffi::F32> out) {
   const int64_t m = x.dimensions()[0], k = x.dimensions()[1], n = w.dimensions()[2];
   const Segments seg{starts.typed_data(), lengths.typed_data(), w.dimensions()[0]};
-  if (ffi::Error e = check_segments(seg, m); e.failure()) return e;
+  if (ffi::Error e = prepare_row_output(pool, seg, m, n, out); e.failure()) return e;
   const float *xd = x.typed_data(), *wd = w.typed_data();
   float* od = out->typed_data();
-  populate_output(pool, od, out->size_bytes());
-  zero_uncovered(seg, m, n, od);
   const int64_t col_blocks = (n + kNb - 1) / kNb;
   // The first weight block of task t (read by its first pack).
   auto first_block = [=](int64_t t) {
@@ -480,11 +488,9 @@ ffi::Error GroupedNT(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy, ffi::Buffer
                      ffi::ResultBuffer<ffi::F32> out) {
   const int64_t m = dy.dimensions()[0], n = dy.dimensions()[1], k = w.dimensions()[1];
   const Segments seg{starts.typed_data(), lengths.typed_data(), w.dimensions()[0]};
-  if (ffi::Error e = check_segments(seg, m); e.failure()) return e;
+  if (ffi::Error e = prepare_row_output(pool, seg, m, k, out); e.failure()) return e;
   const float *dyd = dy.typed_data(), *wd = w.typed_data();
   float* od = out->typed_data();
-  populate_output(pool, od, out->size_bytes());
-  zero_uncovered(seg, m, k, od);
   const int64_t col_blocks = (k + kKb - 1) / kKb;
   parallel_tasks(pool, seg.count * col_blocks, [=](int64_t t, int64_t) {
     const int64_t g = t / col_blocks, k0 = (t % col_blocks) * kKb;
