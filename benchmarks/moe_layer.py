@@ -143,7 +143,7 @@ def _compare(ctx: ctx_lib.Context, name: str, candidates: dict, params: dict,
         QUICK if ctx.quick else FULL, params['num_experts'], comparison.timings['dense'].median_s,
         ctx.peak['bytes_per_s'])
   rows = ctx_lib.comparison_records(CASE, name, comparison, params, metrics) + rows
-  best = min((v for v in ready if v not in ('dense', MATMUL_FLOOR)),
+  best = min((v for v in ready if v not in targets.REFERENCES),
              key=lambda v: comparison.ratios[v].median_s,
              default=None)
   ctx.log(f'{name}: ' + ', '.join(f'{v} {comparison.ratios[v].median_s:.2f}x' for v in ready)

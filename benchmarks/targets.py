@@ -6,6 +6,8 @@ from typing import Optional
 
 # The moe_layer case's "expert matmuls alone" row: a floor to compare with, never a candidate.
 MATMUL_FLOOR = 'expert_matmuls_only'
+# Rows of a moe_layer comparison that are references, not dispatch paths ("best path" skips them).
+REFERENCES = frozenset({'dense', MATMUL_FLOOR})
 
 
 def _ok(records, case):
@@ -14,7 +16,7 @@ def _ok(records, case):
 
 def _best_ratio(records, name: str) -> tuple[Optional[str], Optional[float]]:
   rows = [r for r in _ok(records, 'moe_layer')
-          if r['name'] == name and r['variant'] not in ('dense', MATMUL_FLOOR)]
+          if r['name'] == name and r['variant'] not in REFERENCES]
   if not rows:
     return None, None
   best = min(rows, key=lambda r: r['ratio']['median'])
