@@ -6,7 +6,10 @@ train capacity factor 1.25, float32, E in {8, 32, 128}, k in {1, 2}; plus expert
 The dense twin has d_ff = F * k for tokens-choose (each token runs k experts) and
 F * capacity_factor * k for experts-choose (every expert fills all its C = cf * k * T / E slots).
 "Forward + backward" is a VJP with a fixed random cotangent, giving gradients for the input and
-every parameter (router included), exactly what a train step needs from the layer.
+every parameter (router included), plus the layer's output: exactly what a train step needs
+from the layer (`forward_backward`). Returning only the gradients would let XLA drop the dense
+twin's second forward matmul (its output feeds nothing), while the MoE layer needs its experts'
+output for the gate gradients: 5 of the 6 counted matmuls against 6.
 
 On CPU 'dropless' runs the package's grouped-matmul kernels (moe_flan/kernels), not
 `jax.lax.ragged_dot`, whose CPU fallback computes all E experts for every row.
@@ -46,8 +49,16 @@ FULL = Shapes(tokens=4096, d_model=512, d_ff=2048, experts=(8, 32, 128), top_k=(
 QUICK = Shapes(tokens=256, d_model=32, d_ff=64, experts=(8,), top_k=(1,))   # CI: compile-bound
 
 
+def forward_backward(fn: Callable[..., jax.Array], cotangent: jax.Array) -> Callable:
+  """Jitted (*args) -> (fn(*args), gradients of <fn(*args), cotangent> for every arg)."""
+  def step(*args):
+    y, vjp = jax.vjp(fn, *args)
+    return y, vjp(cotangent)
+  return jax.jit(step)
+
+
 def dense_ffn_step(tokens: int, d_model: int, d_ff: int, dtype) -> Callable[[], jax.Array]:
-  """Jitted VJP of relu(x @ wi) @ wo: x <[tokens, d_model]>, wi <[d_model, d_ff]>."""
+  """Jitted output and VJP of relu(x @ wi) @ wo: x <[tokens, d_model]>, wi <[d_model, d_ff]>."""
   kx, ki, ko, kc = jax.random.split(jax.random.PRNGKey(1), 4)
   x = jax.random.normal(kx, (tokens, d_model), dtype)
   wi = jax.random.normal(ki, (d_model, d_ff), dtype) * d_model ** -0.5
@@ -57,13 +68,13 @@ def dense_ffn_step(tokens: int, d_model: int, d_ff: int, dtype) -> Callable[[], 
   def ffn(wi, wo, x):
     return jax.nn.relu(x @ wi) @ wo
 
-  step = jax.jit(lambda wi, wo, x: jax.vjp(ffn, wi, wo, x)[1](cot))
+  step = forward_backward(ffn, cot)
   return lambda: step(wi, wo, x)
 
 
 def expert_matmuls_step(tokens: int, d_model: int, d_ff: int, num_experts: int, rows: int,
                         dtype) -> Callable[[], jax.Array]:
-  """Jitted VJP of the expert FFN alone: relu(x[e] @ wi[e]) @ wo[e] as batched einsums over
+  """Jitted output and VJP of the expert FFN alone: relu(x[e] @ wi[e]) @ wo[e] as batched einsums over
   <[E, rows, d_model]> -- exactly `rows` rows per expert, no router, no token movement.
 
   Not a dispatcher: the time any dispatch needs at least on this backend to push the routed rows
@@ -80,13 +91,13 @@ def expert_matmuls_step(tokens: int, d_model: int, d_ff: int, num_experts: int, 
   def ffn(wi, wo, x):
     return jnp.einsum('ECF,EFD->ECD', jax.nn.relu(jnp.einsum('ECD,EDF->ECF', x, wi)), wo)
 
-  step = jax.jit(lambda wi, wo, x: jax.vjp(ffn, wi, wo, x)[1](cot))
+  step = forward_backward(ffn, cot)
   return lambda: step(wi, wo, x)
 
 
 def moe_layer_step(shapes: Shapes, num_experts: int, k: int, router_type: str, dispatch: str,
                    dtype) -> Callable[[], jax.Array]:
-  """Jitted VJP (input and all params) of a training-mode MoeLayer on <[1, tokens, d_model]>."""
+  """Jitted output and VJP (input and all params) of a training-mode MoeLayer on <[1, tokens, d_model]>."""
   cfg = dispatch_choice.with_dispatch(MoeConfig(
       num_experts=num_experts, num_selected_experts=k, router_type=router_type,
       decoder_router_type='tokens_choose', group_size=shapes.tokens, train_capacity_factor=shapes.capacity_factor,
@@ -103,7 +114,7 @@ def moe_layer_step(shapes: Shapes, num_experts: int, k: int, router_type: str, d
                        mutable=['moe_metrics'])
     return y
 
-  step = jax.jit(lambda p, x: jax.vjp(forward, p, x)[1](cot))
+  step = forward_backward(forward, cot)
   return lambda: step(params, x)
 
 
