@@ -18,7 +18,7 @@ Gin:
 from __future__ import annotations
 
 import json
-from typing import Dict, List, Mapping, Sequence, Tuple, Union
+from typing import Dict, Iterator, List, Mapping, Sequence, Tuple, Union
 
 from absl import logging
 import gin
@@ -73,28 +73,43 @@ def render(obj: Mapping) -> Tuple[str, str]:
   return templates.render_zero_shot(example, template, with_options=True)
 
 
-def read_jsonl(paths: Union[str, Sequence[str]], task: str = 'jsonl',
-               on_bad_example: str = 'error') -> Tuple[List[str], List[str]]:
-  """(inputs, targets) of every line of `paths` (blank lines are ignored)."""
+def _rendered_lines(paths: Union[str, Sequence[str]], on_bad_example: str
+                   ) -> Iterator[Union[Tuple[str, str], ValueError]]:
+  """(inputs, targets) of each non-blank line of `paths`, in order; a bad line raises its
+  ValueError (on_bad_example='error') or is yielded as that error ('skip')."""
   if on_bad_example not in BAD_LINE_POLICIES:
     raise ValueError(f'on_bad_example={on_bad_example!r}: choose one of {BAD_LINE_POLICIES}')
-  inputs, targets = [], []
   for path in [paths] if isinstance(paths, str) else list(paths):
     with tf.io.gfile.GFile(path, 'rb') as f:
       for lineno, raw in enumerate(f, 1):
         if not raw.strip():
           continue
         try:
-          i, t = render(_parse_line(raw.rstrip(b'\r\n'), path, lineno))
+          yield render(_parse_line(raw.rstrip(b'\r\n'), path, lineno))
         except ValueError as e:
           if on_bad_example == 'error':
             raise
-          quality.counter('bad_jsonl_line', task).assign_add(1)
-          logging.warning('skipping %s', e)
-          continue
-        inputs.append(i)
-        targets.append(t)
+          yield e
+
+
+def read_jsonl(paths: Union[str, Sequence[str]], task: str = 'jsonl',
+               on_bad_example: str = 'error') -> Tuple[List[str], List[str]]:
+  """(inputs, targets) of every line of `paths` (blank lines are ignored)."""
+  inputs, targets = [], []
+  for line in _rendered_lines(paths, on_bad_example):
+    if isinstance(line, ValueError):
+      quality.counter('bad_jsonl_line', task).assign_add(1)
+      logging.warning('skipping %s', line)
+      continue
+    inputs.append(line[0])
+    targets.append(line[1])
   return inputs, targets
+
+
+def count_examples(paths: Union[str, Sequence[str]], on_bad_example: str = 'error') -> int:
+  """How many examples `read_jsonl` yields, without counting or logging the skipped lines."""
+  return sum(1 for line in _rendered_lines(paths, on_bad_example)
+             if not isinstance(line, ValueError))
 
 
 def _dataset_fn(name: str, files: Mapping[str, Union[str, Sequence[str]]], on_bad_example: str):
@@ -112,15 +127,18 @@ def _dataset_fn(name: str, files: Mapping[str, Union[str, Sequence[str]]], on_ba
 
 
 class _JsonlSource(seqio.FunctionDataSource):
-  """Counts lines lazily, so JSONL tasks can join examples-proportional mixtures."""
+  """Counts examples lazily (once per split), so JSONL tasks can join examples-proportional
+  mixtures. Counting does not add to the skipped-line counters: reading the split does."""
 
   def __init__(self, name, files, on_bad_example):
     super().__init__(_dataset_fn(name, files, on_bad_example), splits=tuple(files))
-    self._args = (name, files, on_bad_example)
+    self._files, self._on_bad_example = files, on_bad_example
+    self._counts: Dict[str, int] = {}
 
   def num_input_examples(self, split: str) -> int:
-    name, files, on_bad_example = self._args
-    return len(read_jsonl(files[split], name, on_bad_example)[0])
+    if split not in self._counts:
+      self._counts[split] = count_examples(self._files[split], self._on_bad_example)
+    return self._counts[split]
 
 
 @gin.configurable

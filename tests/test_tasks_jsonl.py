@@ -64,3 +64,18 @@ def test_skip_policy_counts_bad_lines(tmp_path):
   assert quality.report() == {'bad_jsonl_line/d': 2}
   with pytest.raises(ValueError, match="on_bad_example='ignore'"):
     jsonl.read_jsonl(path, on_bad_example='ignore')
+
+
+def test_counting_examples_is_cached_and_leaves_the_skip_counters_alone(tmp_path):
+  path = _write(tmp_path / 'e.jsonl', [GOOD[0], '{oops', GOOD[1]])
+  name = jsonl.register_jsonl_task('test_jsonl_e', {'train': path}, on_bad_example='skip')
+  task = seqio.get_mixture_or_task(name)
+  quality.reset()
+  assert task.num_input_examples('train') == 2
+  assert quality.report() == {}   # only reading the data counts the skipped line
+  _write(tmp_path / 'e.jsonl', [GOOD[0]])   # counted once per split: not read again
+  assert task.num_input_examples('train') == 2
+  assert jsonl.count_examples(path, 'skip') == 1
+  bad = _write(tmp_path / 'f.jsonl', [GOOD[0], '{oops'])
+  with pytest.raises(ValueError, match='f.jsonl:2: invalid JSON'):
+    jsonl.count_examples(bad)   # the 'error' policy fails the count as it fails the read
