@@ -15,10 +15,9 @@
 // and a general GEMM spends as long packing and streaming each thin weight matrix as it does
 // multiplying. Here each weight block is read from memory once (prefetched while the previous
 // block computes), packed into cache-sized panels and reused by every row block of the segment
-// (nn, tn, and nt for deep segments, whose panels are transposed weight rows). A thin segment's
-// input gradient is computed weight-stationary instead (nt_thin), and a middling one as dot
-// products along the weight's contiguous rows (dot_block). Work is split over (segment, column
-// block) tasks run on XLA's intra-op thread pool.
+// (nn, tn, and nt for deep segments, whose panels are transposed weight rows). The input
+// gradient of a thinner segment (< 64 rows) is computed weight-stationary instead (nt_thin).
+// Work is split over (segment, column block) tasks run on XLA's intra-op thread pool.
 #include <algorithm>
 #include <array>
 #include <atomic>
@@ -148,11 +147,8 @@ constexpr std::array<MicroTileFn, sizeof...(MR) + 1> micro_tiles(
     std::integer_sequence<int, MR...>) {
   return {nullptr, micro_tile<MR + 1, V>...};
 }
-// kMicroTiles[mr]: mr x kNr tiles. kThinTiles[mr]: mr x 32 tiles for products whose panel
-// columns are a thin segment's rows (at most 32 of them).
-constexpr int kThinVecs = 2, kThinMr = 12;
+// kMicroTiles[mr]: mr x kNr tiles (24 accumulators at mr = kMr).
 constexpr auto kMicroTiles = micro_tiles<kVecs>(std::make_integer_sequence<int, kMr>());
-constexpr auto kThinTiles = micro_tiles<kThinVecs>(std::make_integer_sequence<int, kThinMr>());
 
 // panel[s][p][0:kNr] = b[p0 + p, n0 + s * kNr + j] (zero past nb): panels of width kNr.
 void pack_panels(const float* b, int64_t ldb, int64_t p0, int depth, int64_t n0, int nb,
@@ -373,61 +369,6 @@ ffi::Error GroupedTN(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<
   return ffi::Error::Success();
 }
 
-inline float horizontal_sum(v16 v) {
-#if defined(__AVX512F__)
-  return _mm512_reduce_add_ps(reinterpret_cast<__m512>(v));
-#else
-  float sum = 0.f;
-  for (int l = 0; l < kLanes; ++l) sum += v[l];
-  return sum;
-#endif
-}
-
-// c[R, C] = a[R rows] . b[C rows] over `len` contiguous floats (rows strided by lda / ldb).
-template <int R, int C>
-void dot_tile(int64_t len, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
-              int64_t ldc) {
-  v16 acc[R][C] = {};
-  int64_t p = 0;
-  for (; p + kLanes <= len; p += kLanes) {
-    v16 bv[C];
-    for (int j = 0; j < C; ++j) bv[j] = load(b + j * ldb + p);
-    for (int i = 0; i < R; ++i) {
-      const v16 av = load(a + i * lda + p);
-      for (int j = 0; j < C; ++j) acc[i][j] += av * bv[j];
-    }
-  }
-  for (int i = 0; i < R; ++i) {
-    for (int j = 0; j < C; ++j) {
-      float sum = horizontal_sum(acc[i][j]);
-      for (int64_t q = p; q < len; ++q) sum += a[i * lda + q] * b[j * ldb + q];
-      c[i * ldc + j] = sum;
-    }
-  }
-}
-
-// c[rows, cols] = a[rows, len] @ b[cols, len]^T, 4 x 4 dot tiles with scalar edges.
-void dot_block(int rows, int cols, int64_t len, const float* a, int64_t lda, const float* b,
-               int64_t ldb, float* c, int64_t ldc) {
-  constexpr int kR = 4, kC = 4;
-  for (int j = 0; j < cols; j += kC) {
-    const int cw = std::min(kC, cols - j);
-    for (int i = 0; i < rows; i += kR) {
-      const int rh = std::min(kR, rows - i);
-      const float *ai = a + i * lda, *bj = b + j * ldb;
-      float* cij = c + i * ldc + j;
-      if (rh == kR && cw == kC) {
-        dot_tile<kR, kC>(len, ai, lda, bj, ldb, cij, ldc);
-      } else {
-        for (int r = 0; r < rh; ++r) {
-          for (int q = 0; q < cw; ++q) dot_tile<1, 1>(len, ai + r * lda, lda, bj + q * ldb, ldb,
-                                                      cij + r * ldc + q, ldc);
-        }
-      }
-    }
-  }
-}
-
 // panel[s][p][j] = b[k0 + s * kNr + j, p0 + p] (zero past kb): rows of b become panel columns.
 void pack_transposed(const float* b, int64_t ldb, int64_t k0, int kb, int64_t p0, int depth,
                      float* panel) {
@@ -459,23 +400,33 @@ void nt_packed(int rows, int64_t n, const float* dy_g, const float* w_g, int64_t
   }
 }
 
-// og[rows, kb] = dy_g[rows, n] @ w_g[k0 : k0 + kb, :]^T for a thin segment (rows <= 32),
+// og[rows, kb] = dy_g[rows, n] @ w_g[k0 : k0 + kb, :]^T for a thin segment (rows <= V * 16),
 // weight-stationary: computed as its transpose w_g-block @ dy_g^T, so each weight element is
-// broadcast once from its contiguous row while the segment's rows fill the vector lanes.
+// broadcast once from its contiguous row while the segment's rows fill the V vectors' lanes.
+// MR weight rows per tile: MR x V = 24 accumulators.
+template <int V, int MR>
 void nt_thin(int rows, int64_t n, const float* dy_g, const float* w_g, int64_t k0, int kb,
              float* og, int64_t ldo) {
-  constexpr int kWidth = kThinVecs * kLanes;
+  constexpr int kWidth = V * kLanes;
+  static constexpr auto kTiles = micro_tiles<V>(std::make_integer_sequence<int, MR>());
   thread_local std::vector<float> panel, result;
   panel.resize(static_cast<size_t>(n) * kWidth);
   result.resize(static_cast<size_t>(kb) * kWidth);
   for (int64_t p = 0; p < n; ++p) {          // panel[p][j] = dy_g[j, p]
     for (int j = 0; j < kWidth; ++j) panel[p * kWidth + j] = j < rows ? dy_g[j * n + p] : 0.f;
   }
-  PrefetchCursor none;
-  for (int i = 0; i < kb; i += kThinMr) {
-    const int mr = std::min(kThinMr, kb - i);
-    kThinTiles[mr](static_cast<int>(n), w_g + (k0 + i) * n, n, 1, panel.data(),
-                   result.data() + i * kWidth, kWidth, kWidth, Store::kWrite, none, 0);
+  // Weight rows up to 4 KiB are prefetched a tile ahead; longer rows stream well through the
+  // hardware prefetcher (measured at 32 rows: 2 KiB rows -14% time, 8 KiB rows +4% with it).
+  const int lines_per_row = n * 4 <= 4096 ? static_cast<int>((n * 4 + 63) / 64) : 0;
+  for (int i = 0; i < kb; i += MR) {
+    const int mr = std::min(MR, kb - i);
+    const int next_rows = std::max(0, std::min(MR, kb - i - MR));
+    const float* next_first = next_rows > 0 ? w_g + (k0 + i + MR) * n : w_g;
+    PrefetchCursor next{reinterpret_cast<const char*>(next_first), n * 4, 0, lines_per_row,
+                        int64_t{next_rows} * lines_per_row};
+    kTiles[mr](static_cast<int>(n), w_g + (k0 + i) * n, n, 1, panel.data(),
+               result.data() + i * kWidth, kWidth, kWidth, Store::kWrite, next,
+               static_cast<int>(next.remaining));
   }
   for (int j = 0; j < rows; ++j) {           // og[j, i] = result[i, j]
     for (int i = 0; i < kb; ++i) og[j * ldo + k0 + i] = result[i * kWidth + j];
@@ -499,12 +450,19 @@ ffi::Error GroupedNT(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy, ffi::Buffer
     const int64_t first = seg.starts[g];
     if (rows >= kPackedNtRows) {
       nt_packed(rows, n, dyd + first * n, wd + g * k * n, k0, kb, od + first * k, k);
-    } else if (rows <= kThinVecs * kLanes) {
-      // The first task of the segment does all of it: the transpose of dy is paid once.
-      if (k0 == 0) nt_thin(rows, n, dyd + first * n, wd + g * k * n, 0, k, od + first * k, k);
-    } else {   // between: dot products along w's contiguous rows, no transpose
-      dot_block(rows, kb, n, dyd + first * n, n, wd + (g * k + k0) * n, n, od + first * k + k0,
-                k);
+    } else if (k0 == 0) {
+      // Thin: the first task of the segment does all of it (the transpose of dy is paid once),
+      // with the narrowest lane width that holds its rows.
+      const float* dy_g = dyd + first * n;
+      const float* w_g = wd + g * k * n;
+      float* og = od + first * k;
+      if (rows <= 2 * kLanes) {
+        nt_thin<2, 12>(rows, n, dy_g, w_g, 0, static_cast<int>(k), og, k);
+      } else if (rows <= 3 * kLanes) {
+        nt_thin<3, 8>(rows, n, dy_g, w_g, 0, static_cast<int>(k), og, k);
+      } else {
+        nt_thin<4, 6>(rows, n, dy_g, w_g, 0, static_cast<int>(k), og, k);
+      }
     }
   });
   return ffi::Error::Success();
