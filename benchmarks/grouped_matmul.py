@@ -7,6 +7,9 @@ split evenly over E experts, each is timed round-robin against the dense matmul 
 FLOPs (XLA, one [4096, .] x [., .] product) and against XLA's expert-batched einsum on
 <[E, 4096 / E, .]> (what the 'expert matmuls alone' floor of case 1 uses).
 
+`kernel_routed` runs the same kernel on uneven group sizes, as a uniformly random router
+produces them (`routed_sizes`), with the same total rows.
+
 Ratios are time / dense: below 1 the kernel is faster than XLA's dense matmul. The weight
 gradient writes E times the dense output (fresh memory, see BENCHMARKS.md).
 """
@@ -16,6 +19,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from benchmarks import context as ctx_lib
 from benchmarks import timing
@@ -38,10 +42,22 @@ def _operands(product: str, tokens: int, k: int, n: int, experts: int):
   return (jax.random.normal(ka, (tokens, k)), jax.random.normal(kb, (tokens, n)))
 
 
+def routed_sizes(tokens: int, experts: int, seed: int = 0) -> jax.Array:
+  """<int32>[experts] rows per expert when each token goes to one uniformly random expert.
+
+  Real routing is never balanced: at 4096 tokens and E=128 the sizes spread over ~20-45 rows
+  around the mean of 32, and a kernel's paths for thin and deeper segments all run. The sizes sum
+  to `tokens` (no capacity cap), so the FLOPs equal the dense matmul's.
+  """
+  expert_of_token = np.random.default_rng(seed).integers(0, experts, tokens)
+  return jnp.asarray(np.bincount(expert_of_token, minlength=experts), jnp.int32)
+
+
 def _candidates(product: str, a: jax.Array, b: jax.Array,
                 experts: int) -> dict[str, Callable[[], jax.Array]]:
   tokens = a.shape[0]
   sizes = jnp.full((experts,), tokens // experts, jnp.int32)
+  routed = routed_sizes(tokens, experts)
   kernel = {'nn': gm.cpu_nn, 'nt': gm.cpu_nt, 'tn': gm.cpu_tn}[product]
   dense = {'nn': lambda a, b: a @ b[0], 'nt': lambda a, b: a @ b[0].T,
            'tn': lambda a, b: a.T @ b}[product]
@@ -49,6 +65,7 @@ def _candidates(product: str, a: jax.Array, b: jax.Array,
   batched_args = (per_expert(a), b if product != 'tn' else per_expert(b))
   fns = {'dense': (jax.jit(dense), (a, b)),
          'kernel': (jax.jit(lambda a, b: kernel(a, b, sizes)), (a, b)),
+         'kernel_routed': (jax.jit(lambda a, b: kernel(a, b, routed)), (a, b)),
          'xla_batched': (jax.jit(lambda a, b: jnp.einsum(_EINSUMS[product], a, b)),
                          batched_args)}
   return {name: (lambda f=f, args=args: f(*args)) for name, (f, args) in fns.items()}

@@ -11,7 +11,7 @@ EXPECTED = {
     'input_pipeline': {'get_batches'},
     'memory': {'train_step'},
     'hf_switch': {'moe_flan', 'hf_torch'},
-    'grouped_matmul': {'dense', 'kernel', 'xla_batched'},
+    'grouped_matmul': {'dense', 'kernel', 'kernel_routed', 'xla_batched'},
 }
 
 
