@@ -12,10 +12,12 @@ from moe_flan.kernels import grouped_matmul as gm
 # (rows M, K, N, group sizes): odd widths (not multiples of the 16-lane vectors, 32-column
 # panels or 8-row tiles), empty groups, rows past the last group, and groups deeper than one
 # 128-deep panel (several accumulation passes in the forward and the weight gradient). The
-# input gradient takes a different path at <= 32, <= 48, < 64 and >= 64 rows: each edge is here.
+# input gradient takes a different path at <= 32, <= 48, < 64 and >= 64 rows (each edge is
+# here), and the packed one for any rows once N > 512.
 CASES = [
     (37, 5, 7, (10, 0, 20)),
     (300, 70, 90, (33, 48, 49, 63, 32, 64)),
+    (100, 20, 600, (10, 40, 33)),
     (100, 33, 65, (0, 40, 1, 0)),
     (300, 130, 257, (129, 0, 150, 20, 1)),
     (64, 17, 300, (64, 0)),

@@ -15,8 +15,9 @@
 // and a general GEMM spends as long packing and streaming each thin weight matrix as it does
 // multiplying. Here each weight block is read from memory once (prefetched while the previous
 // block computes), packed into cache-sized panels and reused by every row block of the segment
-// (nn, tn, and nt for deep segments, whose panels are transposed weight rows). The input
-// gradient of a thinner segment (< 64 rows) is computed weight-stationary instead (nt_thin).
+// (nn, tn, and nt for deep segments or long weight rows, whose panels are transposed weight
+// rows). The input gradient of a thinner segment (< 64 rows, weight rows <= 512 floats) is
+// computed weight-stationary instead (nt_thin).
 // Work is split over (segment, column block) tasks run on XLA's intra-op thread pool.
 #include <algorithm>
 #include <array>
@@ -47,6 +48,10 @@ constexpr int kKc = 128;         // reduction depth of a packed panel
 constexpr int kNb = kNr * (256 / kNr);   // columns of one task (nn, tn)
 constexpr int kKb = 64;          // output columns of one task (nt)
 constexpr int kPackedNtRows = 64;  // nt: segments this deep amortise transposing weight panels
+// nt: past this depth n the thin path's dy^T panel (n x up to 64 floats) crowds L2, and the
+// packed path is faster at any row count (measured at 24-44 rows: n = 2048 packed 1.12-1.44x of
+// dense vs thin 1.18-1.69x; n = 512 thin 1.17-1.47x vs packed 1.32-1.63x).
+constexpr int64_t kThinNtMaxDepth = 512;
 
 inline v16 load(const float* p) {
   v16 v;
@@ -369,15 +374,61 @@ ffi::Error GroupedTN(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<
   return ffi::Error::Success();
 }
 
-// panel[s][p][j] = b[k0 + s * kNr + j, p0 + p] (zero past kb): rows of b become panel columns.
+#if defined(__AVX512F__)
+// In-register transpose of a 16 x 16 block: r[i] holds row i on entry, column i on return.
+inline void transpose16(__m512 r[kLanes]) {
+  __m512 t[kLanes];
+  for (int i = 0; i < kLanes; i += 2) {     // interleave 32-bit elements of row pairs
+    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < kLanes; i += 4) {     // then 64-bit pairs: 4 x 4 blocks per 128-bit lane
+    r[i] = _mm512_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  for (int i = 0; i < 4; ++i) {             // then move the 128-bit lanes into place
+    t[i] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0x88);
+    t[i + 4] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0xdd);
+    t[i + 8] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0x88);
+    t[i + 12] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0xdd);
+  }
+  for (int i = 0; i < 4; ++i) {
+    r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
+    r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xdd);
+    r[i + 4] = _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0x88);
+    r[i + 12] = _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0xdd);
+  }
+}
+#endif
+
+// panel[s][p][j] = b[k0 + s * kNr + j, p0 + p] (zero past kb): rows of b become panel columns,
+// 16 x 16 blocks at a time through registers where AVX-512 is there, element by element at
+// the edges.
 void pack_transposed(const float* b, int64_t ldb, int64_t k0, int kb, int64_t p0, int depth,
                      float* panel) {
   for (int s = 0; s * kNr < kb; ++s) {
     const int width = std::min(kNr, kb - s * kNr);
     float* out = panel + static_cast<int64_t>(s) * depth * kNr;
-    for (int j = 0; j < kNr; ++j) {
-      const float* src = b + (k0 + s * kNr + j) * ldb + p0;
-      for (int p = 0; p < depth; ++p) out[p * kNr + j] = j < width ? src[p] : 0.f;
+    const float* rows = b + (k0 + s * kNr) * ldb + p0;   // row j of this panel: rows + j * ldb
+    for (int j0 = 0; j0 < kNr; j0 += kLanes) {
+      int p = 0;
+#if defined(__AVX512F__)
+      if (j0 + kLanes <= width) {
+        for (; p + kLanes <= depth; p += kLanes) {
+          __m512 r[kLanes];
+          for (int i = 0; i < kLanes; ++i) r[i] = _mm512_loadu_ps(rows + (j0 + i) * ldb + p);
+          transpose16(r);
+          for (int q = 0; q < kLanes; ++q) _mm512_storeu_ps(out + (p + q) * kNr + j0, r[q]);
+        }
+      }
+#endif
+      for (; p < depth; ++p) {
+        for (int j = j0; j < j0 + kLanes; ++j) {
+          out[p * kNr + j] = j < width ? rows[j * ldb + p] : 0.f;
+        }
+      }
     }
   }
 }
@@ -448,7 +499,7 @@ ffi::Error GroupedNT(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy, ffi::Buffer
     const int rows = seg.lengths[g], kb = static_cast<int>(std::min<int64_t>(kKb, k - k0));
     if (rows == 0) return;
     const int64_t first = seg.starts[g];
-    if (rows >= kPackedNtRows) {
+    if (rows >= kPackedNtRows || n > kThinNtMaxDepth) {
       nt_packed(rows, n, dyd + first * n, wd + g * k * n, k0, kb, od + first * k, k);
     } else if (k0 == 0) {
       // Thin: the first task of the segment does all of it (the transpose of dy is paid once),
