@@ -74,8 +74,9 @@ def dense_ffn_step(tokens: int, d_model: int, d_ff: int, dtype) -> Callable[[], 
 
 def expert_matmuls_step(tokens: int, d_model: int, d_ff: int, num_experts: int, rows: int,
                         dtype) -> Callable[[], jax.Array]:
-  """Jitted output and VJP of the expert FFN alone: relu(x[e] @ wi[e]) @ wo[e] as batched einsums over
-  <[E, rows, d_model]> -- exactly `rows` rows per expert, no router, no token movement.
+  """Jitted output and VJP of the expert FFN alone: relu(x[e] @ wi[e]) @ wo[e] as batched
+  einsums over <[E, rows, d_model]> -- exactly `rows` rows per expert, no router, no token
+  movement.
 
   Not a dispatcher: the time any dispatch needs at least on this backend to push the routed rows
   through the experts' matmuls (thin matmuls when rows = tokens * k / E is small), measured in
@@ -97,7 +98,8 @@ def expert_matmuls_step(tokens: int, d_model: int, d_ff: int, num_experts: int, 
 
 def moe_layer_step(shapes: Shapes, num_experts: int, k: int, router_type: str, dispatch: str,
                    dtype) -> Callable[[], jax.Array]:
-  """Jitted output and VJP (input and all params) of a training-mode MoeLayer on <[1, tokens, d_model]>."""
+  """Jitted output and VJP (input and all params) of a training-mode MoeLayer on
+  <[1, tokens, d_model]>."""
   cfg = dispatch_choice.with_dispatch(MoeConfig(
       num_experts=num_experts, num_selected_experts=k, router_type=router_type,
       decoder_router_type='tokens_choose', group_size=shapes.tokens, train_capacity_factor=shapes.capacity_factor,
