@@ -10,6 +10,8 @@ import pytest
 from moe_flan.layers import (Embed, MlpBlock, MultiHeadAttention, RMSNorm,
                              RelativePositionBias, causal_mask, combine_masks,
                              relative_position_bucket, segment_mask)
+from moe_flan.layers.attention import add_shared_bias, sum_leading_axis
+from moe_flan.layers.embedding import tied_logits
 from moe_flan.layers.masks import padding_mask
 
 
@@ -188,6 +190,46 @@ def test_embed_lookup_and_attend():
   np.testing.assert_allclose(got, q @ table.T)
   assert module.init(jax.random.PRNGKey(0), tokens)['params']['embedding'].names == (
       'vocab', 'embed')
+
+
+def test_tied_logits_gradients_match_autodiff_of_the_einsum():
+  """The hand-written VJP (table gradient formed as [D, V], then transposed) against jax.vjp
+  of the plain einsum."""
+  rng = np.random.RandomState(4)
+  query = jnp.asarray(rng.normal(size=(2, 3, 5)).astype(np.float32))
+  table = jnp.asarray(rng.normal(size=(7, 5)).astype(np.float32))
+  d_logits = jnp.asarray(rng.normal(size=(2, 3, 7)).astype(np.float32))
+  plain = lambda q, t: jnp.einsum('BLD,VD->BLV', q, t)
+  got, got_vjp = jax.vjp(tied_logits, query, table)
+  want, want_vjp = jax.vjp(plain, query, table)
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  for g, w in zip(got_vjp(d_logits), want_vjp(d_logits)):
+    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('n', [1, 2, 3, 4, 5, 7, 8, 9])
+def test_sum_leading_axis_by_halving_matches_numpy(n):
+  x = np.random.RandomState(n).normal(size=(n, 3, 2)).astype(np.float32)
+  got = sum_leading_axis(jnp.asarray(x))
+  assert got.shape == (1, 3, 2)
+  np.testing.assert_allclose(got, x.astype(np.float64).sum(0, keepdims=True), rtol=1e-5,
+                             atol=1e-6)
+
+
+@pytest.mark.parametrize('bias_shape', [(1, 2, 3, 4), (5, 2, 3, 4), (1, 2, 1, 4)])
+def test_add_shared_bias_gradients_match_broadcast_add(bias_shape):
+  """Batch-shared bias (halving-sum VJP), per-row bias and a bias broadcast over queries
+  (plain add) all give autodiff's values and gradients of `logits + bias`."""
+  rng = np.random.RandomState(5)
+  logits = jnp.asarray(rng.normal(size=(5, 2, 3, 4)).astype(np.float32))
+  bias = jnp.asarray(rng.normal(size=bias_shape).astype(np.float32))
+  cot = jnp.asarray(rng.normal(size=(5, 2, 3, 4)).astype(np.float32))
+  got, got_vjp = jax.vjp(add_shared_bias, logits, bias)
+  want, want_vjp = jax.vjp(lambda a, b: a + b, logits, bias)
+  np.testing.assert_allclose(got, want)
+  for g, w in zip(got_vjp(cot), want_vjp(cot)):
+    assert g.shape == w.shape
+    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
 
 
 def test_masks_by_hand():

@@ -55,15 +55,19 @@ class MultiHeadAttention(nn.Module):
       key, value, cache_mask = self._update_cache(key, value)
       if cache_mask is not None:
         mask = cache_mask if mask is None else jnp.logical_and(mask, cache_mask)
-    logits = jnp.einsum('BLHK,BMHK->BHLM', query.astype(jnp.float32), key.astype(jnp.float32))
+    # Heads-major [B, H, L, K] operands make both products plain batched matmuls. With
+    # [B, L, H, K] ones XLA:CPU fuses the softmax into a strided product: 10.5 ms against 6.1 ms
+    # for the forward at B=4, H=8, L=M=256, K=64 (measured); GPU/TPU layouts are unaffected.
+    query, key, value = (jnp.swapaxes(t, 1, 2) for t in (query, key, value))
+    logits = jnp.einsum('BHLK,BHMK->BHLM', query.astype(jnp.float32), key.astype(jnp.float32))
     if bias is not None:
-      logits = logits + bias.astype(jnp.float32)
+      logits = add_shared_bias(logits, bias.astype(jnp.float32))
     if mask is not None:
       logits = jnp.where(mask, logits, NEG_INF)
     probs = jax.nn.softmax(logits, axis=-1)
     probs = nn.Dropout(rate=self.dropout_rate)(probs, deterministic=not enable_dropout)
-    context = jnp.einsum('BHLM,BMHK->BLHK', probs.astype(self.dtype), value)
-    context = nn.with_logical_constraint(context, _QKV_AXES)
+    context = jnp.einsum('BHLM,BHMK->BHLK', probs.astype(self.dtype), value)
+    context = nn.with_logical_constraint(jnp.swapaxes(context, 1, 2), _QKV_AXES)
     out = DenseGeneral(features=(d_model,), kernel_axes=(axes.HEADS, axes.KV, axes.EMBED),
                        kernel_init=fan_in_normal(self.num_heads * self.head_dim),
                        num_in_axes=2, dtype=self.dtype, name='out')(context)
@@ -90,3 +94,41 @@ class MultiHeadAttention(nn.Module):
     valid = jnp.arange(max_length) <= index               # keys written so far
     mask = jnp.broadcast_to(valid, (batch, 1, 1, max_length))
     return cached_key.value, cached_value.value, mask
+
+
+def add_shared_bias(logits: jax.Array, bias: jax.Array) -> jax.Array:
+  """<float32>[B, H, L, M] + [B|1, H, L, M]: `logits + bias`, with autodiff's gradients.
+
+  A bias shared by the whole batch (the relative-position bias, B = 1) gets its gradient
+  summed over the batch by halving adds. XLA:CPU lowers that sum as a reduction through
+  YNNPACK: ~9 ms for [4, 8, 256, 256], against 0.2 ms for the adds (measured), ~4% of a
+  Switch-base-like training step.
+  """
+  if bias.shape[0] == 1 and bias.shape[1:] == logits.shape[1:]:
+    return _add_batch_shared(logits, bias)
+  return logits + bias
+
+
+@jax.custom_vjp
+def _add_batch_shared(logits: jax.Array, bias: jax.Array) -> jax.Array:
+  return logits + bias
+
+
+def _add_batch_shared_fwd(logits, bias):
+  return logits + bias, None
+
+
+def _add_batch_shared_bwd(_, d_sum):
+  return d_sum, sum_leading_axis(d_sum)
+
+
+_add_batch_shared.defvjp(_add_batch_shared_fwd, _add_batch_shared_bwd)
+
+
+def sum_leading_axis(x: jax.Array) -> jax.Array:
+  """<T>[N, ...] -> [1, ...]: the sum over axis 0 as log2(N) rounds of halving adds."""
+  while x.shape[0] > 1:
+    half = x.shape[0] // 2
+    halves = x[:half] + x[half:2 * half]
+    x = halves if x.shape[0] % 2 == 0 else halves.at[0].add(x[-1])
+  return x

@@ -151,8 +151,9 @@ class Decoder(nn.Module):
     x = nn.Dropout(rate=cfg.dropout_rate, broadcast_dims=(-2,))(
         x, deterministic=not enable_dropout)
     if cfg.logits_via_embedding:
-      # T5 rescales tied logits, since the embedding's unit-normal rows are large.
-      logits = self.shared_embedding.attend(x) / np.sqrt(x.shape[-1])
+      # T5 rescales tied logits, since the embedding's unit-normal rows are large. Scaling the
+      # [B, L, D] input instead of the V-wide logits is the same product at D/V of the work.
+      logits = self.shared_embedding.attend(x.astype(jnp.float32) / np.sqrt(x.shape[-1]))
     else:
       logits = DenseGeneral(features=(cfg.vocab_size,), kernel_axes=(axes.EMBED, axes.VOCAB),
                             kernel_init=fan_in_normal(x.shape[-1], truncated=True),

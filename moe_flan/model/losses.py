@@ -9,6 +9,7 @@ Losses are averaged over tokens with non-zero weight (padding has weight 0).
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Mapping, Optional
 
 import gin
@@ -20,14 +21,13 @@ from moe_flan.config import T5Config
 from moe_flan.moe.losses import collect_moe_metrics
 
 
-def _smoothed_targets(targets: jax.Array, vocab_size: int, label_smoothing: float):
-  """Soft targets <float32>[B, L, V] and their entropy H(q) (a constant)."""
+def _smoothing(vocab_size: int, label_smoothing: float) -> tuple[float, float, float]:
+  """(confidence, low, H(q)): the smoothed target puts `confidence` on the target class, `low`
+  on each of the V - 1 others; H(q) is its entropy (a constant)."""
   confidence = 1.0 - label_smoothing
   low = label_smoothing / (vocab_size - 1)
   entropy = -(confidence * np.log(confidence) + (vocab_size - 1) * low * np.log(low + 1e-20))
-  onehot = jax.nn.one_hot(targets, vocab_size, dtype=jnp.float32)
-  soft = onehot * (confidence - low) + low
-  return soft, entropy
+  return confidence, low, float(entropy)
 
 
 def cross_entropy_with_z_loss(logits: jax.Array, targets: jax.Array,
@@ -49,17 +49,57 @@ def cross_entropy_with_z_loss(logits: jax.Array, targets: jax.Array,
     raise ValueError(f'label_smoothing={label_smoothing!r} must be in [0, 1)')
   if logits.shape[:-1] != targets.shape:
     raise ValueError(f'logits {logits.shape} and targets {targets.shape} disagree')
-  logits = logits.astype(jnp.float32)
   weights = (targets > 0 if weights is None else weights).astype(jnp.float32)
-  log_z = jax.nn.logsumexp(logits, axis=-1)                       # [B, L]
-  log_probs = logits - log_z[..., None]
-  soft, entropy = _smoothed_targets(targets, logits.shape[-1], label_smoothing)
-  ce = -jnp.sum(soft * log_probs, axis=-1) - entropy
-  z = z_loss * jnp.square(log_z)
+  ce, z = token_losses(logits.astype(jnp.float32), targets, float(z_loss),
+                       float(label_smoothing))
   weight_sum = jnp.sum(weights)
   denominator = jnp.maximum(weight_sum, 1e-8)                       # all-padding batch -> 0
   loss = jnp.sum((ce + z) * weights) / denominator
   return loss, jnp.sum(z * weights) / denominator, weight_sum
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def token_losses(logits: jax.Array, targets: jax.Array, z_loss: float,
+                 label_smoothing: float) -> tuple[jax.Array, jax.Array]:
+  """<float32>[B, L, V] logits, <int>[B, L] targets -> (ce_t, z_t), each <float32>[B, L].
+
+  Autodiff's values and gradients, written out (as t5x does): the gradient is one fused pass
+  over the logits, softmax * scale - smoothed one-hot, where autodiff of the plain formula
+  makes several and materialises the [B, L, V] soft targets in the forward.
+  """
+  return _token_losses_fwd(logits, targets, z_loss, label_smoothing)[0]
+
+
+def _token_losses_fwd(logits, targets, z_loss, label_smoothing):
+  vocab = logits.shape[-1]
+  confidence, low, entropy = _smoothing(vocab, label_smoothing)
+  log_z = jax.nn.logsumexp(logits, axis=-1)                         # [B, L]
+  # An id outside [0, V) has no target class (as jax.nn.one_hot): only the `low` mass.
+  in_vocab = ((targets >= 0) & (targets < vocab)).astype(jnp.float32)
+  safe_targets = jnp.clip(targets, 0, vocab - 1)[..., None]
+  target_logit = jnp.take_along_axis(logits, safe_targets, axis=-1)[..., 0] * in_vocab
+  target_mass = low * vocab + (confidence - low) * in_vocab        # sum_v q_t[v]
+  ce = target_mass * log_z - (confidence - low) * target_logit - entropy
+  if low:
+    ce = ce - low * jnp.sum(logits, axis=-1)
+  return (ce, z_loss * jnp.square(log_z)), (logits, log_z, targets)
+
+
+def _token_losses_bwd(z_loss, label_smoothing, residuals, cotangents):
+  logits, log_z, targets = residuals
+  d_ce, d_z = cotangents
+  vocab = logits.shape[-1]
+  confidence, low, _ = _smoothing(vocab, label_smoothing)
+  in_vocab = ((targets >= 0) & (targets < vocab)).astype(jnp.float32)
+  target_mass = low * vocab + (confidence - low) * in_vocab
+  probs = jnp.exp(logits - log_z[..., None])
+  soft = low + (confidence - low) * (
+      jnp.arange(vocab, dtype=targets.dtype) == targets[..., None]).astype(jnp.float32)
+  prob_scale = d_ce * target_mass + d_z * 2.0 * z_loss * log_z
+  return probs * prob_scale[..., None] - soft * d_ce[..., None], None
+
+
+token_losses.defvjp(_token_losses_fwd, _token_losses_bwd)
 
 
 @gin.configurable(denylist=['config', 'logits', 'batch', 'moe_metrics'])
