@@ -71,12 +71,16 @@ class Comparison:
 
 
 def compare(fns: Mapping[str, Callable[[], Any]], baseline: str, repeats: int = 5,
-            warmup: int = 1) -> Comparison:
+            warmup: int = 1, lead_in: int = 0) -> Comparison:
   """Times every candidate in `fns` round-robin and reports ratios to `fns[baseline]`.
 
   Each candidate is warmed up (compiled) first; then `repeats` rounds each call every candidate
   once, in an order rotated by one per round. Callers warm up and drop candidates that fail
   (e.g. out of memory) before calling this.
+
+  lead_in: untimed calls of a candidate right before each of its timed calls, so that it is
+  timed as in its own loop, step after step, rather than after the other candidates (case 5:
+  two frameworks whose ~2 s steps would otherwise sit between each other's, see hf_switch).
   """
   if baseline not in fns:
     raise ValueError(f'compare: baseline={baseline!r} is not one of {sorted(fns)}')
@@ -88,6 +92,8 @@ def compare(fns: Mapping[str, Callable[[], Any]], baseline: str, repeats: int = 
   for round_index in range(repeats):
     shift = round_index % len(names)
     for name in names[shift:] + names[:shift]:
+      for _ in range(lead_in):
+        block(fns[name]())
       samples[name].append(_timed_call(fns[name]))
   timings = {name: summarize(s) for name, s in samples.items()}
   base = samples[baseline]

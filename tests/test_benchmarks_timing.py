@@ -13,3 +13,11 @@ def test_compare_rotates_the_order_and_reports_per_round_ratios():
   for name in 'bc':
     ratio = comparison.ratios[name]
     assert ratio.min_s <= ratio.median_s <= ratio.max_s and ratio.repeats == 4
+
+
+def test_compare_lead_in_runs_each_candidate_right_before_its_timed_call():
+  calls = []
+  fns = {name: (lambda name=name: calls.append(name)) for name in 'ab'}
+  comparison = timing.compare(fns, baseline='a', repeats=2, warmup=0, lead_in=1)
+  assert calls == list('aabb' 'bbaa')
+  assert all(t.repeats == 2 for t in comparison.timings.values())
