@@ -10,7 +10,7 @@ import pytest
 from moe_flan.layers import (Embed, MlpBlock, MultiHeadAttention, RMSNorm,
                              RelativePositionBias, causal_mask, combine_masks,
                              relative_position_bucket, segment_mask)
-from moe_flan.layers.attention import add_shared_bias, sum_leading_axis
+from moe_flan.layers.attention import add_shared_bias, softmax, sum_leading_axis
 from moe_flan.layers.embedding import tied_logits
 from moe_flan.layers.masks import padding_mask
 
@@ -230,6 +230,18 @@ def test_add_shared_bias_gradients_match_broadcast_add(bias_shape):
   for g, w in zip(got_vjp(cot), want_vjp(cot)):
     assert g.shape == w.shape
     np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+
+
+def test_softmax_values_and_gradients_match_jax_nn_softmax():
+  """The VJP that keeps only the probabilities against autodiff of jax.nn.softmax, with a
+  masked (NEG_INF) entry as attention produces."""
+  rng = np.random.RandomState(6)
+  logits = jnp.asarray(rng.normal(size=(2, 3, 4, 5)).astype(np.float32) * 4).at[..., 1].set(-1e10)
+  cot = jnp.asarray(rng.normal(size=(2, 3, 4, 5)).astype(np.float32))
+  got, got_vjp = jax.vjp(softmax, logits)
+  want, want_vjp = jax.vjp(lambda x: jax.nn.softmax(x, axis=-1), logits)
+  np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+  np.testing.assert_allclose(got_vjp(cot)[0], want_vjp(cot)[0], rtol=1e-5, atol=1e-6)
 
 
 def test_masks_by_hand():
