@@ -232,6 +232,17 @@ def test_add_shared_bias_gradients_match_broadcast_add(bias_shape):
     np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize('platform, reduces', [('cpu', False), ('cuda', True), ('tpu', True)])
+def test_shared_bias_gradient_halves_only_on_cpu(platform, reduces):
+  """The halving adds are a CPU lowering; accelerators keep the reduction that a sharded
+  batch axis turns into a local sum plus one all-reduce."""
+  logits, bias = jnp.ones((4, 2, 3, 3)), jnp.ones((1, 2, 3, 3))
+  d_bias = jax.jit(lambda x, b, cot: jax.vjp(add_shared_bias, x, b)[1](cot)[1])
+  text = d_bias.trace(logits, bias, logits).lower(lowering_platforms=(platform,)).as_text()
+  assert ('stablehlo.reduce' in text) == reduces
+  assert ('stablehlo.slice' in text) != reduces
+
+
 def test_softmax_values_and_gradients_match_jax_nn_softmax():
   """The VJP that keeps only the probabilities against autodiff of jax.nn.softmax, with a
   masked (NEG_INF) entry as attention produces."""
