@@ -74,27 +74,26 @@ def _token_losses_fwd(logits, targets, z_loss, label_smoothing):
   vocab = logits.shape[-1]
   confidence, low, entropy = _smoothing(vocab, label_smoothing)
   log_z = jax.nn.logsumexp(logits, axis=-1)                         # [B, L]
-  # An id outside [0, V) has no target class (as jax.nn.one_hot): only the `low` mass.
+  # A masked sum rather than a gather: it stays a local sum plus an all-reduce when the vocab
+  # axis is sharded. An id outside [0, V) has no target class (as jax.nn.one_hot).
+  is_target = jnp.arange(vocab, dtype=targets.dtype) == targets[..., None]
+  target_logit = jnp.sum(jnp.where(is_target, logits, 0.0), axis=-1)
   in_vocab = ((targets >= 0) & (targets < vocab)).astype(jnp.float32)
-  safe_targets = jnp.clip(targets, 0, vocab - 1)[..., None]
-  target_logit = jnp.take_along_axis(logits, safe_targets, axis=-1)[..., 0] * in_vocab
   target_mass = low * vocab + (confidence - low) * in_vocab        # sum_v q_t[v]
   ce = target_mass * log_z - (confidence - low) * target_logit - entropy
   if low:
     ce = ce - low * jnp.sum(logits, axis=-1)
-  return (ce, z_loss * jnp.square(log_z)), (logits, log_z, targets)
+  return (ce, z_loss * jnp.square(log_z)), (logits, log_z, targets, target_mass)
 
 
 def _token_losses_bwd(z_loss, label_smoothing, residuals, cotangents):
-  logits, log_z, targets = residuals
+  logits, log_z, targets, target_mass = residuals
   d_ce, d_z = cotangents
   vocab = logits.shape[-1]
   confidence, low, _ = _smoothing(vocab, label_smoothing)
-  in_vocab = ((targets >= 0) & (targets < vocab)).astype(jnp.float32)
-  target_mass = low * vocab + (confidence - low) * in_vocab
   probs = jnp.exp(logits - log_z[..., None])
-  soft = low + (confidence - low) * (
-      jnp.arange(vocab, dtype=targets.dtype) == targets[..., None]).astype(jnp.float32)
+  is_target = jnp.arange(vocab, dtype=targets.dtype) == targets[..., None]
+  soft = low + (confidence - low) * is_target.astype(jnp.float32)
   prob_scale = d_ce * target_mass + d_z * 2.0 * z_loss * log_z
   return probs * prob_scale[..., None] - soft * d_ce[..., None], None
 
