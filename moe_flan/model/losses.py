@@ -74,11 +74,10 @@ def _token_losses_fwd(logits, targets, z_loss, label_smoothing):
   vocab = logits.shape[-1]
   confidence, low, entropy = _smoothing(vocab, label_smoothing)
   log_z = jax.nn.logsumexp(logits, axis=-1)                         # [B, L]
-  # A masked sum rather than a gather: it stays a local sum plus an all-reduce when the vocab
-  # axis is sharded. An id outside [0, V) has no target class (as jax.nn.one_hot).
-  is_target = jnp.arange(vocab, dtype=targets.dtype) == targets[..., None]
-  target_logit = jnp.sum(jnp.where(is_target, logits, 0.0), axis=-1)
+  # An id outside [0, V) has no target class (as jax.nn.one_hot): only the `low` mass.
   in_vocab = ((targets >= 0) & (targets < vocab)).astype(jnp.float32)
+  safe_targets = jnp.clip(targets, 0, vocab - 1)[..., None]
+  target_logit = jnp.take_along_axis(logits, safe_targets, axis=-1)[..., 0] * in_vocab
   target_mass = low * vocab + (confidence - low) * in_vocab        # sum_v q_t[v]
   ce = target_mass * log_z - (confidence - low) * target_logit - entropy
   if low:
