@@ -39,8 +39,8 @@ def cross_entropy_with_z_loss(logits: jax.Array, targets: jax.Array,
     logits: <float>[B, L, V] (cast to float32).
     targets: <int32>[B, L] target ids.
     weights: <float>[B, L] per-token weights; None = (targets > 0), i.e. padding ignored.
-    z_loss: coefficient of log(Z)^2.
-    label_smoothing: mass spread uniformly over the V-1 wrong classes.
+    z_loss: coefficient of log(Z)^2 (a Python number: static in the loss's VJP).
+    label_smoothing: mass spread uniformly over the V-1 wrong classes (a Python number).
   Returns:
     (loss, z_loss_term, weight_sum): loss = sum_t w_t (ce_t + z_t) / sum_t w_t,
     z_loss_term = sum_t w_t z_t / sum_t w_t, weight_sum = sum_t w_t; float32 scalars.
