@@ -57,8 +57,13 @@ def _split_microbatches(batch: Batch, n: int) -> Batch:
 
 def make_train_step(model: nn.Module, config: config_lib.T5Config,
                     tx: optax.GradientTransformation, schedule: Callable,
-                    frozen: Any, num_microbatches: int = 1) -> Callable:
-  """(state, batch) -> (state, metrics). `frozen` is the bool tree from freezing.frozen_mask."""
+                    frozen: Any, num_microbatches: int = 1, return_grads: bool = False
+                    ) -> Callable:
+  """(state, batch) -> (state, metrics). `frozen` is the bool tree from freezing.frozen_mask.
+
+  return_grads: the step returns ((state, metrics), grads) instead, grads shaped like the params
+  (zero where frozen), for `gradient_buffers.ReusedGradientBuffers`.
+  """
 
   def grads_and_metrics(params, batch, rng):
     grad_fn = jax.value_and_grad(
@@ -93,7 +98,7 @@ def make_train_step(model: nn.Module, config: config_lib.T5Config,
     metrics['grad_norm'] = optax.tree.norm(grads)
     metrics['learning_rate'] = jnp.asarray(schedule(state.step), jnp.float32)
     new = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
-    return new, metrics
+    return ((new, metrics), grads) if return_grads else (new, metrics)
 
   return step
 

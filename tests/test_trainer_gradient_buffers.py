@@ -1,0 +1,131 @@
+"""Gradient buffers kept across steps: the same numbers as fresh buffers, written in place.
+
+`ReusedGradientBuffers` must (1) return what the plain jitted function returns, (2) write each
+call's gradients into the previous call's buffers (same addresses, the old arrays donated), and
+(3) in the trainer, give the same run as fresh buffers on a sharded mesh, with gradients sharded
+like the params.
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from moe_flan.trainer import builder, checkpoints as ck, data as data_lib, gradient_buffers
+from moe_flan.trainer import optimizers
+
+pytestmark = pytest.mark.usefixtures('persistent_compilation_cache')
+
+
+def _loss_and_grads(w, x):
+  """(loss, grads) of a two-layer ReLU net; w = {'wi': [D, F], 'wo': [F, D]}, x [N, D]."""
+  def loss(w):
+    return jnp.mean(jnp.square(jax.nn.relu(x @ w['wi']) @ w['wo'] - x))
+  return jax.value_and_grad(loss)(w)
+
+
+def _inputs(seed):
+  r = np.random.RandomState(seed)
+  w = {'wi': r.randn(32, 64).astype(np.float32), 'wo': r.randn(64, 32).astype(np.float32)}
+  return w, r.randn(16, 32).astype(np.float32)
+
+
+def _pointers(tree):
+  return [s.data.unsafe_buffer_pointer() for leaf in jax.tree.leaves(tree)
+          for s in leaf.addressable_shards]
+
+
+def test_same_values_as_plain_jit_and_written_into_the_previous_buffers():
+  reused = gradient_buffers.ReusedGradientBuffers(_loss_and_grads)
+  plain = jax.jit(_loss_and_grads)
+  previous, previous_pointers = None, None
+  for seed in range(3):
+    w, x = _inputs(seed)
+    loss, grads = reused(w, x)
+    want_loss, want_grads = plain(w, x)
+    np.testing.assert_allclose(loss, want_loss, rtol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+                 grads, want_grads)
+    if previous is not None:
+      assert all(leaf.is_deleted() for leaf in jax.tree.leaves(previous))   # donated
+      assert _pointers(grads) == previous_pointers                         # same memory
+    previous, previous_pointers = grads, _pointers(grads)
+
+
+def test_gradients_alias_the_donated_buffers_in_the_compiled_step():
+  reused = gradient_buffers.ReusedGradientBuffers(_loss_and_grads)
+  w, x = _inputs(0)
+  stats = reused.lower(w, x).compile().memory_analysis()
+  assert stats.alias_size_in_bytes == (32 * 64 + 64 * 32) * 4
+
+
+def test_donate_argnums_donates_the_wrapped_functions_arguments():
+  reused = gradient_buffers.ReusedGradientBuffers(
+      lambda w, x: ((jax.tree.map(lambda a: a * 0.5, w), x.sum()), _loss_and_grads(w, x)[1]),
+      donate_argnums=(0,))
+  w, x = _inputs(0)
+  w = jax.device_put(w)
+  (halved, _), _ = reused(w, jnp.asarray(x))
+  assert all(leaf.is_deleted() for leaf in jax.tree.leaves(w))
+  np.testing.assert_allclose(halved['wi'], _inputs(0)[0]['wi'] * 0.5)
+
+
+def test_reuse_is_the_default_on_cpu_only(monkeypatch):
+  assert gradient_buffers.reuse_by_default() == (jax.default_backend() == 'cpu')
+  monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
+  assert not gradient_buffers.reuse_by_default()
+
+
+class _Recording(gradient_buffers.ReusedGradientBuffers):
+  """Remembers its instances, to read the trainer's gradient buffers."""
+  instances: list = []
+
+  def __init__(self, *args, **kwargs):
+    super().__init__(*args, **kwargs)
+    _Recording.instances.append(self)
+
+
+def _trainer_run(model_dir, reuse):
+  """3 steps of builder's train step on the default (8-device) mesh; (metrics, params, and per
+  step the addresses of the state's and the gradients' buffers, or None without kept buffers).
+
+  The addresses are compared as a set: the donated state and gradients have leaves of equal
+  shapes, and XLA may pair any donated input with any output of its shape.
+  """
+  from moe_flan import config as config_lib  # pylint: disable=g-import-not-at-top
+  moe = config_lib.MoeConfig(num_experts=4, num_selected_experts=2, expert_mlp_dim=16,
+                             group_size=64, encoder_sparse_layout='all',
+                             decoder_sparse_layout='all')
+  model = config_lib.T5Config(vocab_size=3072, emb_dim=16, num_heads=2, head_dim=8,
+                              num_encoder_layers=1, num_decoder_layers=1, mlp_dim=16, moe=moe)
+  data = data_lib.DataConfig('flan_embedded', {'inputs': 32, 'targets': 8}, batch_size=8)
+  setup = builder.build(model_dir, model, data,
+                        optimizers.OptimizerConfig(reuse_gradient_buffers=reuse),
+                        ck.CheckpointConfig(period=100), (), seed=0)
+  state, _ = setup.initial_state()
+  count = len(_Recording.instances)
+  step = setup.jit_train_step()
+  batches = setup.train_batches(0)
+  pointers = []
+  for _ in range(3):
+    state, metrics = step(state, setup.shard(next(batches)))
+    if len(_Recording.instances) > count:
+      grads = _Recording.instances[-1]._grads   # pylint: disable=protected-access
+      assert jax.tree.map(lambda g: g.sharding.spec, grads) == jax.tree.map(
+          lambda s: s.spec, setup.state_shardings.params)
+      pointers.append(sorted(_pointers(grads) + _pointers(state)))
+  setup.close()
+  return jax.device_get(metrics), jax.device_get(state.params), pointers or None
+
+
+def test_trainer_keeps_buffers_by_default_on_cpu_with_the_same_numbers(tmp_path, monkeypatch):
+  monkeypatch.setattr(gradient_buffers, 'ReusedGradientBuffers', _Recording)
+  _Recording.instances = []
+  m_kept, p_kept, pointers = _trainer_run(str(tmp_path / 'default'), None)
+  m_fresh, p_fresh, none = _trainer_run(str(tmp_path / 'off'), False)
+  if jax.default_backend() == 'cpu':
+    assert pointers is not None and pointers[0] == pointers[1] == pointers[2]
+  assert none is None and len(_Recording.instances) <= 1
+  for name in ('loss', 'grad_norm', 'accuracy'):
+    np.testing.assert_allclose(m_kept[name], m_fresh[name], rtol=1e-5, err_msg=name)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+               p_kept, p_fresh)
