@@ -7,7 +7,8 @@ The dense twin has d_ff = F * k for tokens-choose (each token runs k experts) an
 F * capacity_factor * k for experts-choose (every expert fills all its C = cf * k * T / E slots).
 "Forward + backward" is a VJP with a fixed random cotangent, giving gradients for the input and
 every parameter (router included), plus the layer's output: exactly what a train step needs
-from the layer (`forward_backward`). Returning only the gradients would let XLA drop the dense
+from the layer (`forward_backward`). Every candidate writes its gradients into the buffers of
+its previous call's gradients, as the trainer's step does on CPU (gradient_buffers). Returning only the gradients would let XLA drop the dense
 twin's second forward matmul (its output feeds nothing), while the MoE layer needs its experts'
 output for the gate gradients: 5 of the 6 counted matmuls against 6.
 
@@ -28,6 +29,7 @@ from benchmarks import targets
 from benchmarks import timing
 from moe_flan.config import MoeConfig
 from moe_flan.moe import MoeLayer
+from moe_flan.trainer import gradient_buffers
 
 CASE = 'moe_layer'
 DISPATCHES = ('einsum', 'scatter', 'segmented', 'dropless')
@@ -49,12 +51,17 @@ FULL = Shapes(tokens=4096, d_model=512, d_ff=2048, experts=(8, 32, 128), top_k=(
 QUICK = Shapes(tokens=256, d_model=32, d_ff=64, experts=(8,), top_k=(1,))   # CI: compile-bound
 
 
-def forward_backward(fn: Callable[..., jax.Array], cotangent: jax.Array) -> Callable:
-  """Jitted (*args) -> (fn(*args), gradients of <fn(*args), cotangent> for every arg)."""
+def forward_backward(fn: Callable[..., jax.Array],
+                     cotangent: jax.Array) -> gradient_buffers.ReusedGradientBuffers:
+  """Jitted (*args) -> (fn(*args), gradients of <fn(*args), cotangent> for every arg).
+
+  Each call writes its gradients into the previous call's gradient buffers, as the trainer does
+  on CPU (moe_flan/trainer/gradient_buffers.py); the output is a fresh buffer.
+  """
   def step(*args):
     y, vjp = jax.vjp(fn, *args)
     return y, vjp(cotangent)
-  return jax.jit(step)
+  return gradient_buffers.ReusedGradientBuffers(step)
 
 
 def dense_ffn_step(tokens: int, d_model: int, d_ff: int, dtype) -> Callable[[], jax.Array]:
