@@ -88,8 +88,8 @@ def _trainer_run(model_dir, reuse):
   """3 steps of builder's train step on the default (8-device) mesh; (metrics, params, and per
   step the addresses of the state's and the gradients' buffers, or None without kept buffers).
 
-  The addresses are compared as a set: the donated state and gradients have leaves of equal
-  shapes, and XLA may pair any donated input with any output of its shape.
+  The state and the gradients have leaves of equal shapes; each must keep its own buffers
+  (gradient_buffers: the order of the outputs).
   """
   from moe_flan import config as config_lib  # pylint: disable=g-import-not-at-top
   moe = config_lib.MoeConfig(num_experts=4, num_selected_experts=2, expert_mlp_dim=16,
@@ -112,7 +112,7 @@ def _trainer_run(model_dir, reuse):
       grads = _Recording.instances[-1]._grads   # pylint: disable=protected-access
       assert jax.tree.map(lambda g: g.sharding.spec, grads) == jax.tree.map(
           lambda s: s.spec, setup.state_shardings.params)
-      pointers.append(sorted(_pointers(grads) + _pointers(state)))
+      pointers.append((_pointers(grads), _pointers(state)))
   setup.close()
   return jax.device_get(metrics), jax.device_get(state.params), pointers or None
 

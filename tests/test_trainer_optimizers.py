@@ -53,6 +53,23 @@ def test_adafactor_step_matches_reference():
   np.testing.assert_allclose(updates['p'], expected, rtol=1e-4)
 
 
+def test_param_block_rms_scaling_matches_optax():
+  """Our one-pass version against optax's, including a param below the minimum scale."""
+  import optax  # pylint: disable=g-import-not-at-top
+  rs = np.random.RandomState(2)
+  params = {'big': jnp.asarray(rs.randn(3, 8, 5).astype(np.float32)),
+            'tiny': jnp.asarray(1e-5 * rs.randn(7).astype(np.float32)),
+            'zero': jnp.zeros((4, 4))}
+  updates = jax.tree.map(lambda p: jnp.asarray(rs.randn(*p.shape).astype(np.float32)), params)
+  ours, _ = opt.scale_by_param_block_rms(1e-3).update(updates, optax.EmptyState(), params)
+  want, _ = optax.scale_by_param_block_rms(1e-3).update(updates, optax.EmptyState(), params)
+  for name in params:
+    np.testing.assert_allclose(ours[name], want[name], rtol=1e-6, err_msg=name)
+  np.testing.assert_allclose(ours['tiny'], updates['tiny'] * 1e-3, rtol=1e-6)
+  with pytest.raises(ValueError, match='needs the params'):
+    opt.scale_by_param_block_rms().update(updates, optax.EmptyState())
+
+
 @pytest.mark.parametrize('name,step,expected', [
     ('constant', 7, 0.5),
     ('rsqrt', 4, 0.5 * np.sqrt(16) / np.sqrt(16)),     # inside warmup: constant base

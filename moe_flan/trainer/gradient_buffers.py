@@ -44,13 +44,18 @@ class ReusedGradientBuffers:
                donate_argnums: Sequence[int] = ()):
     def with_previous_grads(previous_grads, *args):
       del previous_grads   # donated: its buffers receive this call's gradients
-      return fn(*args)
+      result, grads = fn(*args)
+      # jit pairs each output, in order, with the first unused donated input of its shape. With
+      # the gradients first among both, they take the previous gradients' buffers and a
+      # donated state keeps its own. Paired with the old params instead, the new gradients
+      # would overwrite params that the backward pass still reads, and XLA would add copies.
+      return grads, result
 
     shardings = {}
     if in_shardings is not None:
       shardings['in_shardings'] = (grad_shardings,) + tuple(in_shardings)
     if out_shardings is not None:
-      shardings['out_shardings'] = (out_shardings, grad_shardings)
+      shardings['out_shardings'] = (grad_shardings, out_shardings)
     self._fn = fn
     self._grad_shardings = grad_shardings
     # keep_unused: jit would otherwise drop the unread argument, and with it the donation.
@@ -67,7 +72,7 @@ class ReusedGradientBuffers:
   def __call__(self, *args) -> tuple[Any, Any]:
     if self._grads is None:
       self._grads = self._zero_grads(args)
-    result, self._grads = self._jitted(self._grads, *args)
+    self._grads, result = self._jitted(self._grads, *args)
     return result, self._grads
 
   def lower(self, *args):

@@ -129,6 +129,28 @@ def scale_by_factored_rms(min_dim_size_to_factor: int = 128, decay_rate: float =
   return optax.GradientTransformation(init_fn, update_fn)
 
 
+def scale_by_param_block_rms(min_scale: float = 1e-3) -> optax.GradientTransformation:
+  """Scales each update by max(rms(param), min_scale): optax's `scale_by_param_block_rms`,
+  without the full-size temporary.
+
+  optax's version (`numerics.safe_root_mean_squares`) keeps its own gradient finite at rms 0 by
+  selecting a param-sized array of ones, then reducing again: on XLA:CPU that is a fresh
+  param-sized buffer and two more passes per parameter. Nothing differentiates through the
+  optimizer here, so one reduction gives the same values. Measured on the update of two
+  [128, 512, 2048]-float expert kernels: temp 2050 -> 1026 MiB, 0.84-0.90 -> 0.55 s.
+  """
+  def update_fn(updates, state, params=None):
+    if params is None:
+      raise ValueError('scale_by_param_block_rms: the update needs the params')
+
+    def scale(u, p):
+      rms = jnp.sqrt(jnp.mean(jnp.square(p)))
+      return u * jnp.where(rms <= min_scale, min_scale, rms).astype(u.dtype)
+    return jax.tree.map(scale, updates, params), state
+
+  return optax.GradientTransformation(optax.init_empty_state, update_fn)
+
+
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
@@ -166,7 +188,7 @@ def adafactor(learning_rate: optax.ScalarOrSchedule, cfg: OptimizerConfig
   if cfg.clipping_threshold and cfg.clipping_threshold > 0:
     parts.append(optax.clip_by_block_rms(cfg.clipping_threshold))
   if cfg.multiply_by_parameter_scale:
-    parts.append(optax.scale_by_param_block_rms(min_scale=1e-3))
+    parts.append(scale_by_param_block_rms(min_scale=1e-3))
   if cfg.weight_decay:
     parts.append(optax.add_decayed_weights(cfg.weight_decay))
   parts.append(optax.scale_by_learning_rate(learning_rate))
