@@ -10,7 +10,7 @@ HF in train mode with dropout and jitter 0, gradients for every parameter). Each
 keeps its gradients its own way: HF's step frees them (`zero_grad(set_to_none=True)`, PyTorch's
 default), and its per-expert gradients (4 MiB each) come back from memory the C heap kept;
 ours are written into the previous step's buffers, as our trainer does on CPU
-(moe_flan/trainer/gradient_buffers.py).
+(moe_flan/trainer/step_buffers.py).
 Ratios are ours / HF (below 1 = we are faster). Targets: <= 1 at E=8, <= 1/1.3 at E=128.
 
 Each timed call follows an untimed call of the same model (`LEAD_IN`): a training loop runs
@@ -33,7 +33,7 @@ import numpy as np
 from benchmarks import context as ctx_lib
 from benchmarks import dispatch_choice
 from benchmarks import timing
-from moe_flan.trainer import gradient_buffers
+from moe_flan.trainer import step_buffers
 
 CASE = 'hf_switch'
 TORCH_THREADS = 2
@@ -120,7 +120,7 @@ def our_steps(config, batch) -> tuple[Callable, Callable]:
     batch_ = {'decoder_target_tokens': tgt, 'decoder_loss_weights': jnp.ones_like(tgt, jnp.float32)}
     return compute_loss(config, logits, batch_, state['moe_metrics'])[0]
   # As the trainer on CPU: each step's gradients go into the previous step's buffers.
-  fb = gradient_buffers.ReusedGradientBuffers(jax.value_and_grad(loss_fn))
+  fb = step_buffers.ReusedGradientBuffers(jax.value_and_grad(loss_fn))
   return (lambda: fwd(params)), (lambda: fb(params))
 
 

@@ -8,9 +8,10 @@ F * capacity_factor * k for experts-choose (every expert fills all its C = cf * 
 "Forward + backward" is a VJP with a fixed random cotangent, giving gradients for the input and
 every parameter (router included), plus the layer's output: exactly what a train step needs
 from the layer (`forward_backward`). Every candidate writes its gradients into the buffers of
-its previous call's gradients, as the trainer's step does on CPU (gradient_buffers). Returning only the gradients would let XLA drop the dense
-twin's second forward matmul (its output feeds nothing), while the MoE layer needs its experts'
-output for the gate gradients: 5 of the 6 counted matmuls against 6.
+its previous call's gradients, as the trainer's step does on CPU (step_buffers). Returning only
+the gradients would let XLA drop the dense twin's second forward matmul (its output feeds
+nothing), while the MoE layer needs its experts' output for the gate gradients: 5 of the 6
+counted matmuls against 6.
 
 On CPU 'dropless' runs the package's grouped-matmul kernels (moe_flan/kernels), not
 `jax.lax.ragged_dot`, whose CPU fallback computes all E experts for every row.
@@ -29,7 +30,7 @@ from benchmarks import targets
 from benchmarks import timing
 from moe_flan.config import MoeConfig
 from moe_flan.moe import MoeLayer
-from moe_flan.trainer import gradient_buffers
+from moe_flan.trainer import step_buffers
 
 CASE = 'moe_layer'
 DISPATCHES = ('einsum', 'scatter', 'segmented', 'dropless')
@@ -52,16 +53,16 @@ QUICK = Shapes(tokens=256, d_model=32, d_ff=64, experts=(8,), top_k=(1,))   # CI
 
 
 def forward_backward(fn: Callable[..., jax.Array],
-                     cotangent: jax.Array) -> gradient_buffers.ReusedGradientBuffers:
+                     cotangent: jax.Array) -> step_buffers.ReusedGradientBuffers:
   """Jitted (*args) -> (fn(*args), gradients of <fn(*args), cotangent> for every arg).
 
   Each call writes its gradients into the previous call's gradient buffers, as the trainer does
-  on CPU (moe_flan/trainer/gradient_buffers.py); the output is a fresh buffer.
+  on CPU (moe_flan/trainer/step_buffers.py); the output is a fresh buffer.
   """
   def step(*args):
     y, vjp = jax.vjp(fn, *args)
     return y, vjp(cotangent)
-  return gradient_buffers.ReusedGradientBuffers(step)
+  return step_buffers.ReusedGradientBuffers(step)
 
 
 def dense_ffn_step(tokens: int, d_model: int, d_ff: int, dtype) -> Callable[[], jax.Array]:

@@ -91,12 +91,12 @@ def random_batch(w: Workload, seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def build_step(cfg: T5Config, batch: dict,
-               reuse_gradient_buffers: Optional[bool] = None) -> Callable[[], object]:
-  """A closure running one jitted train step (Adafactor, constant LR) on `batch`; the state is
-  donated and carried from call to call, as in the training loop, which also keeps its gradient
-  buffers from step to step on CPU (reuse_gradient_buffers None: the trainer's default)."""
+               reuse_step_buffers: Optional[bool] = None) -> Callable[[], object]:
+  """A closure running one jitted train step (Adafactor, constant LR) on `batch`, its state
+  carried from call to call through the trainer's `step_buffers.jit_train_step` (on CPU: state
+  double-buffered, gradients kept; reuse_step_buffers None: the trainer's default)."""
   from moe_flan.model import EncoderDecoder
-  from moe_flan.trainer import gradient_buffers, optimizers, train_state as ts
+  from moe_flan.trainer import optimizers, step_buffers, train_state as ts
   from moe_flan.trainer import train_step as step_lib
   model = EncoderDecoder(cfg)
   opt_cfg = optimizers.OptimizerConfig(
@@ -108,11 +108,10 @@ def build_step(cfg: T5Config, batch: dict,
   init = ts.init_params_fn(model, lengths)
   state = jax.jit(lambda r: ts.new_state(init(r), tx, r))(jax.random.PRNGKey(0))
   frozen = jax.tree.map(lambda _: False, state.params)
-  # As the trainer does: state donated, gradient buffers kept across steps on CPU.
-  step = gradient_buffers.jit_train_step(
+  step = step_buffers.jit_train_step(
       lambda return_grads: step_lib.make_train_step(model, cfg, tx, schedule, frozen,
                                                     return_grads=return_grads),
-      reuse_gradient_buffers)
+      reuse_step_buffers)
   device_batch = jax.device_put(batch)
   holder = {'state': state}
 

@@ -50,7 +50,8 @@ def _global_batches(np):
 
 
 def _setup(devices, dispatch: str):
-  """The tiny sparse model, its SGD step and a (1, 4, 1) mesh's state shardings."""
+  """The tiny sparse model, a (1, 4, 1) mesh's partitioner and state shardings, the state's
+  init function and make_step(return_grads) -> its unjitted SGD step."""
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
@@ -83,8 +84,9 @@ def _setup(devices, dispatch: str):
     return ts.new_state(values, tx, rng)
 
   frozen = jax.tree.map(lambda _: False, nn.meta.unbox(boxed))
-  step = step_lib.make_train_step(model, config, tx, lambda s: 0.5, frozen)
-  return partitioner, shardings, fresh, step
+  make_step = lambda return_grads: step_lib.make_train_step(model, config, tx, lambda s: 0.5,
+                                                            frozen, return_grads=return_grads)
+  return partitioner, shardings, fresh, make_step
 
 
 def run(devices=None, dispatch: str = 'expert_parallel', model_dir=None):
@@ -99,7 +101,8 @@ def run(devices=None, dispatch: str = 'expert_parallel', model_dir=None):
   from moe_flan.trainer import checkpoints  # pylint: disable=g-import-not-at-top
   from moe_flan.trainer import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
 
-  partitioner, shardings, fresh, step = _setup(devices, dispatch)
+  from moe_flan.trainer import step_buffers  # pylint: disable=g-import-not-at-top
+  partitioner, shardings, fresh, make_step = _setup(devices, dispatch)
   repl = partitioner.replicated
   shard_id, num_shards = partitioner.data_shard_info()
   rows = B // num_shards
@@ -108,8 +111,10 @@ def run(devices=None, dispatch: str = 'expert_parallel', model_dir=None):
   losses = []
   with partitioner.activate():
     state = jax.jit(fresh, out_shardings=shardings)(jax.random.PRNGKey(0))
-    jitted = jax.jit(step, in_shardings=(shardings, partitioner.data_sharding),
-                     out_shardings=(shardings, repl))
+    # The trainer's step: on CPU, state double-buffered and gradients kept across steps.
+    jitted = step_buffers.jit_train_step(make_step, None,
+                                         (shardings, partitioner.data_sharding),
+                                         (shardings, repl), shardings.params)
     for batch in _global_batches(np):
       local = {k: v[shard_id * rows:(shard_id + 1) * rows] for k, v in batch.items()}
       state, metrics = jitted(state, partitioner.shard_batch(local))

@@ -20,7 +20,7 @@ from moe_flan import config as config_lib
 from moe_flan.trainer import checkpoints as ckpt_lib
 from moe_flan.trainer import data as data_lib
 from moe_flan.trainer import freezing
-from moe_flan.trainer import gradient_buffers
+from moe_flan.trainer import step_buffers
 from moe_flan.trainer import nan_guard
 from moe_flan.trainer import optimizers
 from moe_flan.trainer import train_state as ts
@@ -112,12 +112,13 @@ class TrainSetup:
 
   # ---- steps ------------------------------------------------------------------------------------
   def jit_train_step(self) -> Callable:
-    """(state, batch) -> (state, metrics), jitted; the state is donated."""
-    jitted = gradient_buffers.jit_train_step(
+    """(state, batch) -> (state, metrics), jitted (step_buffers.jit_train_step: on CPU the
+    state passed to one call is donated by the next)."""
+    jitted = step_buffers.jit_train_step(
         lambda return_grads: step_lib.make_train_step(
             self.model, self.model_config, self.tx, self.schedule, self.frozen,
             self.optimizer.num_microbatches, return_grads=return_grads),
-        self.optimizer.reuse_gradient_buffers,
+        self.optimizer.reuse_step_buffers,
         in_shardings=(self.state_shardings, self.partitioner.data_sharding),
         out_shardings=(self.state_shardings, self.partitioner.replicated),
         grad_shardings=self.state_shardings.params)

@@ -170,9 +170,9 @@ class OptimizerConfig:
   eps: float = 1e-8
   # Gradient accumulation: each batch is split into this many microbatches.
   num_microbatches: int = 1
-  # Write each step's gradients into the previous step's buffers (gradient_buffers); None: on
-  # the CPU backend only.
-  reuse_gradient_buffers: Optional[bool] = None
+  # Write each step's new state and gradients into buffers kept from earlier steps
+  # (step_buffers); None: on the CPU backend only.
+  reuse_step_buffers: Optional[bool] = None
 
   def __post_init__(self):
     if self.name not in OPTIMIZERS:

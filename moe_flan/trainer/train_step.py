@@ -62,7 +62,7 @@ def make_train_step(model: nn.Module, config: config_lib.T5Config,
   """(state, batch) -> (state, metrics). `frozen` is the bool tree from freezing.frozen_mask.
 
   return_grads: the step returns ((state, metrics), grads) instead, grads shaped like the params
-  (zero where frozen), for `gradient_buffers.ReusedGradientBuffers`.
+  (zero where frozen), for `step_buffers.jit_train_step`.
   """
 
   def grads_and_metrics(params, batch, rng):

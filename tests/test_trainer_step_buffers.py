@@ -1,17 +1,17 @@
-"""Gradient buffers kept across steps: the same numbers as fresh buffers, written in place.
+"""Step buffers kept across steps: the same numbers as fresh buffers, written in place.
 
-`ReusedGradientBuffers` must (1) return what the plain jitted function returns, (2) write each
-call's gradients into the previous call's buffers (same addresses, the old arrays donated), and
-(3) in the trainer, give the same run as fresh buffers on a sharded mesh, with gradients sharded
-like the params.
+`ReusedGradientBuffers` must (1) return what the plain jitted function returns and (2) write each
+call's gradients into the previous call's buffers (same addresses, the old arrays donated). The
+trainer's `jit_train_step` must (3) give the same run as a donated state on a sharded mesh, with
+the new state in the buffers of the state before last and gradients sharded like the params.
 """
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from moe_flan.trainer import builder, checkpoints as ck, data as data_lib, gradient_buffers
-from moe_flan.trainer import optimizers
+from moe_flan.trainer import builder, checkpoints as ck, data as data_lib, optimizers
+from moe_flan.trainer import step_buffers
 
 pytestmark = pytest.mark.usefixtures('persistent_compilation_cache')
 
@@ -35,7 +35,7 @@ def _pointers(tree):
 
 
 def test_same_values_as_plain_jit_and_written_into_the_previous_buffers():
-  reused = gradient_buffers.ReusedGradientBuffers(_loss_and_grads)
+  reused = step_buffers.ReusedGradientBuffers(_loss_and_grads)
   plain = jax.jit(_loss_and_grads)
   previous, previous_pointers = None, None
   for seed in range(3):
@@ -52,14 +52,14 @@ def test_same_values_as_plain_jit_and_written_into_the_previous_buffers():
 
 
 def test_gradients_alias_the_donated_buffers_in_the_compiled_step():
-  reused = gradient_buffers.ReusedGradientBuffers(_loss_and_grads)
+  reused = step_buffers.ReusedGradientBuffers(_loss_and_grads)
   w, x = _inputs(0)
   stats = reused.lower(w, x).compile().memory_analysis()
   assert stats.alias_size_in_bytes == (32 * 64 + 64 * 32) * 4
 
 
 def test_donate_argnums_donates_the_wrapped_functions_arguments():
-  reused = gradient_buffers.ReusedGradientBuffers(
+  reused = step_buffers.ReusedGradientBuffers(
       lambda w, x: ((jax.tree.map(lambda a: a * 0.5, w), x.sum()), _loss_and_grads(w, x)[1]),
       donate_argnums=(0,))
   w, x = _inputs(0)
@@ -70,12 +70,12 @@ def test_donate_argnums_donates_the_wrapped_functions_arguments():
 
 
 def test_reuse_is_the_default_on_cpu_only(monkeypatch):
-  assert gradient_buffers.reuse_by_default() == (jax.default_backend() == 'cpu')
+  assert step_buffers.reuse_by_default() == (jax.default_backend() == 'cpu')
   monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
-  assert not gradient_buffers.reuse_by_default()
+  assert not step_buffers.reuse_by_default()
 
 
-class _Recording(gradient_buffers.ReusedGradientBuffers):
+class _Recording(step_buffers.ReusedGradientBuffers):
   """Remembers its instances, to read the trainer's gradient buffers."""
   instances: list = []
 
@@ -85,11 +85,10 @@ class _Recording(gradient_buffers.ReusedGradientBuffers):
 
 
 def _trainer_run(model_dir, reuse):
-  """3 steps of builder's train step on the default (8-device) mesh; (metrics, params, and per
-  step the addresses of the state's and the gradients' buffers, or None without kept buffers).
+  """3 steps of builder's train step on the default (8-device) mesh.
 
-  The state and the gradients have leaves of equal shapes; each must keep its own buffers
-  (gradient_buffers: the order of the outputs).
+  Returns (metrics, params, and with kept buffers a list per step of (state, the addresses of
+  the gradients' and of the new state's buffers); else None).
   """
   from moe_flan import config as config_lib  # pylint: disable=g-import-not-at-top
   moe = config_lib.MoeConfig(num_experts=4, num_selected_experts=2, expert_mlp_dim=16,
@@ -99,32 +98,40 @@ def _trainer_run(model_dir, reuse):
                               num_encoder_layers=1, num_decoder_layers=1, mlp_dim=16, moe=moe)
   data = data_lib.DataConfig('flan_embedded', {'inputs': 32, 'targets': 8}, batch_size=8)
   setup = builder.build(model_dir, model, data,
-                        optimizers.OptimizerConfig(reuse_gradient_buffers=reuse),
+                        optimizers.OptimizerConfig(reuse_step_buffers=reuse),
                         ck.CheckpointConfig(period=100), (), seed=0)
   state, _ = setup.initial_state()
   count = len(_Recording.instances)
   step = setup.jit_train_step()
   batches = setup.train_batches(0)
-  pointers = []
+  history = []
   for _ in range(3):
     state, metrics = step(state, setup.shard(next(batches)))
     if len(_Recording.instances) > count:
       grads = _Recording.instances[-1]._grads   # pylint: disable=protected-access
-      assert jax.tree.map(lambda g: g.sharding.spec, grads) == jax.tree.map(
-          lambda s: s.spec, setup.state_shardings.params)
-      pointers.append((_pointers(grads), _pointers(state)))
+      assert jax.tree.map(lambda g: g.sharding, grads) == setup.state_shardings.params
+      assert jax.tree.map(lambda a: a.sharding, state) == setup.state_shardings
+      history.append((state, _pointers(grads), _pointers(state)))
   setup.close()
-  return jax.device_get(metrics), jax.device_get(state.params), pointers or None
+  return jax.device_get(metrics), jax.device_get(state.params), history or None
 
 
-def test_trainer_keeps_buffers_by_default_on_cpu_with_the_same_numbers(tmp_path, monkeypatch):
-  monkeypatch.setattr(gradient_buffers, 'ReusedGradientBuffers', _Recording)
+def _deleted(tree):
+  return all(leaf.is_deleted() for leaf in jax.tree.leaves(tree))
+
+
+def test_trainer_keeps_step_buffers_by_default_on_cpu_with_the_same_numbers(tmp_path,
+                                                                            monkeypatch):
+  monkeypatch.setattr(step_buffers, 'ReusedGradientBuffers', _Recording)
   _Recording.instances = []
-  m_kept, p_kept, pointers = _trainer_run(str(tmp_path / 'default'), None)
+  m_kept, p_kept, history = _trainer_run(str(tmp_path / 'default'), None)
   m_fresh, p_fresh, none = _trainer_run(str(tmp_path / 'off'), False)
-  if jax.default_backend() == 'cpu':
-    assert pointers is not None and pointers[0] == pointers[1] == pointers[2]
   assert none is None and len(_Recording.instances) <= 1
+  if jax.default_backend() == 'cpu':
+    (s1, g1, p1), (s2, g2, p2), (s3, g3, p3) = history
+    assert g1 == g2 == g3                    # gradients: the same buffers every step
+    assert p3 == p1 and p2 != p1             # state n+1 in the buffers of state n-1
+    assert _deleted(s1) and not _deleted(s2) and not _deleted(s3)
   for name in ('loss', 'grad_norm', 'accuracy'):
     np.testing.assert_allclose(m_kept[name], m_fresh[name], rtol=1e-5, err_msg=name)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
