@@ -16,7 +16,8 @@ import traceback
 from benchmarks import heap as heap_lib
 
 SUITES = {
-    'cpu': ('moe_layer', 'train_step', 'input_pipeline', 'memory', 'hf_switch', 'grouped_matmul'),
+    'cpu': ('moe_layer', 'train_step', 'input_pipeline', 'memory', 'hf_switch', 'grouped_matmul',
+            'step_buffers'),
     'gpu': ('train_step', 'moe_layer', 'memory'),
 }
 _PEAK_SIZE = {('cpu', False): 2048, ('cpu', True): 256, ('gpu', False): 8192, ('gpu', True): 1024}

@@ -12,6 +12,7 @@ EXPECTED = {
     'memory': {'train_step'},
     'hf_switch': {'moe_flan', 'hf_torch'},
     'grouped_matmul': {'dense', 'kernel', 'kernel_routed', 'xla_batched'},
+    'step_buffers': {'kept step buffers', 'donated state'},
 }
 
 

@@ -15,9 +15,9 @@ E=128, d_model 512, d_ff 2048 hold 1 GiB, and so do their gradients. Two things 
   reads the old values after some updates could run); the Adafactor update adds param-sized
   temporaries of its own. Reading one buffer and writing another needs neither.
 
-Measured on a 2-core VM (BENCHMARKS.md), the HF-Switch-config model (d_model 512, 2+2 blocks, 4 x
-256 tokens) at E=128: train step 2.97 s (state donated) -> 2.47 s (gradients kept) -> 1.86 s (and
-the state double-buffered); compiled temporaries ~2.4 GB -> 186 MiB.
+Measured on a 2-core VM (BENCHMARKS.md, case 7), kept buffers / donated state: 0.90x for the
+base-like MoE step, 0.71x for the HF-Switch-config model at E=128 (d_model 512, 2+2 blocks,
+4 x 256 tokens; compiled temporaries 2.45 GB -> 186 MiB).
 
 The cost: two train states and a set of gradients stay allocated between steps, where a donated
 state and per-step temporaries used one state plus peaks of up to two more during the step.
