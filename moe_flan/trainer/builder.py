@@ -20,9 +20,9 @@ from moe_flan import config as config_lib
 from moe_flan.trainer import checkpoints as ckpt_lib
 from moe_flan.trainer import data as data_lib
 from moe_flan.trainer import freezing
-from moe_flan.trainer import step_buffers
 from moe_flan.trainer import nan_guard
 from moe_flan.trainer import optimizers
+from moe_flan.trainer import step_buffers
 from moe_flan.trainer import train_state as ts
 from moe_flan.trainer import train_step as step_lib
 
