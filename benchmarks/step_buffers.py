@@ -53,7 +53,7 @@ def measure(ctx: ctx_lib.Context, w: train_step_lib.Workload) -> list[dict]:
   ctx.log(f'{w.name}: kept step buffers / donated state {ratio.median_s:.2f} '
           f'[{ratio.min_s:.2f}-{ratio.max_s:.2f}]')
   params = {'batch': w.batch, 'inputs_len': w.inputs_len, 'targets_len': w.targets_len,
-            'num_experts': cfg.moe.num_experts if cfg.moe else 0, 'dispatch': cfg.moe.dispatch,
+            'num_experts': cfg.moe.num_experts, 'dispatch': cfg.moe.dispatch,
             'lead_in': LEAD_IN}
   return ctx_lib.comparison_records(CASE, w.name, comparison, params)
 

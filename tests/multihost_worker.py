@@ -100,8 +100,8 @@ def run(devices=None, dispatch: str = 'expert_parallel', model_dir=None):
   import numpy as np  # pylint: disable=g-import-not-at-top
   from moe_flan.trainer import checkpoints  # pylint: disable=g-import-not-at-top
   from moe_flan.trainer import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
-
   from moe_flan.trainer import step_buffers  # pylint: disable=g-import-not-at-top
+
   partitioner, shardings, fresh, make_step = _setup(devices, dispatch)
   repl = partitioner.replicated
   shard_id, num_shards = partitioner.data_shard_info()

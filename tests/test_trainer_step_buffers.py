@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from moe_flan.trainer import builder, checkpoints as ck, data as data_lib, optimizers
-from moe_flan.trainer import step_buffers
+from moe_flan.trainer import builder, checkpoints as ck, optimizers, step_buffers
+from test_trainer_loop import DATA, tiny_model   # the trainer tests' tiny FLAN-MoE and data
 
 pytestmark = pytest.mark.usefixtures('persistent_compilation_cache')
 
@@ -90,14 +90,7 @@ def _trainer_run(model_dir, reuse):
   Returns (metrics, params, and with kept buffers a list per step of (state, the addresses of
   the gradients' and of the new state's buffers); else None).
   """
-  from moe_flan import config as config_lib  # pylint: disable=g-import-not-at-top
-  moe = config_lib.MoeConfig(num_experts=4, num_selected_experts=2, expert_mlp_dim=16,
-                             group_size=64, encoder_sparse_layout='all',
-                             decoder_sparse_layout='all')
-  model = config_lib.T5Config(vocab_size=3072, emb_dim=16, num_heads=2, head_dim=8,
-                              num_encoder_layers=1, num_decoder_layers=1, mlp_dim=16, moe=moe)
-  data = data_lib.DataConfig('flan_embedded', {'inputs': 32, 'targets': 8}, batch_size=8)
-  setup = builder.build(model_dir, model, data,
+  setup = builder.build(model_dir, tiny_model(), DATA,
                         optimizers.OptimizerConfig(reuse_step_buffers=reuse),
                         ck.CheckpointConfig(period=100), (), seed=0)
   state, _ = setup.initial_state()
