@@ -71,6 +71,15 @@ def hf_config(s: SwitchShape, num_experts: int):
       decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
 
 
+def our_config(hf_cfg, s: SwitchShape):
+  """Our T5Config of the HF config `hf_cfg` (routing per sequence of s.length, dropout 0) with
+  the fastest CPU dispatcher."""
+  from moe_flan.convert import hf_switch   # pylint: disable=g-import-not-at-top
+  cfg = hf_switch.config_from_hf(hf_cfg.to_dict(), group_size=s.length)
+  return dispatch_choice.model_with_dispatch(dataclasses.replace(cfg, dropout_rate=0.0),
+                                             dispatch_choice.CPU_DISPATCH)
+
+
 def _batch(s: SwitchShape) -> dict[str, np.ndarray]:
   rng = np.random.default_rng(0)
   tok = lambda: rng.integers(2, s.vocab, (s.batch, s.length)).astype(np.int64)
@@ -125,14 +134,11 @@ def our_steps(config, batch) -> tuple[Callable, Callable]:
 
 
 def run(ctx: ctx_lib.Context) -> list[dict]:
-  from moe_flan.convert import hf_switch
   shape = QUICK if ctx.quick else FULL
   rows = []
   for e in shape.experts:
     hf_cfg = hf_config(shape, e)
-    ours_cfg = hf_switch.config_from_hf(hf_cfg.to_dict(), group_size=shape.length)
-    ours_cfg = dispatch_choice.model_with_dispatch(
-        dataclasses.replace(ours_cfg, dropout_rate=0.0), dispatch_choice.CPU_DISPATCH)
+    ours_cfg = our_config(hf_cfg, shape)
     batch = _batch(shape)
     hf_fwd, hf_fb = hf_steps(hf_cfg, batch)
     our_fwd, our_fb = our_steps(ours_cfg, batch)

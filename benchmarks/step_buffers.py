@@ -12,8 +12,6 @@ d_ff 2048, 2+2 blocks, 4 x (256 -> 256), ~2.2 GB of params), where the expert ke
 """
 from __future__ import annotations
 
-import dataclasses
-
 from benchmarks import context as ctx_lib
 from benchmarks import dispatch_choice
 from benchmarks import timing
@@ -26,12 +24,9 @@ LEAD_IN = 1
 def switch_config_workload(num_experts: int) -> train_step_lib.Workload:
   """Case 5's HF Switch config (routing per sequence of 256) as a train-step workload."""
   from benchmarks import hf_switch   # pylint: disable=g-import-not-at-top
-  from moe_flan.convert import hf_switch as convert   # pylint: disable=g-import-not-at-top
   shape = hf_switch.FULL
-  cfg = convert.config_from_hf(hf_switch.hf_config(shape, num_experts).to_dict(),
-                               group_size=shape.length)
-  return train_step_lib.Workload(f'switch-config E={num_experts}',
-                                 dataclasses.replace(cfg, dropout_rate=0.0), shape.batch,
+  cfg = hf_switch.our_config(hf_switch.hf_config(shape, num_experts), shape)
+  return train_step_lib.Workload(f'switch-config E={num_experts}', cfg, shape.batch,
                                  shape.length, shape.length)
 
 
