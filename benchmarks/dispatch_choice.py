@@ -9,16 +9,21 @@ from moe_flan.moe import dispatch as dispatch_lib
 # The dispatcher the CPU train-step benchmarks use: capacity semantics (like HF Switch) on the
 # grouped-matmul kernels; with 'dropless' the fastest on CPU (see BENCHMARKS.md).
 CPU_DISPATCH = 'segmented'
-# On accelerators grouped_matmul is jax.lax.ragged_dot, a real grouped matmul there.
-GPU_DISPATCH = 'dropless'
+# On NVIDIA GPUs XLA expands jax.lax.ragged_dot (the grouped matmul of 'dropless' and
+# 'segmented' by default) into a dense dot over all experts, so the GPU default is the capacity
+# path whose experts run as one batched matmul per weight. The GPU suite also measures
+# 'dropless' on JAX's Hopper kernels (MoeConfig.grouped_matmul = 'mosaic_gpu').
+GPU_DISPATCH = 'scatter'
 
 
 def with_dispatch(moe: config_lib.MoeConfig, dispatch: str) -> config_lib.MoeConfig:
-  """A copy of `moe` that dispatches with the registered dispatcher `dispatch`."""
+  """A copy of `moe` that dispatches with the registered dispatcher `dispatch`; 'NAME mosaic_gpu'
+  also sets MoeConfig.grouped_matmul = 'mosaic_gpu'."""
+  dispatch, _, grouped_matmul = dispatch.partition(' ')
   if dispatch not in dispatch_lib.DISPATCHERS:
     raise ValueError(f'with_dispatch: dispatch={dispatch!r} is not registered; known: '
                      f'{sorted(dispatch_lib.DISPATCHERS)}')
-  return dataclasses.replace(moe, dispatch=dispatch)
+  return dataclasses.replace(moe, dispatch=dispatch, grouped_matmul=grouped_matmul or 'auto')
 
 
 def model_with_dispatch(model: config_lib.T5Config, dispatch: str) -> config_lib.T5Config:

@@ -14,7 +14,9 @@ nothing), while the MoE layer needs its experts' output for the gate gradients: 
 counted matmuls against 6.
 
 On CPU 'dropless' runs the package's grouped-matmul kernels (moe_flan/kernels), not
-`jax.lax.ragged_dot`, whose CPU fallback computes all E experts for every row.
+`jax.lax.ragged_dot`, whose CPU fallback computes all E experts for every row. On GPU it is
+ragged_dot, which XLA expands the same way on NVIDIA chips; the GPU suite adds
+'dropless mosaic_gpu', the same dispatch on JAX's Hopper grouped-matmul kernels.
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ from moe_flan.trainer import step_buffers
 CASE = 'moe_layer'
 DISPATCHES = ('einsum', 'scatter', 'segmented', 'dropless')
 EC_DISPATCHES = ('einsum', 'scatter', 'segmented')
+GPU_DISPATCHES = ('dropless mosaic_gpu',)   # added on the GPU suite (dispatch_choice)
 MATMUL_FLOOR = targets.MATMUL_FLOOR   # not a dispatcher: see expert_matmuls_step
 
 
@@ -193,7 +196,8 @@ def run(ctx: ctx_lib.Context) -> list[dict]:
                        else shapes.tokens * k // e)
         candidates[MATMUL_FLOOR] = (lambda e=e, r=expert_rows: expert_matmuls_step(
             shapes.tokens, shapes.d_model, shapes.d_ff, e, r, dtype))
-        for dispatch in (EC_DISPATCHES if ec else DISPATCHES):
+        extra = GPU_DISPATCHES if ctx.suite == 'gpu' and not ec else ()
+        for dispatch in (EC_DISPATCHES if ec else DISPATCHES + extra):
           candidates[dispatch] = (lambda d=dispatch, e=e, k=k, r=router_type:
                                   moe_layer_step(shapes, e, k, r, d, dtype))
         flops = 6.0 * shapes.tokens * shapes.d_model * dense_ff * 2   # fwd+bwd of both matmuls

@@ -74,8 +74,11 @@ def _metric(records, case, name, variant, key) -> Optional[float]:
 def evaluate(suite: str, records: list[dict]) -> list[dict]:
   """Target rows {'name', 'target', 'value', 'met'}; met is None when not measured."""
   if suite == 'gpu':
-    mfu = _metric(records, 'train_step', 'switch-base-like', 'train_step', 'mfu_vs_peak')
-    return [_target('GPU train step MFU (Switch-base-like, bf16)', '>= 0.50', mfu,
+    mfus = [m for m in (_metric(records, 'train_step', name, 'train_step', 'mfu_vs_peak')
+                        for name in ('switch-base-like', 'switch-base-like dropless'))
+            if m is not None]
+    mfu = max(mfus, default=None)
+    return [_target('GPU train step MFU (Switch-base-like, bf16; best dispatch)', '>= 0.50', mfu,
                     mfu is not None and mfu >= 0.5)]
   out = _moe_targets(records)
   mfu = _metric(records, 'train_step', 'base-like', 'train_step', 'mfu_vs_peak')

@@ -10,8 +10,10 @@ Models:
   base-like        Switch-base-like: d_model 768, 12 heads, gated-GELU d_ff 2048, 2+2 blocks,
                    one sparse block per stack (8 experts, top-1) -- base width, few layers
   base-like dense  its dense twin (T5.1.1-base width, 2+2 blocks)
-  (gpu suite) switch-base-like: the same at bf16 with 128 experts, 4+4 blocks, batch 32 x 512
-MoE models use the fastest dispatcher of the suite (dispatch_choice.CPU_DISPATCH on CPU).
+  (gpu suite) switch-base-like: the same at bf16 with 128 experts, 4+4 blocks, batch 32 x 512,
+                   twice: with the suite's dispatcher and with 'dropless' on JAX's Hopper
+                   grouped-matmul kernels ('switch-base-like dropless')
+MoE models use the suite's dispatcher unless the workload names one (dispatch_choice).
 """
 from __future__ import annotations
 
@@ -43,6 +45,7 @@ class Workload:
   batch: int
   inputs_len: int
   targets_len: int
+  dispatch: Optional[str] = None      # None: the suite's (dispatch_choice)
 
 
 def gin_model(path: str) -> T5Config:
@@ -72,7 +75,9 @@ def workloads(suite: str, quick: bool) -> list[Workload]:
                     moe=MoeConfig(num_experts=4, num_selected_experts=2, expert_mlp_dim=64))
     return [Workload('quickstart', tiny, 4, 32, 8)]
   if suite == 'gpu':
-    return [Workload('switch-base-like', base_like(128, 4, 'bfloat16'), 32, 512, 128),
+    switch = base_like(128, 4, 'bfloat16')
+    return [Workload('switch-base-like', switch, 32, 512, 128),
+            Workload('switch-base-like dropless', switch, 32, 512, 128, 'dropless mosaic_gpu'),
             Workload('base-like dense', base_like(None, 4, 'bfloat16'), 32, 512, 128)]
   return [Workload('quickstart', gin_model('gin/models/flan_moe_tiny.gin'), 16, 128, 32),
           Workload('base-like', base_like(8, 2), 4, 256, 64),
@@ -122,7 +127,7 @@ def build_step(cfg: T5Config, batch: dict,
 
 
 def measure(ctx: ctx_lib.Context, w: Workload, dispatch: str) -> dict:
-  cfg = dispatch_choice.model_with_dispatch(w.config, dispatch)
+  cfg = dispatch_choice.model_with_dispatch(w.config, w.dispatch or dispatch)
   step = build_step(cfg, random_batch(w))
   timing.block(step())                                            # compile
   mm_fn, mm_flops = peak_lib.matmul_fn(int(ctx.peak['size']), ctx.dtype)
@@ -143,7 +148,8 @@ def measure(ctx: ctx_lib.Context, w: Workload, dispatch: str) -> dict:
   params = {'batch': w.batch, 'inputs_len': w.inputs_len, 'targets_len': w.targets_len,
             'emb_dim': cfg.emb_dim, 'layers': cfg.num_encoder_layers, 'dtype': cfg.dtype,
             'num_experts': cfg.moe.num_experts if cfg.moe else 0,
-            'dispatch': cfg.moe.dispatch if cfg.moe else None}
+            'dispatch': cfg.moe.dispatch if cfg.moe else None,
+            'grouped_matmul': cfg.moe.grouped_matmul if cfg.moe else None}
   ctx.log(f'{w.name}: {metrics["tokens_per_s"]:.0f} tokens/s, MFU {mfu:.1%} of the matmul rate')
   return ctx_lib.record(CASE, w.name, 'train_step', time=t, baseline='matmul',
                         ratio=comparison.ratios['train_step'], metrics=metrics, params=params)

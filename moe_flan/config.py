@@ -12,6 +12,8 @@ import gin
 
 ROUTER_TYPES = ('tokens_choose', 'experts_choose', 'hf_switch')
 DISPATCH_TYPES = ('einsum', 'scatter', 'segmented', 'dropless', 'expert_parallel')
+# How 'dropless' and 'segmented' run their grouped matmuls (moe_flan/kernels/grouped_matmul.py).
+GROUPED_MATMULS = ('auto', 'ragged_dot', 'mosaic_gpu')
 SPARSE_LAYOUTS = ('every', 'hf_every', 'top', 'bottom', 'all', 'none')
 # Dispatch paths that drop tokens beyond an expert's capacity.
 CAPACITY_DISPATCHES = ('einsum', 'scatter', 'segmented', 'expert_parallel')
@@ -33,6 +35,7 @@ class MoeConfig:
   num_selected_experts: int = 1            # k in top-k; for experts_choose, scales capacity
   router_type: str = 'tokens_choose'       # one of ROUTER_TYPES
   dispatch: str = 'einsum'                 # one of DISPATCH_TYPES
+  grouped_matmul: str = 'auto'             # one of GROUPED_MATMULS ('mosaic_gpu': Hopper only)
   group_size: int = 4096                   # tokens per routing group (T)
   train_capacity_factor: float = 1.25
   eval_capacity_factor: float = 2.0
@@ -66,6 +69,9 @@ class MoeConfig:
     if self.dispatch not in DISPATCH_TYPES:
       _fail('MoeConfig.dispatch', self.dispatch,
             f'unknown dispatch; choose one of {DISPATCH_TYPES}')
+    if self.grouped_matmul not in GROUPED_MATMULS:
+      _fail('MoeConfig.grouped_matmul', self.grouped_matmul,
+            f'unknown grouped matmul; choose one of {GROUPED_MATMULS}')
     for name in ('num_selected_experts', 'decoder_num_selected_experts'):
       k = getattr(self, name)
       if k is not None and not 1 <= k <= self.num_experts:

@@ -3,11 +3,18 @@
     grouped_matmul(x <[M, K]>, w <[G, K, N]>, group_sizes <int32>[G]) -> <[M, N]>
 
 Rows are sorted by group: rows [0, s_0) use w[0], the next s_1 rows use w[1], and so on; rows
-past sum(group_sizes) come back as zeros. On GPU/TPU this is `jax.lax.ragged_dot`, a real
-grouped matmul there. On CPU ragged_dot falls back to a dense computation doing G times the
-work, so there this runs the C++ kernels of `grouped_matmul.cc` through the XLA FFI (forward
-`nn`; backward `nt` for the input and `tn` for the weights), in float32. The backend is chosen
-when the computation is lowered (`lax.platform_dependent`), so one jitted function serves both.
+past sum(group_sizes) come back as zeros. `implementation` chooses how:
+
+* 'auto': on CPU the C++ kernels of `grouped_matmul.cc` through the XLA FFI (forward `nn`;
+  backward `nt` for the input and `tn` for the weights), in float32, because XLA:CPU's
+  ragged_dot is a dense computation doing G times the work. Elsewhere `jax.lax.ragged_dot`:
+  a real grouped matmul on TPU, but on NVIDIA GPUs XLA expands it into a dense dot over all G
+  groups (G times the FLOPs; see grouped_matmul_hopper.py), so a warning is logged there. The
+  CPU/other choice is made when the computation is lowered (`lax.platform_dependent`), so one
+  jitted function serves both.
+* 'ragged_dot': `jax.lax.ragged_dot` on every backend.
+* 'mosaic_gpu': JAX's Mosaic GPU grouped-matmul kernels on Hopper (grouped_matmul_hopper.py);
+  an error elsewhere.
 
 Reference twin: `ragged_dot` itself; tests check outputs and gradients agree.
 """
@@ -19,7 +26,11 @@ import logging
 import jax
 import jax.numpy as jnp
 
+from moe_flan import config
 from moe_flan.kernels import build
+from moe_flan.kernels import grouped_matmul_hopper
+
+IMPLEMENTATIONS = config.GROUPED_MATMULS
 
 _SOURCE = 'grouped_matmul.cc'
 _TARGETS = (('moe_flan_grouped_nn', 'MoeFlanGroupedNN'),
@@ -102,13 +113,36 @@ def _grouped_matmul_bwd(residuals, dy):
 _grouped_matmul.defvjp(_grouped_matmul_fwd, _grouped_matmul_bwd)
 
 
-def grouped_matmul(x: jax.Array, w: jax.Array, group_sizes: jax.Array) -> jax.Array:
+@functools.lru_cache(maxsize=None)
+def _warn_expanded_on_gpu() -> None:
+  logging.warning('moe_flan grouped_matmul: jax.lax.ragged_dot on an NVIDIA GPU is expanded by '
+                  'XLA into a dense dot over every group (G times the FLOPs). On Hopper set '
+                  "MoeConfig.grouped_matmul = 'mosaic_gpu'; elsewhere prefer a capacity "
+                  "dispatch ('scatter').")
+
+
+def grouped_matmul(x: jax.Array, w: jax.Array, group_sizes: jax.Array,
+                   implementation: str = 'auto') -> jax.Array:
   """x: <dtype>[M, K], w: <dtype>[G, K, N], group_sizes: <int32>[G] -> <dtype>[M, N] (see doc)."""
   if x.ndim != 2 or w.ndim != 3 or group_sizes.shape != (w.shape[0],) or x.shape[1] != w.shape[1]:
     raise ValueError(f'grouped_matmul: expected x [M, K], w [G, K, N], group_sizes [G]; got x '
                      f'{x.shape}, w {w.shape}, group_sizes {group_sizes.shape}')
   if not jnp.issubdtype(group_sizes.dtype, jnp.integer):
     raise ValueError(f'grouped_matmul: group_sizes must be integers, got {group_sizes.dtype}')
-  if not cpu_kernels_available():
+  if implementation not in IMPLEMENTATIONS:
+    raise ValueError(f'grouped_matmul: implementation={implementation!r}; choose one of '
+                     f'{IMPLEMENTATIONS}')
+  if implementation == 'mosaic_gpu':
+    w = w.astype(x.dtype)
+    reason = grouped_matmul_hopper.unsupported_reason(x, w)
+    if reason:
+      raise ValueError(f"Bad config: MoeConfig.grouped_matmul='mosaic_gpu' cannot run this "
+                       f'grouped matmul (x {x.shape}, w {w.shape}): {reason}')
+    return grouped_matmul_hopper.hopper_grouped_matmul(x, w, group_sizes)
+  if jax.default_backend() == 'gpu':
+    _warn_expanded_on_gpu()
+  # Off CPU the C++ kernels are never lowered, so they are not built there either.
+  if (implementation == 'ragged_dot' or jax.default_backend() != 'cpu'
+      or not cpu_kernels_available()):
     return jax.lax.ragged_dot(x, w, group_sizes)
   return _grouped_matmul(x, w.astype(x.dtype), group_sizes.astype(jnp.int32))

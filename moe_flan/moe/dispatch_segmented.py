@@ -4,8 +4,9 @@ A capacity dispatcher (registered as 'segmented'). Routed selections are laid ou
 buffer <[P, D]>: expert 0's rows (all groups, each group's slots in order), then expert 1's,
 and so on. Two ways run the experts on it:
 
-* grouped (wherever `grouped_matmul` is a real grouped matmul: accelerators, and CPU once the
-  package's kernels are built): segments are back to back and `ffn.ragged` runs one grouped
+* grouped (off CPU, and on CPU once the package's kernels are built; `grouped_matmul` is a
+  real grouped matmul on TPU, on Hopper with MoeConfig.grouped_matmul = 'mosaic_gpu' and on
+  CPU, while XLA expands plain ragged_dot on NVIDIA GPUs): segments are back to back and `ffn.ragged` runs one grouped
   matmul per weight over all of them;
 * the per-expert loop (the fallback, and the grouped path's reference in the tests): each
   segment is rounded up to a multiple of `unit = ceil(G * C / NUM_SIZES)` rows, so it holds one
@@ -260,8 +261,7 @@ def _expert_loop(ffn: ExpertFFN, layout: SegmentLayout, x_rows: jax.Array) -> ja
 
 def use_grouped_matmul() -> bool:
   """Whether the experts run as one grouped matmul per weight (`ffn.ragged` on back-to-back
-  segments) rather than the per-expert loop: wherever grouped_matmul is a real grouped matmul
-  (accelerators; CPU once its kernels are built)."""
+  segments) rather than the per-expert loop: off CPU, and on CPU once its kernels are built."""
   return jax.default_backend() != 'cpu' or grouped_matmul_lib.cpu_kernels_available()
 
 

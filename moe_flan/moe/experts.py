@@ -68,6 +68,7 @@ class ExpertFFN:
   dtype: Any = jnp.float32
   dropout_rate: float = 0.0
   dropout_rng: Optional[jax.Array] = None
+  grouped_matmul: str = 'auto'     # grouped_matmul's implementation, for `ragged`
 
   def _dropout(self, h: jax.Array) -> jax.Array:
     if self.dropout_rng is None or self.dropout_rate <= 0.0:
@@ -92,15 +93,16 @@ class ExpertFFN:
   def ragged(self, x: jax.Array, group_sizes: jax.Array) -> jax.Array:
     """x: <dtype>[N, D], rows sorted by expert; group_sizes: <int32>[E] rows per expert.
 
-    Rows past sum(group_sizes) come back as zeros. Uses `grouped_matmul`: `jax.lax.ragged_dot`
-    on accelerators, the package's grouped-matmul kernels on CPU.
+    Rows past sum(group_sizes) come back as zeros. Uses `grouped_matmul` with the configured
+    implementation ('auto': the package's kernels on CPU, `jax.lax.ragged_dot` elsewhere).
     """
     x = x.astype(self.dtype)
     h = None
     for act, name in zip(self.activations, input_kernel_names(self.activations)):
-      a = ACTIVATIONS[act](grouped_matmul(x, self._w(name), group_sizes))
+      a = ACTIVATIONS[act](grouped_matmul(x, self._w(name), group_sizes,
+                                                      self.grouped_matmul))
       h = a if h is None else h * a
     h = self._dropout(h)
-    y = grouped_matmul(h, self._w('wo'), group_sizes)
+    y = grouped_matmul(h, self._w('wo'), group_sizes, self.grouped_matmul)
     valid = jnp.arange(x.shape[0]) < jnp.sum(group_sizes)
     return jnp.where(valid[:, None], y, 0.0)

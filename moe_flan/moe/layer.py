@@ -84,7 +84,8 @@ class MoeLayer(nn.Module):
                            name='experts')()
     use_dropout = enable_dropout and cfg.expert_dropout_rate > 0
     ffn = ExpertFFN(weights, tuple(cfg.expert_activations), self.dtype,
-                    cfg.expert_dropout_rate, self.make_rng('dropout') if use_dropout else None)
+                    cfg.expert_dropout_rate, self.make_rng('dropout') if use_dropout else None,
+                    cfg.grouped_matmul)
     y = dispatch(routing, tokens, ffn)
     y = nn.with_logical_constraint(y.astype(self.dtype), _TOKEN_AXES)
 

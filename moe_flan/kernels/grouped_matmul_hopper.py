@@ -1,0 +1,153 @@
+"""Grouped matmul on Hopper GPUs (H100, H200) with JAX's own Mosaic GPU kernels.
+
+    hopper_grouped_matmul(x <[M, K]>, w <[G, K, N]>, group_sizes <int32>[G]) -> <[M, N]>
+
+Same semantics as `jax.lax.ragged_dot` (rows sorted by group; rows past sum(group_sizes) come
+back as zeros). Why not ragged_dot itself: on NVIDIA GPUs XLA's RaggedDotRewriter expands a
+ragged dot into a dense dot over a group-broadcast, group-masked input ([M, K] -> [M, G, K]),
+so every row is multiplied by all G experts' weights: G times the FLOPs and a G-times
+temporary (128x at E=128). The cuDNN grouped-GEMM fusion that avoids it needs cuDNN >= 9.22
+and an experimental XLA flag, and covers the forward only.
+
+The kernels are `jax.experimental.pallas.ops.gpu.ragged_dot_mgpu` (forward, and the input
+gradient on a transposed copy of the weights) and `transposed_ragged_dot_mgpu` (the weight
+gradient, ragged over the contracted rows), maintained in JAX. They use wgmma and TMA, so they
+need compute capability 9.x and bfloat16 or float16 operands; `unsupported_reason` says when a
+call cannot use them. The kernels leave rows outside every group unwritten, so outputs are
+masked here.
+
+Reference twin: `jax.lax.ragged_dot`; tests run these kernels in Mosaic GPU's interpret mode
+on CPU (`interpret=True`) and check outputs and gradients against it.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+from typing import Optional
+from unittest import mock
+
+import jax
+import jax.numpy as jnp
+
+HOPPER_DTYPES = (jnp.bfloat16, jnp.float16)
+
+
+@dataclasses.dataclass(frozen=True)
+class Blocks:
+  """Tile sizes of the kernels (the largest `grid_block_n` dividing the N tiles is used)."""
+  block_m: int = 128
+  block_n: int = 128
+  block_k: int = 64
+  max_concurrent_steps: int = 4
+
+
+DEFAULT_BLOCKS = Blocks()
+
+
+def unsupported_reason(x: jax.Array, w: jax.Array, blocks: Blocks = DEFAULT_BLOCKS,
+                       check_device: bool = True) -> Optional[str]:
+  """None if the kernels can run x <[M, K]> @ w <[G, K, N]>; else why not, in words."""
+  if check_device:
+    if jax.default_backend() != 'gpu':
+      return f'the default backend is {jax.default_backend()!r}, not a GPU'
+    capability = getattr(jax.devices()[0], 'compute_capability', '')
+    if not str(capability).startswith('9'):
+      return f'the GPU has compute capability {capability!r}; the kernels need 9.x (Hopper)'
+  if x.dtype != w.dtype or not any(x.dtype == d for d in HOPPER_DTYPES):
+    return f'operands are {x.dtype} and {w.dtype}; the kernels need both bfloat16 or float16'
+  k, n = w.shape[1], w.shape[2]
+  for dim, size, tile in (('K', k, blocks.block_k), ('N', n, blocks.block_k),
+                          ('K', k, blocks.block_m), ('K', k, blocks.block_n),
+                          ('N', n, blocks.block_n)):
+    if size % tile:
+      return f'{dim}={size} is not a multiple of the tile {tile}'
+  return None
+
+
+def _grid_block_n(n: int, block_n: int) -> int:
+  tiles = n // block_n
+  return next(b for b in (8, 4, 2, 1) if tiles % b == 0)
+
+
+@contextlib.contextmanager
+def _interpreted(interpret: bool):
+  """Runs the kernels in Mosaic GPU's CPU interpreter (tests): every `plgpu.kernel` gets
+  interpret params, and the device reports the SM count the weight-gradient kernel asks for."""
+  if not interpret:
+    yield
+    return
+  from jax._src.interpreters import mlir
+  from jax._src.pallas.mosaic_gpu import core as gpu_core
+  from jax._src.pallas.mosaic_gpu.interpret.params import InterpretGPUParams
+  from jax.experimental.pallas import mosaic_gpu as plgpu
+  # A layout cast is a register-layout hint, the identity on values; the interpreter has no
+  # rule for it.
+  mlir.register_lowering(gpu_core.layout_cast_p, lambda ctx, x, **_: [x], platform='cpu')
+  kernel = plgpu.kernel
+  device = mock.Mock(core_count=132)
+  with mock.patch.object(plgpu, 'kernel', functools.partial(kernel,
+                                                            interpret=InterpretGPUParams())), \
+       mock.patch.object(jax, 'devices', lambda *_: [device]):
+    yield
+
+
+def _rows_in_groups(out: jax.Array, group_sizes: jax.Array) -> jax.Array:
+  valid = jnp.arange(out.shape[0]) < jnp.sum(group_sizes)
+  return jnp.where(valid[:, None], out, jnp.zeros((), out.dtype))
+
+
+def _nn(x, w, group_sizes, blocks: Blocks, interpret: bool):
+  """<[M, K]> @ <[G, K, N]> per group -> <[M, N]>."""
+  from jax.experimental.pallas.ops.gpu import ragged_dot_mgpu
+  with _interpreted(interpret):
+    out = ragged_dot_mgpu.ragged_dot(
+        x, w, group_sizes=group_sizes, block_m=blocks.block_m, block_n=blocks.block_n,
+        block_k=blocks.block_k, max_concurrent_steps=blocks.max_concurrent_steps,
+        grid_block_n=_grid_block_n(w.shape[2], blocks.block_n))
+  return _rows_in_groups(out, group_sizes)
+
+
+def _tn(x, dy, group_sizes, blocks: Blocks, interpret: bool):
+  """x <[M, K]>, dy <[M, N]> -> <[G, K, N]>: x[group g]^T @ dy[group g]."""
+  from jax.experimental.pallas.ops.gpu import transposed_ragged_dot_mgpu
+  with _interpreted(interpret):
+    return transposed_ragged_dot_mgpu.transposed_ragged_dot(
+        x, dy, group_sizes=group_sizes, block_m=blocks.block_m, block_n=blocks.block_n,
+        block_k=blocks.block_k, max_concurrent_steps=blocks.max_concurrent_steps,
+        grid_block_n=_grid_block_n(dy.shape[1], blocks.block_n))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _hopper(x, w, group_sizes, blocks, interpret):
+  return _nn(x, w, group_sizes, blocks, interpret)
+
+
+def _hopper_fwd(x, w, group_sizes, blocks, interpret):
+  return _nn(x, w, group_sizes, blocks, interpret), (x, w, group_sizes)
+
+
+def _hopper_bwd(blocks, interpret, residuals, dy):
+  x, w, group_sizes = residuals
+  dy = dy.astype(x.dtype)
+  # The kernel's transposed-weights mode is not supported by the interpreter; an explicit
+  # [G, N, K] copy of the weights costs one pass over them.
+  dx = _nn(dy, jnp.swapaxes(w, 1, 2), group_sizes, blocks, interpret)
+  dw = _tn(x, dy, group_sizes, blocks, interpret)
+  return dx, dw.astype(w.dtype), None
+
+
+_hopper.defvjp(_hopper_fwd, _hopper_bwd)
+
+
+def hopper_grouped_matmul(x: jax.Array, w: jax.Array, group_sizes: jax.Array,
+                          blocks: Blocks = DEFAULT_BLOCKS, interpret: bool = False) -> jax.Array:
+  """x: <bf16|f16>[M, K], w: <same>[G, K, N], group_sizes: <int>[G] -> <same>[M, N].
+
+  Differentiable in x and w. Raises ValueError (with the reason) where the kernels cannot run;
+  interpret=True runs them on CPU in Mosaic GPU's interpreter (slow; for tests).
+  """
+  reason = unsupported_reason(x, w, blocks, check_device=not interpret)
+  if reason:
+    raise ValueError(f'hopper_grouped_matmul: cannot use the Mosaic GPU kernels: {reason}')
+  return _hopper(x, w, group_sizes.astype(jnp.int32), blocks, interpret)

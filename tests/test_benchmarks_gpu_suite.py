@@ -1,0 +1,57 @@
+"""What the GPU suite runs, checked without a GPU: its dispatch choices lower for CUDA to real
+matmuls (no ragged dot for XLA to expand), and its quick mode runs on CPU, recording the
+Hopper-only candidate as failed with the reason."""
+import jax
+import jax.numpy as jnp
+import pytest
+
+from benchmarks import dispatch_choice
+from benchmarks import run as run_lib
+from moe_flan.config import MoeConfig
+from moe_flan.moe import MoeLayer
+
+
+def _cuda_lowering(dispatch: str) -> str:
+  cfg = dispatch_choice.with_dispatch(
+      MoeConfig(num_experts=4, group_size=64, expert_mlp_dim=128, expert_activations=('relu',)),
+      dispatch)
+  layer = MoeLayer(cfg, 64, 'tokens_choose', 1, dtype=jnp.bfloat16)
+  x = jnp.ones((1, 64, 64), jnp.bfloat16)
+  params = layer.init({'params': jax.random.key(0)}, x)['params']
+
+  def loss(p, x):
+    y, _ = layer.apply({'params': p}, x, None, True, mutable=['moe_metrics'])
+    return jnp.sum(y.astype(jnp.float32))
+  traced = jax.jit(jax.grad(loss)).trace(params, x)
+  return traced.lower(lowering_platforms=('cuda',)).as_text()
+
+
+def test_gpu_default_dispatch_has_no_ragged_dot_for_xla_to_expand():
+  text = _cuda_lowering(dispatch_choice.GPU_DISPATCH)
+  assert 'ragged_dot' not in text and 'moe_flan_grouped' not in text
+  assert 'stablehlo.dot_general' in text
+
+
+def test_dropless_with_the_default_grouped_matmul_is_ragged_dot_on_gpu():
+  """The path the GPU default avoids: XLA's RaggedDotRewriter expands this on NVIDIA chips."""
+  text = _cuda_lowering('dropless')
+  assert 'ragged_dot' in text and 'moe_flan_grouped' not in text
+
+
+def test_with_dispatch_names_the_grouped_matmul():
+  moe = dispatch_choice.with_dispatch(MoeConfig(), 'dropless mosaic_gpu')
+  assert (moe.dispatch, moe.grouped_matmul) == ('dropless', 'mosaic_gpu')
+  assert dispatch_choice.with_dispatch(moe, 'scatter').grouped_matmul == 'auto'
+  with pytest.raises(ValueError, match='MoeConfig.grouped_matmul'):
+    dispatch_choice.with_dispatch(MoeConfig(), 'dropless cublas')
+
+
+def test_quick_gpu_suite_runs_on_cpu(tmp_path):
+  result = run_lib.main(['--suite', 'gpu', '--quick', '--cases', 'moe_layer', '--results_dir',
+                         str(tmp_path)])
+  rows = {r['variant']: r for r in result['records']}
+  assert rows['dropless']['status'] == 'ok' and rows['scatter']['status'] == 'ok'
+  hopper = rows['dropless mosaic_gpu']
+  assert hopper['status'] == 'failed' and 'not a GPU' in hopper['reason']
+  assert result['peak']['dtype'] == 'bfloat16'
+  assert [t['met'] for t in result['targets']] == [None]   # no train step: not measured
