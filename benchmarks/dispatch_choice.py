@@ -16,6 +16,11 @@ CPU_DISPATCH = 'segmented'
 GPU_DISPATCH = 'scatter'
 
 
+def for_suite(suite: str) -> str:
+  """The dispatcher a suite's MoE train steps use unless a workload names its own."""
+  return GPU_DISPATCH if suite == 'gpu' else CPU_DISPATCH
+
+
 def with_dispatch(moe: config_lib.MoeConfig, dispatch: str) -> config_lib.MoeConfig:
   """A copy of `moe` that dispatches with the registered dispatcher `dispatch`; 'NAME mosaic_gpu'
   also sets MoeConfig.grouped_matmul = 'mosaic_gpu'."""

@@ -13,7 +13,6 @@ import time
 import numpy as np
 
 from benchmarks import context as ctx_lib
-from benchmarks import dispatch_choice
 from benchmarks import train_step as train_step_lib
 from benchmarks import timing
 
@@ -53,7 +52,7 @@ def run(ctx: ctx_lib.Context) -> list[dict]:
   rate = pipeline_rate('flan_embedded', lengths, batch_size, 40 if not ctx.quick else 5)
   consumed = train_step_lib.MEASURED_EXAMPLES_PER_S.get(workload.name)
   if consumed is None:     # train_step did not run in this process: measure the step here
-    train_step_lib.measure(ctx, workload, dispatch_choice.CPU_DISPATCH)
+    train_step_lib.measure(ctx, workload)
     consumed = train_step_lib.MEASURED_EXAMPLES_PER_S[workload.name]
   headroom = rate['rows_per_s'] / consumed
   ctx.log(f'pipeline {rate["rows_per_s"]:.0f} rows/s vs step {consumed:.1f} rows/s: '

@@ -41,12 +41,10 @@ def _max_rss_bytes() -> int:
 def child(name: str, suite: str, quick: bool) -> dict:
   """Runs in the subprocess: builds the workload `name`, runs two steps, reports memory."""
   import jax
-  from benchmarks import dispatch_choice, timing, train_step
+  from benchmarks import timing, train_step
   after_imports = _max_rss_bytes()
   w = {x.name: x for x in train_step.workloads(suite, quick)}[name]
-  dispatch = dispatch_choice.GPU_DISPATCH if suite == 'gpu' else dispatch_choice.CPU_DISPATCH
-  step = train_step.build_step(dispatch_choice.model_with_dispatch(w.config, dispatch),
-                               train_step.random_batch(w))
+  step = train_step.build_step(train_step.workload_config(w, suite), train_step.random_batch(w))
   timing.block(step())
   after_first = _max_rss_bytes()
   timing.block(step())

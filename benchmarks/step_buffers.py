@@ -13,7 +13,6 @@ d_ff 2048, 2+2 blocks, 4 x (256 -> 256), ~2.2 GB of params), where the expert ke
 from __future__ import annotations
 
 from benchmarks import context as ctx_lib
-from benchmarks import dispatch_choice
 from benchmarks import timing
 from benchmarks import train_step as train_step_lib
 
@@ -38,7 +37,7 @@ def workloads(quick: bool) -> list[train_step_lib.Workload]:
 
 
 def measure(ctx: ctx_lib.Context, w: train_step_lib.Workload) -> list[dict]:
-  cfg = dispatch_choice.model_with_dispatch(w.config, dispatch_choice.CPU_DISPATCH)
+  cfg = train_step_lib.workload_config(w, 'cpu')
   batch = train_step_lib.random_batch(w)
   steps = {'kept step buffers': train_step_lib.build_step(cfg, batch, True),
            'donated state': train_step_lib.build_step(cfg, batch, False)}

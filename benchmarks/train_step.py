@@ -84,6 +84,12 @@ def workloads(suite: str, quick: bool) -> list[Workload]:
           Workload('base-like dense', base_like(None, 2), 4, 256, 64)]
 
 
+def workload_config(w: Workload, suite: str) -> T5Config:
+  """The model `w` runs in `suite`: its config with its own or the suite's dispatcher."""
+  return dispatch_choice.model_with_dispatch(w.config,
+                                             w.dispatch or dispatch_choice.for_suite(suite))
+
+
 def random_batch(w: Workload, seed: int = 0) -> dict[str, np.ndarray]:
   """Unpacked batch of random non-padding tokens (every position is a real token)."""
   rng = np.random.default_rng(seed)
@@ -95,28 +101,41 @@ def random_batch(w: Workload, seed: int = 0) -> dict[str, np.ndarray]:
           'decoder_loss_weights': np.ones((w.batch, w.targets_len), np.float32)}
 
 
-def build_step(cfg: T5Config, batch: dict,
-               reuse_step_buffers: Optional[bool] = None) -> Callable[[], object]:
-  """A closure running one jitted train step (Adafactor, constant LR) on `batch`, its state
-  carried from call to call through the trainer's `step_buffers.jit_train_step` (on CPU: state
-  double-buffered, gradients kept; reuse_step_buffers None: the trainer's default)."""
+def step_parts(cfg: T5Config, lengths: dict[str, int]
+               ) -> tuple[Callable[[jax.Array], object], Callable[[bool], Callable]]:
+  """(rng -> step-0 train state, make_step(return_grads) -> the trainer's train step) of a
+  model with Adafactor at a constant LR, for batches of `lengths` ('inputs', 'targets')."""
   from moe_flan.model import EncoderDecoder
-  from moe_flan.trainer import optimizers, step_buffers, train_state as ts
+  from moe_flan.trainer import optimizers, train_state as ts
   from moe_flan.trainer import train_step as step_lib
   model = EncoderDecoder(cfg)
   opt_cfg = optimizers.OptimizerConfig(
       name='adafactor', schedule=optimizers.ScheduleConfig(name='constant'))
   schedule = optimizers.make_schedule(opt_cfg.schedule)
   tx = optimizers.make_optimizer(opt_cfg, schedule)
+  init = ts.init_params_fn(model, lengths)
+
+  def init_state(rng: jax.Array):
+    return ts.new_state(init(rng), tx, rng)
+  abstract_state = jax.eval_shape(init_state, jax.random.PRNGKey(0))
+  frozen = jax.tree.map(lambda _: False, abstract_state.params)
+
+  def make_step(return_grads: bool) -> Callable:
+    return step_lib.make_train_step(model, cfg, tx, schedule, frozen, return_grads=return_grads)
+  return init_state, make_step
+
+
+def build_step(cfg: T5Config, batch: dict,
+               reuse_step_buffers: Optional[bool] = None) -> Callable[[], object]:
+  """A closure running one jitted train step (Adafactor, constant LR) on `batch`, its state
+  carried from call to call through the trainer's `step_buffers.jit_train_step` (on CPU: state
+  double-buffered, gradients kept; reuse_step_buffers None: the trainer's default)."""
+  from moe_flan.trainer import step_buffers
   lengths = {'inputs': batch['encoder_input_tokens'].shape[1],
              'targets': batch['decoder_input_tokens'].shape[1]}
-  init = ts.init_params_fn(model, lengths)
-  state = jax.jit(lambda r: ts.new_state(init(r), tx, r))(jax.random.PRNGKey(0))
-  frozen = jax.tree.map(lambda _: False, state.params)
-  step = step_buffers.jit_train_step(
-      lambda return_grads: step_lib.make_train_step(model, cfg, tx, schedule, frozen,
-                                                    return_grads=return_grads),
-      reuse_step_buffers)
+  init_state, make_step = step_parts(cfg, lengths)
+  state = jax.jit(init_state)(jax.random.PRNGKey(0))
+  step = step_buffers.jit_train_step(make_step, reuse_step_buffers)
   device_batch = jax.device_put(batch)
   holder = {'state': state}
 
@@ -126,8 +145,8 @@ def build_step(cfg: T5Config, batch: dict,
   return run
 
 
-def measure(ctx: ctx_lib.Context, w: Workload, dispatch: str) -> dict:
-  cfg = dispatch_choice.model_with_dispatch(w.config, w.dispatch or dispatch)
+def measure(ctx: ctx_lib.Context, w: Workload) -> dict:
+  cfg = workload_config(w, ctx.suite)
   step = build_step(cfg, random_batch(w))
   timing.block(step())                                            # compile
   mm_fn, mm_flops = peak_lib.matmul_fn(int(ctx.peak['size']), ctx.dtype)
@@ -156,11 +175,10 @@ def measure(ctx: ctx_lib.Context, w: Workload, dispatch: str) -> dict:
 
 
 def run(ctx: ctx_lib.Context) -> list[dict]:
-  dispatch = dispatch_choice.GPU_DISPATCH if ctx.suite == 'gpu' else dispatch_choice.CPU_DISPATCH
   rows = []
   for w in workloads(ctx.suite, ctx.quick):
     try:
-      rows.append(measure(ctx, w, dispatch))
+      rows.append(measure(ctx, w))
     except Exception as e:  # noqa: BLE001  (record and continue with the next model)
       ctx.log(f'{w.name} failed: {type(e).__name__}: {e}'[:300])
       rows.append(ctx_lib.record(CASE, w.name, 'train_step', status='failed',

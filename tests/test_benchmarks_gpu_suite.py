@@ -55,3 +55,25 @@ def test_quick_gpu_suite_runs_on_cpu(tmp_path):
   assert hopper['status'] == 'failed' and 'not a GPU' in hopper['reason']
   assert result['peak']['dtype'] == 'bfloat16'
   assert [t['met'] for t in result['targets']] == [None]   # no train step: not measured
+
+
+def test_the_gpu_train_steps_lower_for_cuda_at_full_size():
+  """The suite's bf16 Switch-base-like (128 experts) and dense steps, with abstract 2.4B-param
+  states: traced and lowered for CUDA as the suite builds them, with no ragged dot."""
+  from benchmarks import train_step
+  by_name = {w.name: w for w in train_step.workloads('gpu', quick=False)}
+  assert set(by_name) == {'switch-base-like', 'switch-base-like dropless', 'base-like dense'}
+  assert by_name['switch-base-like dropless'].dispatch == 'dropless mosaic_gpu'
+  for name in ('switch-base-like', 'base-like dense'):
+    w = by_name[name]
+    cfg = train_step.workload_config(w, 'gpu')
+    assert cfg.moe is None or cfg.moe.dispatch == dispatch_choice.GPU_DISPATCH
+    init_state, make_step = train_step.step_parts(cfg, {'inputs': w.inputs_len,
+                                                        'targets': w.targets_len})
+    state = jax.eval_shape(init_state, jax.random.PRNGKey(0))
+    batch = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype),
+                         train_step.random_batch(w))
+    text = jax.jit(make_step(False)).trace(state, batch).lower(
+        lowering_platforms=('cuda',)).as_text()
+    assert 'ragged_dot' not in text and 'moe_flan_grouped' not in text, name
+    assert 'bf16' in text, name

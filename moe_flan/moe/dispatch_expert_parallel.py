@@ -29,8 +29,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import math
-from typing import Optional, Sequence
+from typing import Optional
 
 import flax.linen as nn
 import jax
