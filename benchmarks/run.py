@@ -38,6 +38,10 @@ def _parse(argv):
 
 def main(argv=None) -> dict:
   args = _parse(sys.argv[1:] if argv is None else argv)
+  if args.suite == 'gpu':
+    # JAX would take 75% of the GPU's memory up front, leaving the memory case's child
+    # processes (one model each, while this process still holds its own) too little.
+    os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
   if args.suite == 'cpu':
     os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')
     os.environ.setdefault('JAX_PLATFORMS', 'cpu')
