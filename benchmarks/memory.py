@@ -65,6 +65,8 @@ def run(ctx: ctx_lib.Context) -> list[dict]:
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env['PYTHONPATH'] = repo + os.pathsep + env.get('PYTHONPATH', '')
   for w in train_step.workloads(ctx.suite, ctx.quick):
+    if w.dispatch:     # the same model as a workload before it, on another dispatcher
+      continue
     cmd = [sys.executable, '-m', 'benchmarks.memory', '--child', w.name, '--suite', ctx.suite]
     cmd += ['--quick'] if ctx.quick else []
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=repo, timeout=900)
