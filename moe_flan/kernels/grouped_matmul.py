@@ -9,9 +9,9 @@ past sum(group_sizes) come back as zeros. `implementation` chooses how:
   backward `nt` for the input and `tn` for the weights), in float32, because XLA:CPU's
   ragged_dot is a dense computation doing G times the work. Elsewhere `jax.lax.ragged_dot`:
   a real grouped matmul on TPU, but on NVIDIA GPUs XLA expands it into a dense dot over all G
-  groups (G times the FLOPs; see grouped_matmul_hopper.py), so a warning is logged there. The
-  CPU/other choice is made when the computation is lowered (`lax.platform_dependent`), so one
-  jitted function serves both.
+  groups (G times the FLOPs; see grouped_matmul_hopper.py), so a warning is logged there. On a
+  CPU host the choice is made when the computation is lowered (`lax.platform_dependent`), so a
+  function jitted there also lowers for an accelerator.
 * 'ragged_dot': `jax.lax.ragged_dot` on every backend.
 * 'mosaic_gpu': JAX's Mosaic GPU grouped-matmul kernels on Hopper (grouped_matmul_hopper.py);
   an error elsewhere.

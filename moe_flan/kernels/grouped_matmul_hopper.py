@@ -16,8 +16,10 @@ need compute capability 9.x and bfloat16 or float16 operands; `unsupported_reaso
 call cannot use them. The kernels leave rows outside every group unwritten, so outputs are
 masked here.
 
-Reference twin: `jax.lax.ragged_dot`; tests run these kernels in Mosaic GPU's interpret mode
-on CPU (`interpret=True`) and check outputs and gradients against it.
+Reference twin: `jax.lax.ragged_dot`. The tests run the forward and input-gradient kernels in
+Mosaic GPU's interpreter on CPU (`interpret=True`) and check outputs and gradients against it;
+the interpreter cannot run the weight-gradient kernel (a transposed shared-memory view), which
+is checked on a Hopper GPU only.
 """
 from __future__ import annotations
 
