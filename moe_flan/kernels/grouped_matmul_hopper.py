@@ -17,17 +17,15 @@ call cannot use them. The kernels leave rows outside every group unwritten, so o
 masked here.
 
 Reference twin: `jax.lax.ragged_dot`. The tests run the forward and input-gradient kernels in
-Mosaic GPU's interpreter on CPU (`interpret=True`) and check outputs and gradients against it;
+Mosaic GPU's interpreter on CPU and check outputs and gradients against it;
 the interpreter cannot run the weight-gradient kernel (a transposed shared-memory view), which
 is checked on a Hopper GPU only.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 from typing import Optional
-from unittest import mock
 
 import jax
 import jax.numpy as jnp
@@ -72,70 +70,46 @@ def _grid_block_n(n: int, block_n: int) -> int:
   return next(b for b in (8, 4, 2, 1) if tiles % b == 0)
 
 
-@contextlib.contextmanager
-def _interpreted(interpret: bool):
-  """Runs the kernels in Mosaic GPU's CPU interpreter (tests): every `plgpu.kernel` gets
-  interpret params, and the device reports the SM count the weight-gradient kernel asks for."""
-  if not interpret:
-    yield
-    return
-  from jax._src.interpreters import mlir
-  from jax._src.pallas.mosaic_gpu import core as gpu_core
-  from jax._src.pallas.mosaic_gpu.interpret.params import InterpretGPUParams
-  from jax.experimental.pallas import mosaic_gpu as plgpu
-  # A layout cast is a register-layout hint, the identity on values; the interpreter has no
-  # rule for it.
-  mlir.register_lowering(gpu_core.layout_cast_p, lambda ctx, x, **_: [x], platform='cpu')
-  kernel = plgpu.kernel
-  device = mock.Mock(core_count=132)
-  with mock.patch.object(plgpu, 'kernel', functools.partial(kernel,
-                                                            interpret=InterpretGPUParams())), \
-       mock.patch.object(jax, 'devices', lambda *_: [device]):
-    yield
-
-
 def _rows_in_groups(out: jax.Array, group_sizes: jax.Array) -> jax.Array:
   valid = jnp.arange(out.shape[0]) < jnp.sum(group_sizes)
   return jnp.where(valid[:, None], out, jnp.zeros((), out.dtype))
 
 
-def _nn(x, w, group_sizes, blocks: Blocks, interpret: bool):
+def _nn(x, w, group_sizes, blocks: Blocks):
   """<[M, K]> @ <[G, K, N]> per group -> <[M, N]>."""
   from jax.experimental.pallas.ops.gpu import ragged_dot_mgpu
-  with _interpreted(interpret):
-    out = ragged_dot_mgpu.ragged_dot(
-        x, w, group_sizes=group_sizes, block_m=blocks.block_m, block_n=blocks.block_n,
-        block_k=blocks.block_k, max_concurrent_steps=blocks.max_concurrent_steps,
-        grid_block_n=_grid_block_n(w.shape[2], blocks.block_n))
+  out = ragged_dot_mgpu.ragged_dot(
+      x, w, group_sizes=group_sizes, block_m=blocks.block_m, block_n=blocks.block_n,
+      block_k=blocks.block_k, max_concurrent_steps=blocks.max_concurrent_steps,
+      grid_block_n=_grid_block_n(w.shape[2], blocks.block_n))
   return _rows_in_groups(out, group_sizes)
 
 
-def _tn(x, dy, group_sizes, blocks: Blocks, interpret: bool):
+def _tn(x, dy, group_sizes, blocks: Blocks):
   """x <[M, K]>, dy <[M, N]> -> <[G, K, N]>: x[group g]^T @ dy[group g]."""
   from jax.experimental.pallas.ops.gpu import transposed_ragged_dot_mgpu
-  with _interpreted(interpret):
-    return transposed_ragged_dot_mgpu.transposed_ragged_dot(
-        x, dy, group_sizes=group_sizes, block_m=blocks.block_m, block_n=blocks.block_n,
-        block_k=blocks.block_k, max_concurrent_steps=blocks.max_concurrent_steps,
-        grid_block_n=_grid_block_n(dy.shape[1], blocks.block_n))
+  return transposed_ragged_dot_mgpu.transposed_ragged_dot(
+      x, dy, group_sizes=group_sizes, block_m=blocks.block_m, block_n=blocks.block_n,
+      block_k=blocks.block_k, max_concurrent_steps=blocks.max_concurrent_steps,
+      grid_block_n=_grid_block_n(dy.shape[1], blocks.block_n))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def _hopper(x, w, group_sizes, blocks, interpret):
-  return _nn(x, w, group_sizes, blocks, interpret)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _hopper(x, w, group_sizes, blocks):
+  return _nn(x, w, group_sizes, blocks)
 
 
-def _hopper_fwd(x, w, group_sizes, blocks, interpret):
-  return _nn(x, w, group_sizes, blocks, interpret), (x, w, group_sizes)
+def _hopper_fwd(x, w, group_sizes, blocks):
+  return _nn(x, w, group_sizes, blocks), (x, w, group_sizes)
 
 
-def _hopper_bwd(blocks, interpret, residuals, dy):
+def _hopper_bwd(blocks, residuals, dy):
   x, w, group_sizes = residuals
   dy = dy.astype(x.dtype)
-  # The kernel's transposed-weights mode is not supported by the interpreter; an explicit
-  # [G, N, K] copy of the weights costs one pass over them.
-  dx = _nn(dy, jnp.swapaxes(w, 1, 2), group_sizes, blocks, interpret)
-  dw = _tn(x, dy, group_sizes, blocks, interpret)
+  # An explicit [G, N, K] copy of the weights (one pass over them) rather than the kernel's
+  # transposed-weights mode, which not every JAX release has and its interpreter cannot run.
+  dx = _nn(dy, jnp.swapaxes(w, 1, 2), group_sizes, blocks)
+  dw = _tn(x, dy, group_sizes, blocks)
   return dx, dw.astype(w.dtype), None
 
 
@@ -143,13 +117,14 @@ _hopper.defvjp(_hopper_fwd, _hopper_bwd)
 
 
 def hopper_grouped_matmul(x: jax.Array, w: jax.Array, group_sizes: jax.Array,
-                          blocks: Blocks = DEFAULT_BLOCKS, interpret: bool = False) -> jax.Array:
+                          blocks: Blocks = DEFAULT_BLOCKS, check_device: bool = True
+                          ) -> jax.Array:
   """x: <bf16|f16>[M, K], w: <same>[G, K, N], group_sizes: <int>[G] -> <same>[M, N].
 
-  Differentiable in x and w. Raises ValueError (with the reason) where the kernels cannot run;
-  interpret=True runs them on CPU in Mosaic GPU's interpreter (slow; for tests).
+  Differentiable in x and w. Raises ValueError (with the reason) where the kernels cannot run.
+  check_device=False skips the GPU check (tests run the kernels in Mosaic GPU's interpreter).
   """
-  reason = unsupported_reason(x, w, blocks, check_device=not interpret)
+  reason = unsupported_reason(x, w, blocks, check_device)
   if reason:
     raise ValueError(f'hopper_grouped_matmul: cannot use the Mosaic GPU kernels: {reason}')
-  return _hopper(x, w, group_sizes.astype(jnp.int32), blocks, interpret)
+  return _hopper(x, w, group_sizes.astype(jnp.int32), blocks)
