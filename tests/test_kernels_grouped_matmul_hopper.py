@@ -16,6 +16,8 @@ import pytest
 from moe_flan.kernels import grouped_matmul as gm
 from moe_flan.kernels import grouped_matmul_hopper as gh
 
+ON_CPU = jax.default_backend() == 'cpu'
+cpu_only = pytest.mark.skipif(not ON_CPU, reason='checks the interpreter and the CPU errors')
 SMALL = gh.Blocks(block_m=64, block_n=64, block_k=64, max_concurrent_steps=2)
 # rows, K, N, group sizes: an empty group, a group spanning tiles, rows past the last group.
 SIZES = (200, 128, 192, (70, 0, 40, 60))
@@ -78,6 +80,7 @@ def interpreted(monkeypatch):
   monkeypatch.setattr(gh, '_tn', _weight_grad_reference)
 
 
+@cpu_only
 def test_interpreted_kernels_match_ragged_dot(interpreted):
   x, w, sizes, cot = _inputs(*SIZES)
   got = _value_and_grads(
@@ -86,6 +89,7 @@ def test_interpreted_kernels_match_ragged_dot(interpreted):
   _assert_close(got, _reference(x, w, sizes, cot), sizes)
 
 
+@cpu_only
 def test_unsupported_calls_say_why():
   x, w, sizes, _ = _inputs(*SIZES)
   assert 'not a GPU' in gh.unsupported_reason(x, w)
@@ -115,6 +119,7 @@ def test_on_a_hopper_gpu_every_kernel_matches_ragged_dot():
   _assert_close(through_config, _reference(x, w, sizes, cot), sizes)
 
 
+@cpu_only
 def test_a_layer_configured_for_hopper_kernels_says_why_it_cannot_run_here():
   from moe_flan.config import MoeConfig
   from moe_flan.moe import MoeLayer
