@@ -95,7 +95,7 @@ def test_unsupported_calls_say_why():
   assert 'not a GPU' in gh.unsupported_reason(x, w)
   assert 'bfloat16 or float16' in gh.unsupported_reason(x.astype(jnp.float32),
                                                          w.astype(jnp.float32), SMALL, False)
-  assert 'N=192 is not a multiple of the tile 128' in gh.unsupported_reason(x, w,
+  assert 'N=192 is not a multiple of the forward tile 128' in gh.unsupported_reason(x, w,
                                                                             check_device=False)
   assert gh.unsupported_reason(x, w, SMALL, check_device=False) is None
   with pytest.raises(ValueError, match='hopper_grouped_matmul: .*not a GPU'):

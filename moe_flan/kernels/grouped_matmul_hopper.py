@@ -57,11 +57,15 @@ def unsupported_reason(x: jax.Array, w: jax.Array, blocks: Blocks = DEFAULT_BLOC
   if x.dtype != w.dtype or not any(x.dtype == d for d in HOPPER_DTYPES):
     return f'operands are {x.dtype} and {w.dtype}; the kernels need both bfloat16 or float16'
   k, n = w.shape[1], w.shape[2]
-  for dim, size, tile in (('K', k, blocks.block_k), ('N', n, blocks.block_k),
-                          ('K', k, blocks.block_m), ('K', k, blocks.block_n),
-                          ('N', n, blocks.block_n)):
-    if size % tile:
-      return f'{dim}={size} is not a multiple of the tile {tile}'
+  # The forward contracts K in block_k steps into block_n-wide outputs; the input gradient
+  # contracts N into K-wide outputs; the weight gradient writes [K, N] in block_m x block_n tiles.
+  tiles = {'forward': (('K', k, blocks.block_k), ('N', n, blocks.block_n)),
+           'input gradient': (('N', n, blocks.block_k), ('K', k, blocks.block_n)),
+           'weight gradient': (('K', k, blocks.block_m), ('N', n, blocks.block_n))}
+  for kernel, checks in tiles.items():
+    for dim, size, tile in checks:
+      if size % tile:
+        return f'{dim}={size} is not a multiple of the {kernel} tile {tile}'
   return None
 
 
