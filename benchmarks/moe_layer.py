@@ -16,7 +16,8 @@ counted matmuls against 6.
 On CPU 'dropless' runs the package's grouped-matmul kernels (moe_flan/kernels), not
 `jax.lax.ragged_dot`, whose CPU fallback computes all E experts for every row. On GPU it is
 ragged_dot, which XLA expands the same way on NVIDIA chips; the GPU suite adds
-'dropless mosaic_gpu', the same dispatch on JAX's Hopper grouped-matmul kernels.
+'segmented mosaic_gpu' and 'dropless mosaic_gpu', the same dispatchers on JAX's Hopper
+grouped-matmul kernels (MoeConfig.grouped_matmul).
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ from moe_flan.trainer import step_buffers
 CASE = 'moe_layer'
 DISPATCHES = ('einsum', 'scatter', 'segmented', 'dropless')
 EC_DISPATCHES = ('einsum', 'scatter', 'segmented')
-GPU_DISPATCHES = ('dropless mosaic_gpu',)   # added on the GPU suite (dispatch_choice)
+GPU_DISPATCHES = ('segmented mosaic_gpu', 'dropless mosaic_gpu')   # GPU suite only
 MATMUL_FLOOR = targets.MATMUL_FLOOR   # not a dispatcher: see expert_matmuls_step
 
 
