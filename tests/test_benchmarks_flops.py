@@ -77,4 +77,4 @@ def test_forward_flops_equal_the_models_matmuls(moe):
     assert combine > 0
   model = flops.forward_flops(cfg, batch, inputs_len, targets_len)
   assert model + combine == pytest.approx(counted, rel=1e-12)
-  assert flops.train_step_flops(cfg, 3, 8, 6) == 3 * flops.forward_flops(cfg, 3, 8, 6)
+  assert flops.train_step_flops(cfg, batch, inputs_len, targets_len) == 3 * model

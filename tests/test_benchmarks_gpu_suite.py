@@ -1,6 +1,6 @@
 """What the GPU suite runs, checked without a GPU: its dispatch choices lower for CUDA to real
 matmuls (no ragged dot for XLA to expand), and its quick mode runs on CPU, recording the
-Hopper-only candidate as failed with the reason."""
+Hopper-only candidates as failed with the reason."""
 import jax
 import jax.numpy as jnp
 import pytest
@@ -58,7 +58,7 @@ def test_quick_gpu_suite_runs_on_cpu(tmp_path):
 
 
 def test_the_gpu_train_steps_lower_for_cuda_at_full_size():
-  """The suite's bf16 Switch-base-like (128 experts) and dense steps, with abstract 2.4B-param
+  """The suite's bf16 Switch-base-like (128 experts) and dense steps, with abstract 2.5B-param
   states: traced and lowered for CUDA as the suite builds them, with no ragged dot."""
   from benchmarks import train_step
   by_name = {w.name: w for w in train_step.workloads('gpu', quick=False)}
