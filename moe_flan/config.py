@@ -14,6 +14,9 @@ ROUTER_TYPES = ('tokens_choose', 'experts_choose', 'hf_switch')
 DISPATCH_TYPES = ('einsum', 'scatter', 'segmented', 'dropless', 'expert_parallel')
 # How 'dropless' and 'segmented' run their grouped matmuls (moe_flan/kernels/grouped_matmul.py).
 GROUPED_MATMULS = ('auto', 'ragged_dot', 'mosaic_gpu')
+# How tokens form routing groups (moe_flan/moe/capacity.py): groups of `group_size` tokens of
+# the flattened batch (flaxformer/t5x), or one group per sequence (HF SwitchTransformers).
+ROUTING_GROUPS = ('group_size', 'sequence')
 SPARSE_LAYOUTS = ('every', 'hf_every', 'top', 'bottom', 'all', 'none')
 # Dispatch paths that drop tokens beyond an expert's capacity.
 CAPACITY_DISPATCHES = ('einsum', 'scatter', 'segmented', 'expert_parallel')
@@ -37,6 +40,7 @@ class MoeConfig:
   dispatch: str = 'einsum'                 # one of DISPATCH_TYPES
   grouped_matmul: str = 'auto'             # one of GROUPED_MATMULS ('mosaic_gpu': Hopper only)
   group_size: int = 4096                   # tokens per routing group (T)
+  routing_groups: str = 'group_size'       # one of ROUTING_GROUPS ('sequence': T = length)
   train_capacity_factor: float = 1.25
   eval_capacity_factor: float = 2.0
   min_capacity: int = 4
@@ -92,6 +96,8 @@ class MoeConfig:
         _fail(f'MoeConfig.{name}', getattr(self, name), f'choose one of {SPARSE_LAYOUTS}')
     if self.group_size < 1:
       _fail('MoeConfig.group_size', self.group_size, 'must be >= 1')
+    if self.routing_groups not in ROUTING_GROUPS:
+      _fail('MoeConfig.routing_groups', self.routing_groups, f'choose one of {ROUTING_GROUPS}')
 
   @property
   def decoder_effective_router_type(self) -> str:

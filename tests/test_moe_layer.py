@@ -145,10 +145,54 @@ def test_bfloat16_activations():
   np.testing.assert_allclose(np.asarray(y16, np.float32), y32, rtol=0.1, atol=0.05)
 
 
-def test_group_size_not_dividing_the_batch_is_a_clear_error():
+def test_group_size_not_dividing_the_batch_is_a_clear_error_in_training():
   layer = MoeLayer(_cfg(group_size=8), D, 'tokens_choose', 1)
   with pytest.raises(ValueError, match=r'group_size=8.*\b12\b'):
-    jax.eval_shape(layer.init, jax.random.key(0), jnp.ones((3, 4, D)))
+    jax.eval_shape(functools.partial(layer.init, enable_dropout=True),
+                   {'params': jax.random.key(0), 'dropout': jax.random.key(1)},
+                   jnp.ones((3, 4, D)))
+
+
+def _dropping(**kw):
+  """Capacity 2 whatever the group size (vanishing factor, min_capacity): tokens get dropped."""
+  return _cfg(dispatch='einsum', train_capacity_factor=1e-6, eval_capacity_factor=1e-6,
+              min_capacity=2, **kw)
+
+
+def _dropped(layer, variables, x, mask=None):
+  y, state = jax.jit(functools.partial(layer.apply, mutable=['moe_metrics']))(variables, x, mask)
+  return np.asarray(y), float(state['moe_metrics']['fraction_dropped'][0])
+
+
+@pytest.mark.parametrize('router_type', ['tokens_choose', 'experts_choose'])
+def test_eval_completes_the_last_group_with_padding_that_takes_no_slot(router_type):
+  """12 tokens in groups of 8 at eval: groups [tokens 0-7] and [tokens 8-11 + 4 padding], each
+  with 2 slots per expert; same numbers as routing those two groups in separate calls. (Experts
+  choosing tokens would pick the zero padding, whose router probabilities are all 1/E, over
+  real tokens with lower ones, were it routable.)"""
+  cfg = _dropping(group_size=8)
+  layer, _, variables = _init(cfg, router_type=router_type, shape=(2, 4))
+  x = jax.random.normal(jax.random.key(5), (3, 4, D))
+  mask = jnp.ones((3, 4), bool).at[2, 3].set(False)
+  y, dropped = _dropped(layer, variables, x, mask)
+  first, dropped_first = _dropped(layer, variables, x[:2], mask[:2])
+  last, _ = _dropped(layer, variables, x[2:], mask[2:])
+  assert dropped > 0 and dropped_first > 0            # capacity binds: grouping matters
+  np.testing.assert_allclose(y, np.concatenate([first, last]), rtol=1e-6, atol=1e-6)
+
+
+def test_sequence_groups_route_each_sequence_alone():
+  """routing_groups='sequence': G = B groups of one sequence, in training and at eval."""
+  cfg = _dropping(routing_groups='sequence', group_size=3)   # group_size is not used
+  layer, _, variables = _init(cfg, shape=(2, 4))
+  x = jax.random.normal(jax.random.key(6), (3, 8, D))
+  y, dropped = _dropped(layer, variables, x)
+  assert dropped > 0
+  for b in range(3):
+    np.testing.assert_allclose(y[b], _dropped(layer, variables, x[b:b + 1])[0][0], rtol=1e-6,
+                               atol=1e-6)
+  trained = _apply(layer, variables, x, seed=0)       # no group-size error in training either
+  np.testing.assert_allclose(trained, y, rtol=1e-6, atol=1e-6)   # no jitter, no dropout
 
 
 def test_mismatched_padding_mask_is_a_clear_error():

@@ -1,4 +1,6 @@
 """Routing properties with hand-built logits, capacity and grouping rules, and router losses."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -121,6 +123,17 @@ def test_grouping_rules():
   assert capacity_lib.num_groups(32, 8) == 4
   with pytest.raises(ValueError, match=r'group_size=8.*\b12\b'):
     capacity_lib.num_groups(12, 8)
+  groups = functools.partial(capacity_lib.token_groups, group_size=8, routing_groups='group_size')
+  assert groups(3, 2, training=False) == groups(3, 2, training=True) == (1, 6)
+  assert groups(4, 8, training=False) == groups(4, 8, training=True) == (4, 8)
+  assert groups(3, 4, training=False) == (2, 8)       # 12 tokens + 4 padding
+  assert groups(7, 3, training=False) == (3, 8)       # 21 tokens + 3 padding
+  with pytest.raises(ValueError, match=r'group_size=8.*\b12\b'):
+    groups(3, 4, training=True)
+  for training in (False, True):
+    assert capacity_lib.token_groups(3, 7, 8, 'sequence', training) == (3, 7)
+  with pytest.raises(ValueError, match="routing_groups='rows'"):
+    capacity_lib.token_groups(3, 7, 8, 'rows', False)
 
 
 def test_load_balancing_loss_is_one_when_balanced_and_e_when_collapsed():

@@ -41,8 +41,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   parser.add_argument('--gin_bindings', action='append', default=[], help='raw gin binding')
   parser.add_argument('--gin_search_paths', action='append', default=[])
   parser.add_argument('--group_size', type=int, default=None,
-                      help='Switch import: tokens per routing group; HF routes per sequence, so '
-                           'use your sequence length for exact HF parity (default 512)')
+                      help='Switch import: route groups of N tokens spanning sequences '
+                           '(default: one group per sequence, exactly as HF)')
   parser.add_argument('--seed', type=int, default=0, help='router init seed when upcycling')
   parser.add_argument('--max_shard_size_mb', type=int, default=5120,
                       help='export: safetensors shard size limit')

@@ -10,7 +10,7 @@ HF Switch is T5 (same backbone tensors, see hf_t5.py) with:
   * top-1 routing with an absolute per-sequence `expert_capacity` -> our 'hf_switch' router
     (hf_switch_routing.py), whose capacity we express as `min_capacity` with a vanishing
     capacity factor (capacity = max(ceil(cf * T / E), min_capacity) = expert_capacity), and
-    `group_size` = the sequence length (HF routes each sequence as one group).
+    `routing_groups='sequence'` (HF routes each sequence as one group, whatever its length).
 
 Sparse-block tensors (HF prefix P = {stack}.block.i.layer.{1|2}.mlp):
   P.router.classifier.weight [E, D]          {stack}/layers_i/moe/router/kernel [D, E]
@@ -68,8 +68,10 @@ def _num_sparse_for(blocks: Tuple[int, ...], num_layers: int, stack: str) -> int
 def config_from_hf(hf: Mapping, group_size: Optional[int] = None) -> T5Config:
   """Switch-classic `T5Config` (router 'hf_switch') from a HF SwitchTransformers config dict.
 
-  group_size: tokens per routing group; HF routes per sequence, so for exact parity set it to
-  the sequence length of the inputs (encoder and decoder lengths equal). Default: 512.
+  group_size: None (default) routes each sequence as one group, as HF does (exact for every
+  batch size and length); a number routes groups of that many tokens spanning sequences
+  (`routing_groups='group_size'`, flaxformer style), HF-exact only when it equals the length
+  of both the encoder and decoder inputs.
   """
   hf_t5.check_architecture(hf, SWITCH_ARCHITECTURES, SWITCH_MODEL_TYPES)
   if hf.get('router_bias', False):
@@ -89,6 +91,7 @@ def config_from_hf(hf: Mapping, group_size: Optional[int] = None) -> T5Config:
   moe = MoeConfig(
       num_experts=int(hf.get('num_experts', 8)), num_selected_experts=1, router_type='hf_switch',
       dispatch='einsum', group_size=int(group_size or 512),
+      routing_groups='sequence' if group_size is None else 'group_size',
       train_capacity_factor=HF_CAPACITY_FACTOR, eval_capacity_factor=HF_CAPACITY_FACTOR,
       min_capacity=capacity, jitter_noise=float(hf.get('router_jitter_noise', 0.01)),
       load_balancing_loss_weight=float(hf.get('router_aux_loss_coef', 1e-3)),

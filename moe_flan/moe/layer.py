@@ -7,7 +7,9 @@
 Params: router/kernel <float32>[D, E]; experts/{wi_0, wi_1 | wi} <float32>[E, D, F];
 experts/wo <float32>[E, F, D] (see experts.py for axes).
 
-Tokens are flattened over batch and length and split into G groups of T tokens (capacity.py);
+Tokens are split into G groups of T tokens as `config.routing_groups` says (capacity.py): at
+evaluation and decoding any batch size and length works, the last group completed with padding
+tokens that are never routed; training keeps groups exact.
 `router_type` picks the routing strategy from `ROUTERS` (routing.py) and `config.dispatch` the
 dispatcher from `DISPATCHERS` (dispatch.py). `enable_dropout=True` is training: train capacity
 factor, router jitter and expert dropout on (rng stream 'dropout'). Per call the layer sows into
@@ -63,16 +65,19 @@ class MoeLayer(nn.Module):
                        f'be between 1 and num_experts={cfg.num_experts}')
     route = routing_lib.get_router(self.router_type)
     dispatch = dispatch_lib.get_dispatcher(cfg.dispatch)
-    g = capacity_lib.num_groups(b * l, cfg.group_size)
-    t = b * l // g
-    tokens = nn.with_logical_constraint(x.reshape(g, t, d).astype(self.dtype), _TOKEN_AXES)
-    if padding_mask is None:
-      real = jnp.ones((g, t), bool)
-    elif tuple(padding_mask.shape) != (b, l):
+    g, t = capacity_lib.token_groups(b, l, cfg.group_size, cfg.routing_groups, enable_dropout)
+    if padding_mask is not None and tuple(padding_mask.shape) != (b, l):
       raise ValueError(f'MoeLayer: padding_mask shape {tuple(padding_mask.shape)} != inputs\' '
                        f'[batch, length] {(b, l)}')
-    else:
-      real = jnp.asarray(padding_mask).reshape(g, t) > 0
+    real = (jnp.ones((b * l,), bool) if padding_mask is None
+            else jnp.asarray(padding_mask).reshape(b * l) > 0)
+    tokens = x.reshape(b * l, d).astype(self.dtype)
+    fill = g * t - b * l   # trailing padding that completes the last group (never routed)
+    if fill:
+      tokens = jnp.pad(tokens, ((0, fill), (0, 0)))
+      real = jnp.pad(real, (0, fill))
+    tokens = nn.with_logical_constraint(tokens.reshape(g, t, d), _TOKEN_AXES)
+    real = real.reshape(g, t)
 
     logits = routing_lib.Router(cfg.num_experts, cfg.router_init_std, cfg.jitter_noise,
                                 name='router')(tokens, enable_dropout)
@@ -91,4 +96,4 @@ class MoeLayer(nn.Module):
 
     for name, value in losses.router_metrics(logits, real, routing).items():
       self.sow('moe_metrics', name, value)
-    return y.reshape(b, l, d)
+    return y.reshape(g * t, d)[:b * l].reshape(b, l, d)
