@@ -25,9 +25,9 @@ def with_dispatch(moe: config_lib.MoeConfig, dispatch: str) -> config_lib.MoeCon
   """A copy of `moe` that dispatches with the registered dispatcher `dispatch`; 'NAME mosaic_gpu'
   also sets MoeConfig.grouped_matmul = 'mosaic_gpu'."""
   dispatch, _, grouped_matmul = dispatch.partition(' ')
-  if dispatch not in dispatch_lib.DISPATCHERS:
-    raise ValueError(f'with_dispatch: dispatch={dispatch!r} is not registered; known: '
-                     f'{sorted(dispatch_lib.DISPATCHERS)}')
+  if dispatch not in dispatch_lib.dispatcher_names():
+    raise ValueError(f'with_dispatch: dispatch={dispatch!r} is unknown; known: '
+                     f'{dispatch_lib.dispatcher_names()}')
   return dataclasses.replace(moe, dispatch=dispatch, grouped_matmul=grouped_matmul or 'auto')
 
 

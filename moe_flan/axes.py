@@ -18,7 +18,9 @@ Einsum letters (each means exactly one thing everywhere in the code base):
   S  selected         the k experts a token chose (top-k slots)
 
 Logical axis names follow t5x/flaxformer so gin rule tables read the same; the
-mapping from these names to mesh axes lives in `moe_flan.partitioning.rules`.
+mapping from these names to mesh axes lives in `moe_flan.partitioning.rules`. The mesh axis
+names are listed here too, for the code below the partitioning package that runs under a mesh
+(the expert-parallel dispatcher).
 """
 
 # Parameter and activation axes (t5x names).
@@ -37,3 +39,9 @@ EXPERT_GROUP = 'expert_group'    # the group axis of routed activations
 EXPERT_REPLICA = 'expert_replicas'
 UNMODELED = 'unmodeled'          # never sharded (e.g. the router's expert axis)
 CAPACITY = 'capacity'            # expert slots axis of dispatched activations
+
+# Mesh axes (the device mesh, moe_flan.partitioning.mesh): batch, experts, hidden/heads/vocab.
+MESH_DATA = 'data'
+MESH_EXPERT = 'expert'
+MESH_MODEL = 'model'
+MESH_AXES = (MESH_DATA, MESH_EXPERT, MESH_MODEL)

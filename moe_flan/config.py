@@ -10,16 +10,14 @@ from typing import Optional, Sequence
 
 import gin
 
-ROUTER_TYPES = ('tokens_choose', 'experts_choose', 'hf_switch')
-DISPATCH_TYPES = ('einsum', 'scatter', 'segmented', 'dropless', 'expert_parallel')
+# Router and dispatcher names are checked where they are defined (moe_flan.moe.routing.ROUTERS,
+# moe_flan.moe.dispatch.DISPATCHERS, plus users' registered ones) when the model is built.
 # How 'dropless' and 'segmented' run their grouped matmuls (moe_flan/kernels/grouped_matmul.py).
 GROUPED_MATMULS = ('auto', 'ragged_dot', 'mosaic_gpu')
 # How tokens form routing groups (moe_flan/moe/capacity.py): groups of `group_size` tokens of
 # the flattened batch (flaxformer/t5x), or one group per sequence (HF SwitchTransformers).
 ROUTING_GROUPS = ('group_size', 'sequence')
 SPARSE_LAYOUTS = ('every', 'hf_every', 'top', 'bottom', 'all', 'none')
-# Dispatch paths that drop tokens beyond an expert's capacity.
-CAPACITY_DISPATCHES = ('einsum', 'scatter', 'segmented', 'expert_parallel')
 
 
 def _fail(setting: str, value, why: str):
@@ -36,8 +34,8 @@ class MoeConfig:
   """
   num_experts: int = 8
   num_selected_experts: int = 1            # k in top-k; for experts_choose, scales capacity
-  router_type: str = 'tokens_choose'       # one of ROUTER_TYPES
-  dispatch: str = 'einsum'                 # one of DISPATCH_TYPES
+  router_type: str = 'tokens_choose'       # a name in moe_flan.moe.ROUTERS (or registered)
+  dispatch: str = 'einsum'                 # a name in moe_flan.moe.DISPATCHERS (or registered)
   grouped_matmul: str = 'auto'             # one of GROUPED_MATMULS ('mosaic_gpu': Hopper only)
   group_size: int = 4096                   # tokens per routing group (T)
   routing_groups: str = 'group_size'       # one of ROUTING_GROUPS ('sequence': T = length)
@@ -66,13 +64,6 @@ class MoeConfig:
   def __post_init__(self):
     if self.num_experts < 1:
       _fail('MoeConfig.num_experts', self.num_experts, 'must be >= 1')
-    for name in ('router_type', 'decoder_router_type'):
-      value = getattr(self, name)
-      if value is not None and value not in ROUTER_TYPES:
-        _fail(f'MoeConfig.{name}', value, f'unknown router; choose one of {ROUTER_TYPES}')
-    if self.dispatch not in DISPATCH_TYPES:
-      _fail('MoeConfig.dispatch', self.dispatch,
-            f'unknown dispatch; choose one of {DISPATCH_TYPES}')
     if self.grouped_matmul not in GROUPED_MATMULS:
       _fail('MoeConfig.grouped_matmul', self.grouped_matmul,
             f'unknown grouped matmul; choose one of {GROUPED_MATMULS}')
@@ -81,11 +72,6 @@ class MoeConfig:
       if k is not None and not 1 <= k <= self.num_experts:
         _fail(f'MoeConfig.{name}', k,
               f'must be between 1 and num_experts={self.num_experts}')
-    if self.dispatch in CAPACITY_DISPATCHES:
-      for name in ('train_capacity_factor', 'eval_capacity_factor'):
-        if getattr(self, name) <= 0:
-          _fail(f'MoeConfig.{name}', getattr(self, name),
-                f'must be > 0 with the capacity-based dispatch {self.dispatch!r}')
     if (self.decoder_effective_router_type == 'experts_choose'
         and self.decoder_sparse_layout != 'none'):
       _fail('MoeConfig.decoder_router_type', 'experts_choose',

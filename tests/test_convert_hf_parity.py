@@ -16,9 +16,10 @@ transformers = pytest.importorskip('transformers')
 import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
 from moe_flan.convert import hf_checkpoint  # pylint: disable=g-import-not-at-top
-from moe_flan.convert import hf_switch_losses
 from moe_flan.model import EncoderDecoder
 from moe_flan.model.losses import cross_entropy_with_z_loss
+
+import hf_switch_losses  # pylint: disable=g-bad-import-order  (tests/hf_switch_losses.py)
 
 B, L, V = 2, 8, 64
 ATOL = 1e-4

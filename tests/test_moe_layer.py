@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 from moe_flan.config import MoeConfig
-from moe_flan.moe import DISPATCHERS, MoeLayer, collect_moe_metrics, register_dispatcher
+from moe_flan.moe import (MoeLayer, check_config, collect_moe_metrics, dispatcher_names,
+                          register_dispatcher, register_router)
+from moe_flan.moe import dispatch as dispatch_lib
 from moe_flan.moe.dispatch_scatter import scatter_dispatch
 
 D, F = 8, 16
@@ -208,16 +210,30 @@ def test_registered_dispatcher_is_used():
     calls.append(routing.capacity)
     return scatter_dispatch(routing, x, ffn)
 
-  saved = DISPATCHERS.get('expert_parallel')
-  register_dispatcher('expert_parallel', counting)
+  register_dispatcher('counting_scatter', counting)
   try:
-    cfg = _cfg(dispatch='expert_parallel')
+    assert 'counting_scatter' in dispatcher_names()
+    cfg = _cfg(dispatch='counting_scatter')
     layer, x, variables = _init(_cfg())
     y = MoeLayer(cfg, D, 'tokens_choose', 1).apply(variables, x)
     np.testing.assert_allclose(y, layer.apply(variables, x), rtol=1e-6)
     assert calls == [8]                  # ceil(2.0 * 1 * 16 / 4)
   finally:
-    if saved is None:
-      DISPATCHERS.pop('expert_parallel')
-    else:
-      register_dispatcher('expert_parallel', saved)
+    dispatch_lib.unregister_dispatcher('counting_scatter')
+  assert 'counting_scatter' not in dispatcher_names()
+
+
+def test_built_in_names_cannot_be_replaced_and_unknown_names_are_clear_errors():
+  with pytest.raises(ValueError, match="'scatter' is a built-in dispatcher"):
+    register_dispatcher('scatter', scatter_dispatch)
+  with pytest.raises(ValueError, match="'tokens_choose' is a built-in router"):
+    register_router('tokens_choose', lambda *a, **k: None)
+  _, x, variables = _init(_cfg())
+  with pytest.raises(ValueError, match=r"MoeConfig.dispatch='scater': unknown dispatcher; "
+                                       r"choose one of \('einsum', 'scatter'"):
+    MoeLayer(_cfg(dispatch='scater'), D, 'tokens_choose', 1).apply(variables, x)
+  with pytest.raises(ValueError, match="MoeConfig.decoder_router_type='top2': unknown router"):
+    check_config(_cfg(decoder_router_type='top2'))
+  with pytest.raises(ValueError, match='eval_capacity_factor=0.0: must be > 0'):
+    check_config(_cfg(eval_capacity_factor=0.0))
+  check_config(_cfg(dispatch='dropless', eval_capacity_factor=0.0))  # no capacity there

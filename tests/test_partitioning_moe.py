@@ -10,7 +10,7 @@ import pytest
 
 from moe_flan import partitioning
 from moe_flan.config import MoeConfig
-from moe_flan.moe import MoeLayer, resharding
+from moe_flan.moe import MoeLayer, dispatch_expert_parallel, resharding
 
 B, L, D, F = 8, 8, 8, 16     # 64 tokens in 8 groups of 8: the groups split over data x expert
 MESHES = [(8, 1, 1), (2, 4, 1), (1, 4, 2), (2, 2, 2)]
@@ -121,6 +121,20 @@ def test_expert_parallel_rejects_indivisible_expert_count():
     with pytest.raises(ValueError, match=r"experts/wi_0: dimension 0 \('expert'\) has size 6"):
       jax.eval_shape(lambda p: layer.apply({'params': p}, x, mask, mutable=['moe_metrics']),
                      _values(abstract['params']))
+
+
+@pytest.mark.parametrize('num_experts', [2, 4, 8])
+@pytest.mark.parametrize('mesh_shape,rules', [((2, 4, 1), {}), ((1, 4, 2), {}),
+                                              ((2, 2, 2), {'fsdp': True}), ((1, 8, 1), {})])
+def test_expert_parallel_weight_specs_agree_with_the_partitioner(num_experts, mesh_shape, rules):
+  """The dispatcher's in_specs for the expert weights (read from the active mesh and rules) are
+  the specs the Partitioner placed them with, so shard_map never reshards them."""
+  partitioner = _partitioner(mesh_shape, **rules)
+  for names in [('expert', 'embed', 'mlp'), ('expert', 'mlp', 'embed')]:
+    shape = tuple({'expert': num_experts, 'embed': D, 'mlp': F}[n] for n in names)
+    assert (dispatch_expert_parallel.weight_spec(names, shape, partitioner.mesh,
+                                                 partitioner.rules, 'w')
+            == partitioner.spec_for(names, shape))
 
 
 def _compiled_hlo(dispatch, num_experts=8, mesh_shape=(2, 4, 1)):

@@ -11,7 +11,8 @@ import optax
 import pytest
 
 from moe_flan import partitioning
-from moe_flan.config import DISPATCH_TYPES, MoeConfig, T5Config
+from moe_flan.config import MoeConfig, T5Config
+from moe_flan.moe import DISPATCHERS
 from moe_flan.model import EncoderDecoder
 from moe_flan.trainer import builder
 from moe_flan.trainer import train_state as ts
@@ -138,10 +139,10 @@ def _check_against_one_device(dispatch: str, mesh_shape):
 MESHES = [(8, 1, 1), (2, 4, 1), (1, 4, 2), (2, 2, 2)]
 
 
-# Every dispatch path in DISPATCH_TYPES (a new entry is covered too) on every mesh, each against
+# Every built-in dispatch path in DISPATCHERS (a new entry is covered too) on every mesh, each against
 # its own one-device run (computed once per dispatcher). (2, 2, 2) shards all three axes (batch
 # over data x expert, 2 of the 4 experts per expert shard, expert weights split over 'model').
 @pytest.mark.parametrize('mesh_shape', MESHES, ids=lambda s: 'x'.join(map(str, s)))
-@pytest.mark.parametrize('dispatch', DISPATCH_TYPES)
+@pytest.mark.parametrize('dispatch', list(DISPATCHERS))
 def test_train_step_matches_one_device(dispatch, mesh_shape):
   _check_against_one_device(dispatch, mesh_shape)

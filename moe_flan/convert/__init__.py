@@ -1,9 +1,8 @@
 """Checkpoint interoperability with Hugging Face T5 v1.1 / FLAN-T5 and SwitchTransformers.
 
-Importing this package registers the 'hf_switch' router (HF routing semantics) in the MoE
-router registry. CLI: `python -m moe_flan.convert --help`.
+Imported SwitchTransformers checkpoints route with the built-in 'hf_switch' router
+(`moe_flan.moe.routing.hf_switch`). CLI: `python -m moe_flan.convert --help`.
 """
-from moe_flan.convert import hf_switch_routing  # registers the 'hf_switch' router
 from moe_flan.convert.hf_checkpoint import config_from_hf
 from moe_flan.convert.hf_checkpoint import export_hf
 from moe_flan.convert.hf_checkpoint import import_hf

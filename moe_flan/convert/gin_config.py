@@ -37,8 +37,6 @@ def config_to_gin(config: T5Config, header: str = '') -> str:
   """Gin text that rebuilds `config` (see module docstring)."""
   lines = [f'# {line}' for line in header.splitlines()]
   lines += ['import moe_flan.config']
-  if config.moe is not None and config.moe.router_type == 'hf_switch':
-    lines += ['import moe_flan.convert.hf_switch_routing  # registers the hf_switch router']
   lines += ['', f'VOCAB_SIZE = {config.vocab_size}', f'DROPOUT_RATE = {config.dropout_rate!r}']
   if config.moe is not None:
     lines += [f'EXPERT_DROPOUT_RATE = {config.moe.expert_dropout_rate!r}']
@@ -54,7 +52,6 @@ def config_from_gin(gin_files: Sequence[str], gin_bindings: Sequence[str] = (),
                     search_paths: Sequence[str] = ()) -> T5Config:
   """The `T5Config` that gin files + bindings describe (bindings of other configurables, e.g.
   from run files, are skipped). Clears the global gin config before and after."""
-  import moe_flan.convert.hf_switch_routing  # pylint: disable=g-import-not-at-top,unused-import
   gin.clear_config()
   for path in (REPO_GIN_DIR,) + tuple(search_paths):
     gin.add_config_file_search_path(path)

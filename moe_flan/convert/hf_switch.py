@@ -8,7 +8,7 @@ HF Switch is T5 (same backbone tensors, see hf_t5.py) with:
     step = num_layers // num_sparse_layers (num_layers when num_sparse_layers == 0 - which, as
     HF's own comment admits, still makes block 1 sparse) -> our layout 'hf_every' / 'all';
   * top-1 routing with an absolute per-sequence `expert_capacity` -> our 'hf_switch' router
-    (hf_switch_routing.py), whose capacity we express as `min_capacity` with a vanishing
+    (moe_flan/moe/routing.py), whose capacity we express as `min_capacity` with a vanishing
     capacity factor (capacity = max(ceil(cf * T / E), min_capacity) = expert_capacity), and
     `routing_groups='sequence'` (HF routes each sequence as one group, whatever its length).
 

@@ -1,6 +1,6 @@
 """Explicit expert parallelism: `jax.shard_map` with `jax.lax.all_to_all` over the 'expert' axis.
 
-Registered as dispatcher 'expert_parallel' (same interface and numbers as 'scatter'):
+Dispatcher 'expert_parallel' (same interface and numbers as 'scatter'):
 
     expert_parallel_dispatch(routing, x <dtype>[G, T, D], ffn) -> <dtype>[G, T, D]
 
@@ -21,14 +21,17 @@ parts, one per replica device, and the replicated weights are sliced locally (no
 traffic). Under FSDP rules (embed -> 'data') the expert weights are all-gathered over 'data'
 inside the step, which is FSDP's usual trade.
 
-Without a mesh (or when G does not divide over the batch mesh axes, e.g. one decoding step)
-this falls back to the numerically identical 'scatter' path, leaving sharding to XLA.
+Without a mesh or logical axis rules (both set by `moe_flan.partitioning.Partitioner.activate`),
+or when G does not divide over the batch mesh axes (e.g. one decoding step), this falls back to
+the numerically identical 'scatter' path, leaving sharding to XLA. The mesh and the rules are
+read from the context, so this module needs nothing from the partitioning package.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
 import logging
+import math
 from typing import Optional
 
 import flax.linen as nn
@@ -37,13 +40,9 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec
 
 from moe_flan import axes
-from moe_flan.moe.dispatch import register_dispatcher
 from moe_flan.moe.dispatch_scatter import buffer_slots, scatter_dispatch, slot_sources
 from moe_flan.moe.experts import ExpertFFN
 from moe_flan.moe.routing import Routing
-from moe_flan.partitioning import mesh as mesh_lib
-from moe_flan.partitioning import rules as rules_lib
-from moe_flan.partitioning.partitioner import logical_spec
 
 _IN_KERNEL_AXES = (axes.EXPERT, axes.EMBED, axes.MLP)
 _OUT_KERNEL_AXES = (axes.EXPERT, axes.MLP, axes.EMBED)
@@ -117,14 +116,14 @@ def _local_experts(ffn: ExpertFFN, buffers: jax.Array, plan: _Plan) -> jax.Array
   """Runs this device's experts on <[E_local, G', C', D]> buffers (inside shard_map)."""
   weights = ffn.weights
   if plan.replicas > 1:  # weights replicated over 'expert': keep this device's expert
-    expert = jax.lax.axis_index(mesh_lib.EXPERT) // plan.replicas
+    expert = jax.lax.axis_index(axes.MESH_EXPERT) // plan.replicas
     weights = {k: jax.lax.dynamic_slice_in_dim(w, expert, 1, axis=0) for k, w in weights.items()}
   if plan.embed_axes:  # FSDP: gather D (axis 1 of wi, axis 2 of wo)
     weights = {k: jax.lax.all_gather(w, plan.embed_axes, axis=2 if k == 'wo' else 1, tiled=True)
                for k, w in weights.items()}
   rng = ffn.dropout_rng
   if rng is not None:  # different dropout masks on different devices
-    for name in (mesh_lib.DATA, mesh_lib.EXPERT, mesh_lib.MODEL):
+    for name in (axes.MESH_DATA, axes.MESH_EXPERT, axes.MESH_MODEL):
       rng = jax.random.fold_in(rng, jax.lax.axis_index(name))
   local = dataclasses.replace(ffn, weights=weights, dropout_rng=rng)
   with nn.logical_axis_rules(()):  # inside shard_map everything is manual: no constraints
@@ -140,23 +139,47 @@ def _shard_body(routing: Routing, x: jax.Array, weights: dict, rng: Optional[jax
   buffers, slots = _to_buffers(routing, x)                         # [E, G_l, C, D]
   buffers = _split_replicas(buffers, plan)                         # [E*r, G_l, C', D]
   if plan.partitions > 1:
-    buffers = jax.lax.all_to_all(buffers, mesh_lib.EXPERT, 0, 1, tiled=True)  # [E*r/P, P*G_l]
+    buffers = jax.lax.all_to_all(buffers, axes.MESH_EXPERT, 0, 1, tiled=True)  # [E*r/P, P*G_l]
   ffn = dataclasses.replace(ffn, weights=weights, dropout_rng=rng)
   y = _local_experts(ffn, buffers, plan).astype(x.dtype)
   if plan.partitions > 1:
-    y = jax.lax.all_to_all(y, mesh_lib.EXPERT, 1, 0, tiled=True)   # [E*r, G_l, C', D]
+    y = jax.lax.all_to_all(y, axes.MESH_EXPERT, 1, 0, tiled=True)   # [E*r, G_l, C', D]
   y = _merge_replicas(y, plan)
   return _combine(y, slots, routing.combine_weight)
 
 
+def _mesh_axis_size(mesh, mesh_axes: tuple[str, ...]) -> int:
+  return math.prod(mesh.shape[a] for a in mesh_axes)
+
+
+def weight_spec(names: tuple[str, ...], shape: tuple[int, ...], mesh, rules,
+                where: str) -> PartitionSpec:
+  """The PartitionSpec the expert weights are placed with: `nn.logical_to_mesh_axes`, and an
+  'expert' dimension smaller than its mesh axes (which it divides) replicated - the rule of
+  `moe_flan.partitioning.Partitioner.spec_for`, which places them (a test checks that the two
+  agree). Raises ValueError naming `where` and the dimension when a dimension does not divide.
+  """
+  spec = list(nn.logical_to_mesh_axes(names, rules))
+  for i, (name, size) in enumerate(zip(names, shape)):
+    parts = _mesh_axis_size(mesh, _as_tuple(spec[i]))
+    if size % parts == 0:
+      continue
+    if name == axes.EXPERT and parts % size == 0:
+      spec[i] = None  # fewer experts than expert partitions: replicas
+      continue
+    raise ValueError(f'{where}: dimension {i} ({name!r}) has size {size}, which is not '
+                     f'divisible by mesh axes {spec[i]} of size {parts}')
+  return PartitionSpec(*spec)
+
+
 def _weight_specs(weights: dict, mesh, rules) -> dict:
-  return {k: logical_spec(_OUT_KERNEL_AXES if k == 'wo' else _IN_KERNEL_AXES, w.shape, mesh,
-                          rules, f'experts/{k}') for k, w in weights.items()}
+  return {k: weight_spec(_OUT_KERNEL_AXES if k == 'wo' else _IN_KERNEL_AXES, w.shape, mesh, rules,
+                         f'experts/{k}') for k, w in weights.items()}
 
 
 def _make_plan(routing: Routing, weight_specs: dict, mesh) -> _Plan:
   e = routing.num_experts
-  p = mesh.shape[mesh_lib.EXPERT]
+  p = mesh.shape[axes.MESH_EXPERT]
   if e % p and p % e:
     raise ValueError(f'expert_parallel: num_experts={e} and the expert mesh axis size {p} '
                      'must divide one another')
@@ -178,11 +201,11 @@ def _warn_fallback(num_groups: int, group_axes: tuple, parts: int) -> None:
 def _group_axes(mesh, rules, num_groups: int) -> Optional[tuple[str, ...]]:
   """Mesh axes of the group dimension, or None when G cannot be split over them."""
   group_axes = _as_tuple(nn.logical_to_mesh_axes((axes.EXPERT_GROUP,), rules)[0])
-  if mesh.shape[mesh_lib.EXPERT] > 1 and mesh_lib.EXPERT not in group_axes:
+  if mesh.shape[axes.MESH_EXPERT] > 1 and axes.MESH_EXPERT not in group_axes:
     raise ValueError(
         f'expert_parallel: groups are split over mesh axes {group_axes}, which must include '
         f"'expert' (logical_axis_rules.batch_mesh_axes); or use the 'einsum' dispatch")
-  parts = mesh_lib.mesh_axis_size(mesh, group_axes)
+  parts = _mesh_axis_size(mesh, group_axes)
   if num_groups % parts:
     _warn_fallback(num_groups, group_axes, parts)
     return None
@@ -192,9 +215,9 @@ def _group_axes(mesh, rules, num_groups: int) -> Optional[tuple[str, ...]]:
 def expert_parallel_dispatch(routing: Routing, x: jax.Array, ffn: ExpertFFN) -> jax.Array:
   """x: <dtype>[G, T, D] -> <dtype>[G, T, D] (the dispatcher interface, see dispatch.py)."""
   mesh = jax.sharding.get_abstract_mesh()
-  if mesh.empty or mesh_lib.EXPERT not in mesh.axis_names:
+  rules = list(nn.get_logical_axis_rules())
+  if mesh.empty or axes.MESH_EXPERT not in mesh.axis_names or not rules:
     return scatter_dispatch(routing, x, ffn)
-  rules = list(nn.get_logical_axis_rules()) or rules_lib.logical_axis_rules()
   group_axes = _group_axes(mesh, rules, x.shape[0])
   if group_axes is None:
     return scatter_dispatch(routing, x, ffn)
@@ -212,6 +235,3 @@ def expert_parallel_dispatch(routing: Routing, x: jax.Array, ffn: ExpertFFN) -> 
   return jax.shard_map(
       body, in_specs=(routing_specs, g_spec, weight_specs, PartitionSpec()),
       out_specs=g_spec)(routing, x, dict(ffn.weights), ffn.dropout_rng)
-
-
-register_dispatcher('expert_parallel', expert_parallel_dispatch, drops_tokens=True)

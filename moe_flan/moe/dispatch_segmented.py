@@ -1,6 +1,6 @@
 """Segmented dispatch: rows sorted into per-expert segments, exact-size matmuls per expert.
 
-A capacity dispatcher (registered as 'segmented'). Routed selections are laid out in one row
+A capacity dispatcher ('segmented'). Routed selections are laid out in one row
 buffer <[P, D]>: expert 0's rows (all groups, each group's slots in order), then expert 1's,
 and so on. Two ways run the experts on it:
 
@@ -39,7 +39,6 @@ import jax
 import jax.numpy as jnp
 
 from moe_flan.kernels import grouped_matmul as grouped_matmul_lib
-from moe_flan.moe import dispatch as dispatch_lib
 from moe_flan.moe.experts import ACTIVATIONS, ExpertFFN, input_kernel_names
 from moe_flan.moe.routing import Routing
 
@@ -291,5 +290,3 @@ def segmented_dispatch(routing: Routing, x: jax.Array, ffn: ExpertFFN) -> jax.Ar
         y_rows * row_weight[:, None])[:g * t]      # unused rows land in the extra last row
   return y.reshape(g, t, d).astype(x.dtype)
 
-
-dispatch_lib.register_dispatcher('segmented', segmented_dispatch)

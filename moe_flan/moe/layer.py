@@ -37,6 +37,25 @@ from moe_flan.moe.experts import ExpertFFN, ExpertParams
 _TOKEN_AXES = (axes.BATCH, axes.LENGTH, axes.EMBED)   # grouped tokens <[G, T, D]>
 
 
+def check_config(cfg: MoeConfig) -> None:
+  """Raises a one-line ValueError for a router or dispatcher name that is neither built in nor
+  registered, or a capacity factor <= 0 with a dispatcher that has a capacity. `MoeConfig`
+  checks everything else itself; these names live here, where the routers and dispatchers are.
+  """
+  for name in ('router_type', 'decoder_router_type'):
+    value = getattr(cfg, name)
+    if value is not None and value not in routing_lib.router_names():
+      raise ValueError(f'Bad config: MoeConfig.{name}={value!r}: unknown router; choose one of '
+                       f'{routing_lib.router_names()} (or add one with '
+                       'moe_flan.moe.register_router)')
+  dispatch_lib.get_dispatcher(cfg.dispatch)
+  if not dispatch_lib.is_dropless(cfg.dispatch):
+    for name in ('train_capacity_factor', 'eval_capacity_factor'):
+      if getattr(cfg, name) <= 0:
+        raise ValueError(f'Bad config: MoeConfig.{name}={getattr(cfg, name)!r}: must be > 0 '
+                         f'with the capacity-based dispatch {cfg.dispatch!r}')
+
+
 class MoeLayer(nn.Module):
   """Sparse MoE feed-forward block; see the module docstring."""
   config: MoeConfig
@@ -63,6 +82,7 @@ class MoeLayer(nn.Module):
     if not 1 <= self.num_selected_experts <= cfg.num_experts:
       raise ValueError(f'Bad config: num_selected_experts={self.num_selected_experts!r}: must '
                        f'be between 1 and num_experts={cfg.num_experts}')
+    check_config(cfg)
     route = routing_lib.get_router(self.router_type)
     dispatch = dispatch_lib.get_dispatcher(cfg.dispatch)
     g, t = capacity_lib.token_groups(b, l, cfg.group_size, cfg.routing_groups, enable_dropout)

@@ -6,8 +6,9 @@ A routing strategy is a plain function from router logits to a small frozen `Rou
              num_selected_experts: int, capacity: int,
              batch_prioritized_routing: bool) -> Routing
 
-Strategies are looked up in `ROUTERS` by `MoeConfig.router_type`; new ones (e.g. 'hf_switch')
-are added with `register_router(name, fn)`. Every dispatcher (see `dispatch.py`) consumes the
+The built-in strategies ('tokens_choose', 'experts_choose', 'hf_switch') are listed in
+`ROUTERS` and chosen by `MoeConfig.router_type`; users add their own with
+`register_router(name, fn)`. Every dispatcher (see `dispatch.py`) consumes the
 same `Routing`, so one routing decision gives the same numbers on every dispatch path.
 
 `Routing` describes, for every token t of group g and each of its S selection slots s:
@@ -32,7 +33,8 @@ routed and never take a slot.
 """
 from __future__ import annotations
 
-from typing import Callable, Dict
+import types
+from typing import Callable, Dict, Mapping
 
 import flax
 import flax.linen as nn
@@ -191,22 +193,95 @@ def experts_choose(logits: jax.Array, padding_mask: jax.Array, *, num_selected_e
       num_experts=num_experts, capacity=capacity)
 
 
-ROUTERS: Dict[str, RouterFn] = {
+def hf_switch(logits: jax.Array, padding_mask: jax.Array, *, num_selected_experts: int,
+              capacity: int, batch_prioritized_routing: bool = False) -> Routing:
+  """Hugging Face SwitchTransformers' top-1 router, for imported checkpoints.
+
+  The semantics are those of transformers 4.x `SwitchTransformersTop1Router` +
+  `SwitchTransformersSparseMLP` (pinned: 4.57.6), which a routing group must mirror exactly for
+  imported checkpoints to give HF's logits:
+  * top-1: each token goes to argmax_e softmax(logits) (first index on ties, as torch.argmax);
+  * capacity: a fixed number of slots per expert *per sequence* (HF `expert_capacity`), served
+    first come by position (`cumsum` over the sequence). Groups are sequences when `group_size`
+    = sequence length, and the fixed number is `capacity` (the converter sets min_capacity =
+    expert_capacity and a vanishing capacity factor);
+  * padding tokens are routed and take slots like any other token (HF's
+    `router_ignore_padding_tokens` is never read by its model code);
+  * the kept token's expert output is multiplied by its router probability (the top-1 softmax
+    probability, not renormalised);
+  * a dropped token's MoE output is zero, so only the residual passes (transformers >= 4.3x;
+    earlier 4.x releases passed `router_prob * normed_input` for dropped tokens).
+  Router jitter (training only) is applied by `Router` to the router input, as HF does.
+
+  Where 'tokens_choose' differs: capacity comes from a capacity factor per routing group of
+  `group_size` tokens (groups span sequences), padding never takes a slot, and
+  `batch_prioritized_routing` can reorder the queue; aux losses are averaged per layer over real
+  tokens (HF concatenates layers and includes padding).
+
+  Args:
+    logits: <float32>[G, T, E] router logits.
+    padding_mask: <bool>[G, T] real tokens; only used for the `fraction_dropped` metric (HF
+      routes padding like real tokens).
+    num_selected_experts: must be 1.
+    capacity: slots per expert and group (HF `expert_capacity`).
+    batch_prioritized_routing: must be False (HF serves tokens by position).
+  Returns:
+    `Routing` with S = 1 selection per token.
+  """
+  if num_selected_experts != 1:
+    raise ValueError(f'Bad config: num_selected_experts={num_selected_experts!r}: router '
+                     "'hf_switch' is top-1 (HF SwitchTransformers)")
+  if batch_prioritized_routing:
+    raise ValueError("Bad config: MoeConfig.batch_prioritized_routing=True: router 'hf_switch' "
+                     'serves tokens in position order, as HF does')
+  num_experts = logits.shape[-1]
+  probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+  expert = jnp.argmax(probs, axis=-1)                                     # [G, T]
+  onehot = jax.nn.one_hot(expert, num_experts, dtype=jnp.int32)           # [G, T, E]
+  slot = jnp.sum((jnp.cumsum(onehot, axis=1) - 1) * onehot, axis=-1)      # [G, T]
+  routed = slot < capacity
+  real = padding_mask.astype(bool)
+  dropped = jnp.sum(real & ~routed) / jnp.maximum(jnp.sum(real), 1)
+  return Routing(
+      expert_index=expert[..., None].astype(jnp.int32),
+      slot_index=slot[..., None].astype(jnp.int32),
+      combine_weight=jnp.where(routed, jnp.max(probs, axis=-1), 0.0)[..., None],
+      routed=routed[..., None],
+      fraction_dropped=dropped.astype(jnp.float32),
+      num_experts=num_experts, capacity=capacity)
+
+
+# The built-in routing strategies (MoeConfig.router_type). Users add theirs with
+# `register_router`; a user's name may not shadow a built-in one.
+ROUTERS: Mapping[str, RouterFn] = types.MappingProxyType({
     'tokens_choose': tokens_choose,
     'experts_choose': experts_choose,
-}
+    'hf_switch': hf_switch,
+})
+_USER_ROUTERS: Dict[str, RouterFn] = {}
 
 
 def register_router(name: str, fn: RouterFn) -> None:
-  """Adds (or replaces) routing strategy `name`; `fn` has the signature in the module doc."""
-  ROUTERS[name] = fn
+  """Adds (or replaces) the user routing strategy `name`; `fn` has the signature in the module
+  doc. Built-in names cannot be replaced."""
+  if name in ROUTERS:
+    raise ValueError(f'register_router: {name!r} is a built-in router; choose another name')
+  _USER_ROUTERS[name] = fn
+
+
+def unregister_router(name: str) -> None:
+  """Removes the user routing strategy `name` (no-op if absent)."""
+  _USER_ROUTERS.pop(name, None)
+
+
+def router_names() -> tuple[str, ...]:
+  """Every valid `MoeConfig.router_type`: the built-in ones, then the registered ones."""
+  return tuple(ROUTERS) + tuple(sorted(_USER_ROUTERS))
 
 
 def get_router(name: str) -> RouterFn:
-  if name == 'hf_switch' and name not in ROUTERS:
-    # Registered by the HF converter; imported lazily so routing does not depend on it.
-    import moe_flan.convert.hf_switch_routing  # pylint: disable=g-import-not-at-top,unused-import
-  if name not in ROUTERS:
-    raise ValueError(f'Bad config: router_type={name!r}: not registered; '
-                     f'known routers: {sorted(ROUTERS)}')
-  return ROUTERS[name]
+  fn = ROUTERS.get(name) or _USER_ROUTERS.get(name)
+  if fn is None:
+    raise ValueError(f'Bad config: MoeConfig.router_type={name!r}: unknown router; choose one of '
+                     f'{router_names()} (or add one with moe_flan.moe.register_router)')
+  return fn

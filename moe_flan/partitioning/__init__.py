@@ -7,5 +7,3 @@ from moe_flan.partitioning.rules import logical_axis_rules
 __all__ = ['MESH_AXES', 'Partitioner', 'create_partitioner', 'initialize', 'logical_axis_rules',
            'make_mesh']
 
-# Registers the 'expert_parallel' MoE dispatcher (it needs the mesh helpers above).
-from moe_flan.moe import dispatch_expert_parallel as _dispatch_expert_parallel  # noqa: E402,F401

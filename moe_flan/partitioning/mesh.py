@@ -18,7 +18,9 @@ import gin
 import jax
 import numpy as np
 
-MESH_AXES = ('data', 'expert', 'model')
+from moe_flan import axes
+
+MESH_AXES = axes.MESH_AXES
 DATA, EXPERT, MODEL = MESH_AXES
 
 

@@ -5,11 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import moe_flan.convert  # pylint: disable=unused-import  (registers 'hf_switch')
 from moe_flan.config import MoeConfig
-from moe_flan.convert.hf_switch_routing import hf_switch
 from moe_flan.moe import MoeLayer
 from moe_flan.moe import routing
+from moe_flan.moe.routing import hf_switch
 
 
 def _logits_preferring(experts, num_experts=3, margin=(2.0, 1.0, 3.0, 0.5, 1.5)):

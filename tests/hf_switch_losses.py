@@ -14,7 +14,7 @@ router losses (HF only computes them when `*_sparse_step > 1`).
 
 Our default losses (moe_flan.moe.losses) differ: each layer's loss is computed on its own over
 real tokens only, a dropped token still counts for its argmax expert, and the layers' losses are
-averaged (see hf_switch_routing.py). `router_logits` below captures the per-layer logits of our
+averaged (see `moe_flan.moe.routing.hf_switch`). `router_logits` below captures the per-layer logits of our
 model so this module can reproduce HF's numbers exactly.
 """
 from __future__ import annotations
