@@ -3,7 +3,7 @@ import flax
 import numpy as np
 
 from moe_flan.config import MoeConfig, T5Config
-from moe_flan.convert import fit
+from moe_flan.model import abstract_params
 
 DENSE = T5Config(vocab_size=64, emb_dim=16, num_heads=2, head_dim=8, num_encoder_layers=2,
                  num_decoder_layers=2, mlp_dim=32, mlp_activations=('gelu', 'linear'),
@@ -23,7 +23,7 @@ SWITCH = T5Config(vocab_size=64, emb_dim=16, num_heads=2, head_dim=8, num_encode
 def random_params(config: T5Config, seed: int = 0):
   """Fresh params with every leaf replaced by distinct random values (not init's structure)."""
   rng = np.random.default_rng(seed)
-  params = flax.core.unfreeze(fit.fresh_params_shapes(config))   # shapes only: no compile
+  params = flax.linen.meta.unbox(abstract_params(config))   # shapes only: no compile
 
   def fill(tree):
     return {k: fill(v) if isinstance(v, dict) else

@@ -44,7 +44,7 @@ def random_params(model: nn.Module, *args, seed: int = 0, **kwargs):
   rng = np.random.RandomState(seed)
 
   def draw(path, s):
-    name = '/'.join(str(getattr(k, 'key', k)) for k in path)
+    name = jax.tree_util.keystr(path, simple=True, separator='/')
     if name.endswith('scale'):
       value = 1.0 + 0.1 * rng.normal(size=s.shape)
     else:

@@ -1,9 +1,11 @@
 """Production-size configs (as published on the hub): the HF tensor map covers exactly our param
 tree, checked with jax.eval_shape (nothing is allocated)."""
 import flax
+import flax.linen as nn
 import pytest
 
-from moe_flan.convert import fit, hf_checkpoint
+from moe_flan.convert import hf_checkpoint
+from moe_flan.model import abstract_params
 
 _T5_BASE = dict(model_type='t5', architectures=['T5ForConditionalGeneration'], d_model=768,
                 d_kv=64, d_ff=2048, num_heads=12, num_layers=12, num_decoder_layers=12,
@@ -28,7 +30,7 @@ def test_tensor_map_covers_the_param_tree(name):
   config = hf_checkpoint.config_from_hf(hf_config)
   module = hf_checkpoint.family_module(config)
   abstract = flax.traverse_util.flatten_dict(
-      flax.core.unfreeze(fit.fresh_params_shapes(config)), sep='/')
+      nn.meta.unbox(abstract_params(config)), sep='/')
   entries = {e.path: e for e in module.entries(config)}
   assert entries.keys() == abstract.keys()
   for path, entry in entries.items():

@@ -8,11 +8,13 @@ Regenerate after an intended change with:
 import difflib
 import glob
 import os
+import runpy
+import sys
 
 import gin
 import pytest
 
-from moe_flan.partitioning import listing
+from moe_flan import list_shardings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GOLDEN_DIR = os.path.join(ROOT, 'tests', 'golden', 'partition_specs')
@@ -35,8 +37,8 @@ def test_there_are_models_to_check():
 @pytest.mark.parametrize('overlay', OVERLAYS)
 @pytest.mark.parametrize('model', MODELS)
 def test_partition_specs_match_golden(model, overlay):
-  text = listing.model_listing([os.path.join(ROOT, 'gin/models', model + '.gin'),
-                                os.path.join(ROOT, 'gin/partitioning', overlay + '.gin')])
+  text = list_shardings.model_listing([os.path.join(ROOT, 'gin/models', model + '.gin'),
+                                       os.path.join(ROOT, 'gin/partitioning', overlay + '.gin')])
   path = os.path.join(GOLDEN_DIR, f'{model}__{overlay}.txt')
   if os.environ.get('UPDATE_GOLDEN'):
     os.makedirs(GOLDEN_DIR, exist_ok=True)
@@ -54,8 +56,8 @@ def test_overlays_shard_what_they_promise():
   """Independent of the golden files: the overlays' layouts, read off one MoE model."""
   def spec(overlay, name):
     gin.clear_config()
-    text = listing.model_listing([os.path.join(ROOT, 'gin/models/flan_moe_tiny.gin'),
-                                  os.path.join(ROOT, 'gin/partitioning', overlay + '.gin')])
+    text = list_shardings.model_listing([os.path.join(ROOT, 'gin/models/flan_moe_tiny.gin'),
+                                         os.path.join(ROOT, 'gin/partitioning', overlay + '.gin')])
     line = next(l for l in text.splitlines() if l.startswith(name + ' '))
     return line.split('-> ')[1], text.splitlines()[0]
   wo = 'encoder/layers_1/moe/experts/wo'
@@ -68,6 +70,19 @@ def test_overlays_shard_what_they_promise():
                                                '# mesh: data=1, expert=4, model=2')
   assert spec('fsdp', wo) == ("P('expert', 'model', 'data')", '# mesh: data=8, expert=1, model=1')
   assert spec('fsdp', 'token_embedder/embedding')[0] == "P('model', 'data')"
+
+
+def test_module_entry_point_prints_the_listing(capsys, monkeypatch):
+  """`python -m moe_flan.list_shardings ...` (run in-process as `python -m` runs it)."""
+  monkeypatch.setattr(sys, 'argv', ['list_shardings', '--gin_file=models/t5_1_1_tiny.gin',
+                                    '--gin_file=partitioning/data_parallel.gin'])
+  monkeypatch.delitem(sys.modules, 'moe_flan.list_shardings')   # run it afresh, as python -m
+  with pytest.raises(SystemExit) as exit_info:
+    runpy.run_module('moe_flan.list_shardings', run_name='__main__')
+  assert exit_info.value.code == 0
+  out = capsys.readouterr().out
+  with open(os.path.join(GOLDEN_DIR, 't5_1_1_tiny__data_parallel.txt')) as f:
+    assert out == f.read()
 
 
 def test_shard_map_overlay_selects_the_explicit_dispatcher():

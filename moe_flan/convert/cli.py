@@ -23,7 +23,7 @@ import json
 import sys
 from typing import Optional, Sequence
 
-from moe_flan.convert import checkpoint_dir, fit, gin_config, hf_checkpoint, safetensors_io
+from moe_flan.convert import checkpoint_dir, gin_config, hf_checkpoint, retarget, safetensors_io
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -66,7 +66,7 @@ def run_import(args: argparse.Namespace) -> str:
   if args.gin_file or args.gin_bindings:
     target = gin_config.config_from_gin(args.gin_file, args.gin_bindings, args.gin_search_paths)
     upcycled = config.moe is None and target.moe is not None
-    params = fit.fit_params(config, params, target, seed=args.seed)
+    params = retarget.retarget_params(config, params, target, seed=args.seed)
     config = target
     how = 'upcycled to the gin model' if upcycled else 'fitted to the gin model'
   header = f'Imported from the HF checkpoint {args.src} ({how}) by moe_flan.convert.'

@@ -1,7 +1,8 @@
 """The T5.1.1 encoder-decoder (dense, or sparse FLAN-MoE when `config.moe` is set)."""
 from __future__ import annotations
 
-from typing import Optional
+import functools
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax
@@ -75,3 +76,15 @@ class EncoderDecoder(nn.Module):
 def _check_tokens(name: str, tokens: jax.Array):
   if tokens.ndim != 2 or not jnp.issubdtype(tokens.dtype, jnp.integer):
     raise ValueError(f'{name} must be <int>[batch, length]; got {tokens.dtype}{tokens.shape}')
+
+
+@functools.lru_cache(maxsize=32)
+def abstract_params(config: T5Config) -> Any:
+  """Boxed (`nn.LogicallyPartitioned`) ShapeDtypeStructs of `EncoderDecoder(config)`'s params.
+
+  Nothing is computed or compiled (`jax.eval_shape`); `nn.meta.unbox` gives the bare shapes.
+  """
+  tokens = jnp.ones((1, 1), jnp.int32)
+  return jax.eval_shape(
+      lambda k: EncoderDecoder(config).init({'params': k, 'dropout': k}, tokens, tokens, tokens,
+                                            enable_dropout=False)['params'], jax.random.key(0))

@@ -87,7 +87,7 @@ def _per_layer_values(tree: Any) -> Dict[str, List[Tuple[str, jax.Array]]]:
   found: Dict[str, List[Tuple[str, jax.Array]]] = {}
   leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
   for path, value in leaves:
-    keys = [str(getattr(k, 'key', getattr(k, 'idx', k))) for k in path]
+    keys = jax.tree_util.keystr(path, simple=True, separator='/').split('/')
     name = next((k for k in reversed(keys) if k in METRIC_NAMES), None)
     if name is None:
       continue

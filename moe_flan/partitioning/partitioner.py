@@ -27,11 +27,6 @@ def _is_box(x: Any) -> bool:
   return isinstance(x, nn.Partitioned)
 
 
-def path_str(path) -> str:
-  return '/'.join(str(getattr(k, 'key', getattr(k, 'name', getattr(k, 'idx', k))))
-                  for k in path)
-
-
 def logical_spec(names: Sequence[Optional[str]], shape: Sequence[int],
                  mesh: jax.sharding.Mesh | jax.sharding.AbstractMesh, rules: rules_lib.Rules,
                  where: str = 'array') -> PartitionSpec:
@@ -89,7 +84,7 @@ class Partitioner:
     return logical_spec(names, shape, self.mesh, self.rules, where)
 
   def _leaf_spec(self, path, leaf) -> PartitionSpec:
-    where = path_str(path) or 'value'
+    where = jax.tree_util.keystr(path, simple=True, separator='/') or 'value'
     if isinstance(leaf, nn.LogicallyPartitioned):
       value = leaf.value
       if len(leaf.names) != len(value.shape):

@@ -10,7 +10,6 @@ Modules (import by name, e.g. `from moe_flan.trainer import loop`):
                 AdamW), make_schedule (constant, rsqrt, linear, cosine)
   freezing      parameter groups router / experts / non_expert / embeddings; with_freezing
   checkpoints   CheckpointConfig, Checkpointer (orbax), restore_initial_params
-  upcycling     dense checkpoint -> MoE params (experts copy the dense MLP)
   data          DataConfig, batches (tasks.pipeline), check_task_exists
   evaluation    EvalConfig, evaluate (loss/accuracy, rank classification, exact match)
   inference     InferConfig, infer (greedy / sampling / beam search)

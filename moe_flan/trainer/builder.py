@@ -43,7 +43,7 @@ def opt_state_shardings(abstract_opt_state: Any, param_shapes: dict[str, tuple],
                         param_specs: dict[str, PartitionSpec], mesh) -> Any:
   """Each opt-state leaf follows the param whose path ends its own path; others replicate."""
   def one(path, leaf):
-    p = freezing.path_str(path)
+    p = jax.tree_util.keystr(path, simple=True, separator='/')
     match = max((k for k in param_shapes if p == k or p.endswith('/' + k)), key=len, default=None)
     spec = PartitionSpec() if match is None else _spec_for_opt_leaf(
         leaf.shape, param_shapes[match], param_specs[match])

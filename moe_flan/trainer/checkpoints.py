@@ -17,6 +17,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from moe_flan.model import upcycling
 from moe_flan.trainer import train_state as ts
 
 CHECKPOINT_SUBDIR = 'checkpoints'
@@ -183,7 +184,6 @@ def restore_initial_params(cfg: CheckpointConfig, fresh_params: Any) -> Any:
   Shapes must match exactly; a param missing from the checkpoint is an error unless
   `allow_missing_params`. With `upcycle_from_dense`, dense MLPs are copied into the experts first.
   """
-  from moe_flan.trainer import upcycling  # pylint: disable=g-import-not-at-top
   loaded = load_params(cfg.initial_checkpoint_path, fresh_params)
   expected = ts.param_shapes(fresh_params)
   if cfg.upcycle_from_dense:

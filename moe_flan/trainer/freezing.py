@@ -20,17 +20,6 @@ FROZEN = 'frozen'
 TRAINABLE = 'trainable'
 
 
-def path_str(path) -> str:
-  """'encoder/layers_1/moe/router/kernel' for a jax key path."""
-  parts = []
-  for key in path:
-    for attr in ('key', 'name', 'idx'):
-      if hasattr(key, attr):
-        parts.append(str(getattr(key, attr)))
-        break
-  return '/'.join(parts)
-
-
 def param_group(path: str) -> str:
   """The group (one of GROUPS) of the parameter at `path` ('a/b/c')."""
   parts = path.split('/')
@@ -45,6 +34,11 @@ def param_group(path: str) -> str:
   return 'non_expert'
 
 
+def _group_at(key_path) -> str:
+  """`param_group` of the parameter at a jax key path."""
+  return param_group(jax.tree_util.keystr(key_path, simple=True, separator='/'))
+
+
 def check_groups(frozen_groups: Sequence[str]) -> tuple[str, ...]:
   for g in frozen_groups:
     if g not in GROUPS:
@@ -56,7 +50,7 @@ def frozen_mask(params: Any, frozen_groups: Sequence[str]) -> Any:
   """Tree of bools like `params`: True where the param is frozen."""
   frozen_groups = check_groups(frozen_groups)
   return jax.tree_util.tree_map_with_path(
-      lambda p, _: param_group(path_str(p)) in frozen_groups, params)
+      lambda p, _: _group_at(p) in frozen_groups, params)
 
 
 def with_freezing(tx: optax.GradientTransformation, params: Any,
@@ -78,5 +72,5 @@ def group_sizes(params: Any) -> dict[str, int]:
   """Number of parameters per group (for logs)."""
   sizes = {g: 0 for g in GROUPS}
   for path, leaf in jax.tree_util.tree_leaves_with_path(params):
-    sizes[param_group(path_str(path))] += int(leaf.size)
+    sizes[_group_at(path)] += int(leaf.size)
   return sizes

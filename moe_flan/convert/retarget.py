@@ -1,4 +1,4 @@
-"""Fitting imported params to the model a gin file asks for (same model, or sparse upcycling).
+"""Retargeting imported params to the model a gin file asks for (same model, or sparse upcycling).
 
 An imported HF checkpoint determines its own `T5Config`. When the user also names a model with
 gin, the converter produces params for *that* model:
@@ -6,7 +6,7 @@ gin, the converter produces params for *that* model:
     settings (router type, capacity, losses, dispatch, group size) may differ freely, since they
     have no params;
   * dense checkpoint -> sparse model: sparse upcycling (Komatsuzaki et al. 2022) through
-    `moe_flan.trainer.upcycling`: every expert copies its block's dense MLP, routers keep a
+    `moe_flan.model.upcycling`: every expert copies its block's dense MLP, routers keep a
     fresh initialisation (seeded), everything else is copied.
 Anything else is a ValueError listing each disagreeing setting.
 """
@@ -15,11 +15,10 @@ from __future__ import annotations
 from typing import Any, Dict, List
 
 import flax
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from moe_flan.config import T5Config
+from moe_flan.model import abstract_params, upcycling
 
 BACKBONE_FIELDS = ('vocab_size', 'emb_dim', 'num_heads', 'head_dim', 'num_encoder_layers',
                    'num_decoder_layers', 'mlp_dim', 'mlp_activations', 'logits_via_embedding',
@@ -58,33 +57,16 @@ def config_differences(imported: T5Config, target: T5Config) -> List[str]:
   return diffs
 
 
-def upcycle(dense_params: Dict[str, Any], target: T5Config, seed: int = 0) -> Dict[str, Any]:
-  """Sparse upcycling of dense params into `target`'s tree: `trainer.upcycling` copies the MLPs
-  into the experts; each router gets a fresh init from the MoE layer's own `Router` module (one
-  rng per router, from `seed`), without initialising (or compiling) the whole model."""
-  from moe_flan.moe import routing  # pylint: disable=g-import-not-at-top
-  from moe_flan.trainer import upcycling  # pylint: disable=g-import-not-at-top
-  shapes = {k: tuple(v.shape) for k, v in flax.traverse_util.flatten_dict(
-      flax.core.unfreeze(fresh_params_shapes(target)), sep='/').items()}
-  out = upcycling.upcycle_flat(flax.traverse_util.flatten_dict(dense_params, sep='/'), shapes)
-  router = routing.Router(target.moe.num_experts, target.moe.router_init_std)
-  for i, key in enumerate(upcycling.missing_after_upcycling(shapes)):
-    variables = router.init(jax.random.fold_in(jax.random.PRNGKey(seed), i),
-                            jnp.zeros((1, 1, shapes[key][0]), jnp.float32))
-    out[key] = np.asarray(flax.linen.meta.unbox(variables)['params']['kernel'])
-  return flax.traverse_util.unflatten_dict(out, sep='/')
-
-
-def fit_params(imported: T5Config, params: Dict[str, Any], target: T5Config,
-               seed: int = 0) -> Dict[str, Any]:
+def retarget_params(imported: T5Config, params: Dict[str, Any], target: T5Config,
+                    seed: int = 0) -> Dict[str, Any]:
   """`params` of the `imported` config, made into params of `target` (module docstring)."""
   diffs = config_differences(imported, target)
   if diffs:
     raise ValueError('the checkpoint does not fit the gin model:\n  ' + '\n  '.join(diffs))
   if imported.moe is None and target.moe is not None:
-    params = upcycle(params, target, seed)
+    params = upcycling.upcycle(params, target, seed)
   expected = flax.traverse_util.flatten_dict(
-      flax.core.unfreeze(fresh_params_shapes(target)), sep='/')
+      flax.linen.meta.unbox(abstract_params(target)), sep='/')
   got = flax.traverse_util.flatten_dict(params, sep='/')
   bad = [f'{k}: expected {tuple(v.shape)}, got {np.shape(got[k]) if k in got else "missing"}'
          for k, v in expected.items() if k not in got or tuple(np.shape(got[k])) != v.shape]
@@ -93,11 +75,3 @@ def fit_params(imported: T5Config, params: Dict[str, Any], target: T5Config,
     raise ValueError('params do not fit the gin model:\n  ' + '\n  '.join(sorted(bad)))
   return params
 
-
-def fresh_params_shapes(config: T5Config) -> Any:
-  """Abstract (shape-only) unboxed params of `config`."""
-  from moe_flan.model import EncoderDecoder  # pylint: disable=g-import-not-at-top
-  tokens = jnp.ones((1, 1), jnp.int32)
-  variables = jax.eval_shape(
-      lambda: EncoderDecoder(config).init(jax.random.PRNGKey(0), tokens, tokens, tokens))
-  return flax.linen.meta.unbox(variables)['params']

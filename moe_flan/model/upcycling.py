@@ -5,6 +5,10 @@ Every expert of sparse block i copies the dense MLP of block i (`layers_i/mlp/wi
 ST-MoE `extra_mlp` copies it too, and routers keep their fresh initialisation. All other params
 are copied as they are. With identical experts, a token's MoE output is the dense MLP output
 times the sum of its combine weights (when no token is dropped).
+
+Used by the trainer (`CheckpointConfig.upcycle_from_dense`: routers from the model's own init)
+and by the converter (`python -m moe_flan.convert` into a sparse gin model: `upcycle`, which
+initialises the routers from a seed without initialising the whole model).
 """
 from __future__ import annotations
 
@@ -12,7 +16,13 @@ import re
 from typing import Any, Mapping
 
 import flax
+import jax
+import jax.numpy as jnp
 import numpy as np
+
+from moe_flan.config import T5Config
+from moe_flan.model.encoder_decoder import abstract_params
+from moe_flan.moe.routing import Router
 
 _EXPERT = re.compile(r'^(.*)/moe/experts/(wi_0|wi_1|wi|wo)$')
 _EXTRA = re.compile(r'^(.*)/extra_mlp/(.*)$')
@@ -66,3 +76,19 @@ def upcycle_params(dense_params: Any, moe_params: Any) -> Any:
   copied = upcycle_flat(dense, {k: tuple(np.shape(v)) for k, v in fresh.items()})
   merged = {k: copied.get(k, v) for k, v in fresh.items()}
   return flax.traverse_util.unflatten_dict(merged, sep='/')
+
+
+def upcycle(dense_params: Mapping[str, Any], target: T5Config, seed: int = 0) -> dict[str, Any]:
+  """Nested dense params -> nested params of the sparse model `target`: the experts copy the
+  dense MLPs (`upcycle_flat`) and each router gets a fresh init from the MoE layer's own
+  `Router` module (one rng per router, folded from `seed`), without initialising (or compiling)
+  the whole model."""
+  shapes = {k: tuple(v.shape) for k, v in flax.traverse_util.flatten_dict(
+      flax.linen.meta.unbox(abstract_params(target)), sep='/').items()}
+  out = upcycle_flat(flax.traverse_util.flatten_dict(dense_params, sep='/'), shapes)
+  router = Router(target.moe.num_experts, target.moe.router_init_std)
+  for i, key in enumerate(missing_after_upcycling(shapes)):
+    variables = router.init(jax.random.fold_in(jax.random.PRNGKey(seed), i),
+                            jnp.zeros((1, 1, shapes[key][0]), jnp.float32))
+    out[key] = np.asarray(flax.linen.meta.unbox(variables)['params']['kernel'])
+  return flax.traverse_util.unflatten_dict(out, sep='/')

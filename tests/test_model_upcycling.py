@@ -10,7 +10,8 @@ from moe_flan import config as config_lib
 from moe_flan.layers.mlp import MlpBlock
 from moe_flan.model import EncoderDecoder
 from moe_flan.moe import MoeLayer, ROUTERS
-from moe_flan.trainer import train_state as ts, upcycling
+from moe_flan.model import upcycling
+from moe_flan.trainer import train_state as ts
 
 LENGTHS = {'inputs': 8, 'targets': 8}
 MOE = config_lib.MoeConfig(num_experts=4, num_selected_experts=2, expert_mlp_dim=32,
