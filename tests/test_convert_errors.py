@@ -49,7 +49,13 @@ def test_config_that_disagrees_with_tensors(dense_hf):
      "architectures=\\['T5EncoderModel'\\] is not supported"),
     ({'model_type': 't5', 'd_model': 8}, r"missing fields \['d_kv'"),
     (dict(model_type='t5', d_model=8, d_kv=4, num_heads=2, num_layers=1, vocab_size=8, d_ff=8,
-          feed_forward_proj='gelu'), 'exact erf GELU'),
+          feed_forward_proj='gated-quick_gelu'),
+     r"feed_forward_proj='gated-quick_gelu': activation 'quick_gelu' is not supported"),
+    (dict(model_type='switch_transformers', d_model=8, d_kv=4, num_heads=2, num_layers=2,
+          vocab_size=8, d_ff=8, dense_act_fn='quick_gelu'),
+     r"dense_act_fn='quick_gelu': activation 'quick_gelu' is not supported"),
+    (dict(model_type='switch_transformers', d_model=8, d_kv=4, num_heads=2, num_layers=2,
+          vocab_size=8, d_ff=8, dense_act_fn='gated-gelu'), r"dense_act_fn='gated-gelu'.*non-gated"),
     (dict(model_type='switch_transformers', d_model=8, d_kv=4, num_heads=2, num_layers=2,
           vocab_size=8, d_ff=8, router_bias=True), 'router_bias'),
     (dict(model_type='switch_transformers', d_model=8, d_kv=4, num_heads=2, num_layers=2,
@@ -106,3 +112,68 @@ def test_sharded_index_naming_a_missing_shard(tmp_path, dense_hf):
   os.remove(tmp_path / shards[-1])
   with pytest.raises(ValueError, match=f"shard '{shards[-1]}'.* is missing"):
     safetensors_io.read_tensors(str(tmp_path))
+
+
+_T5 = dict(model_type='t5', d_model=8, d_kv=4, num_heads=2, num_layers=1, vocab_size=8, d_ff=8)
+_SWITCH = dict(_T5, model_type='switch_transformers', num_layers=2)
+
+
+@pytest.mark.parametrize('hf_config, acts', [
+    # transformers' ACT2FN: 'gelu' / 'gelu_python' are the exact erf GELU, 'gelu_new' the tanh
+    # approximation; T5's 'gated-gelu' means gelu_new (HF's backwards-compatibility rule).
+    (dict(_T5, feed_forward_proj='gelu'), ('gelu_exact',)),
+    (dict(_T5, feed_forward_proj='gated-gelu'), ('gelu', 'linear')),
+    (dict(_T5, feed_forward_proj='gated-gelu_new'), ('gelu', 'linear')),
+    (dict(_T5, feed_forward_proj='gated-gelu_python'), ('gelu_exact', 'linear')),
+    (dict(_T5, feed_forward_proj='gelu_new'), ('gelu',)),
+    (dict(_SWITCH, dense_act_fn='gelu'), ('gelu_exact',)),
+    (dict(_SWITCH, dense_act_fn='gelu_new'), ('gelu',)),
+    (dict(_SWITCH, dense_act_fn='relu'), ('relu',)),
+])
+def test_hf_activation_names_map_to_ours_and_back(hf_config, acts):
+  config = hf_checkpoint.config_from_hf(hf_config)
+  assert tuple(config.mlp_activations) == acts
+  exported = hf_checkpoint.family_module(config).config_to_hf(config)
+  again = hf_checkpoint.config_from_hf(exported)
+  assert tuple(again.mlp_activations) == acts
+
+
+def test_truncated_safetensors_file_is_named(tmp_path, dense_hf):
+  hf_config, tensors = dense_hf
+  safetensors_io.write_checkpoint(str(tmp_path), hf_config, tensors)
+  path = tmp_path / 'model.safetensors'
+  data = path.read_bytes()
+  path.write_bytes(data[:len(data) - 100])
+  with pytest.raises(ValueError) as err:
+    hf_checkpoint.import_hf(str(tmp_path))
+  msg = str(err.value)
+  assert str(path) in msg and f'truncated: {len(data) - 100} bytes' in msg, msg
+  assert f'describes {len(data)}' in msg and '\n' not in msg
+  path.write_bytes(b'{"not": "safetensors"}')
+  with pytest.raises(ValueError, match=f'{path}: unreadable safetensors file'):
+    hf_checkpoint.import_hf(str(tmp_path))
+
+
+def test_truncated_shard_of_a_sharded_checkpoint_is_named(tmp_path, dense_hf):
+  hf_config, tensors = dense_hf
+  safetensors_io.write_checkpoint(str(tmp_path), hf_config, tensors, max_shard_bytes=4096)
+  shard = tmp_path / sorted(p for p in os.listdir(tmp_path) if p.startswith('model-'))[1]
+  shard.write_bytes(shard.read_bytes()[:20])
+  with pytest.raises(ValueError, match=f'{shard}: unreadable safetensors file \\(truncated'):
+    safetensors_io.read_tensors(str(tmp_path))
+
+
+def test_truncated_pytorch_checkpoint_is_named(tmp_path):
+  torch = pytest.importorskip('torch')
+  path = tmp_path / 'pytorch_model.bin'
+  torch.save({'shared.weight': torch.zeros(64, 16)}, str(path))
+  path.write_bytes(path.read_bytes()[:-200])
+  with pytest.raises(ValueError, match=f'{path}: unreadable PyTorch checkpoint'):
+    safetensors_io.read_tensors(str(tmp_path))
+
+
+def test_group_size_below_one_is_refused():
+  with pytest.raises(ValueError, match=r'group_size=0: tokens per routing group must be >= 1 \(or None'):
+    hf_checkpoint.config_from_hf(dict(_SWITCH), group_size=0)
+  assert hf_checkpoint.config_from_hf(dict(_SWITCH)).moe.routing_groups == 'sequence'
+  assert hf_checkpoint.config_from_hf(dict(_SWITCH), group_size=1).moe.group_size == 1

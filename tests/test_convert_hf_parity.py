@@ -1,4 +1,5 @@
-"""HF T5 v1.1 / SwitchTransformers -> moe_flan -> HF: same logits, same losses, exact tensors.
+"""HF T5 v1.1 / mT5 / SwitchTransformers -> moe_flan -> HF: same logits, same losses, exact
+tensors.
 
 Tiny randomly initialised transformers models (no downloads) are imported; our model must give
 HF's logits within 1e-4 (float32) on the same inputs, and HF's loss; the export must load in
@@ -33,6 +34,11 @@ CASES = {
     # Original T5: ReLU, tied embeddings (decoder output scaled by d_model**-0.5).
     't5_tied_relu': ('t5', dict(d_ff=32, num_layers=2, feed_forward_proj='relu',
                                 tie_word_embeddings=True)),
+    # HF 'gelu' is the exact erf GELU (ACT2FN), our 'gelu_exact'.
+    't5_exact_gelu': ('t5', dict(d_ff=32, num_layers=2, feed_forward_proj='gelu',
+                                 tie_word_embeddings=False)),
+    # mT5: T5 v1.1 (MT5Config defaults: gated-gelu, untied) with a larger vocabulary.
+    'mt5': ('mt5', dict(d_ff=32, num_layers=2, vocab_size=2 * V)),
     # Switch: blocks 1 and 3 of each stack sparse; capacity 2 of 8 tokens drops tokens.
     'switch_every2_dropping': ('switch', dict(
         d_ff=32, num_layers=4, num_decoder_layers=4, num_sparse_encoder_layers=2,
@@ -41,11 +47,11 @@ CASES = {
     'switch_all_sparse': ('switch', dict(
         d_ff=32, num_layers=2, num_decoder_layers=2, num_sparse_encoder_layers=2,
         num_sparse_decoder_layers=2, num_experts=4, expert_capacity=8)),
-    # Different sparse steps per stack, untied output layer.
+    # Different sparse steps per stack, untied output layer, exact GELU (dense_act_fn='gelu').
     'switch_mixed_untied': ('switch', dict(
         d_ff=32, num_layers=3, num_decoder_layers=2, num_sparse_encoder_layers=1,
         num_sparse_decoder_layers=1, num_experts=2, expert_capacity=3,
-        tie_word_embeddings=False)),
+        tie_word_embeddings=False, dense_act_fn='gelu')),
 }
 
 
@@ -60,9 +66,11 @@ def _randomise(model):
 
 
 def _hf_model(kind, kwargs):
-  if kind == 't5':
-    cfg = transformers.T5Config(**_BACKBONE, **kwargs)
-    return _randomise(transformers.T5ForConditionalGeneration(cfg))
+  if kind in ('t5', 'mt5'):
+    config_cls, model_cls = ((transformers.T5Config, transformers.T5ForConditionalGeneration)
+                             if kind == 't5' else
+                             (transformers.MT5Config, transformers.MT5ForConditionalGeneration))
+    return _randomise(model_cls(config_cls(**dict(_BACKBONE, **kwargs))))
   cfg = transformers.SwitchTransformersConfig(**_BACKBONE, router_jitter_noise=0.0, **kwargs)
   return _randomise(transformers.SwitchTransformersForConditionalGeneration(cfg))
 
@@ -121,7 +129,7 @@ def test_loss_matches_hf(case):
   logits = captured['output']
   ce, _, _ = cross_entropy_with_z_loss(logits, jnp.asarray(targets), z_loss=0.0)
   hf_out = case['hf_out_unpadded']
-  if case['kind'] == 't5':
+  if case['kind'] != 'switch':
     np.testing.assert_allclose(float(ce), float(hf_out.loss), atol=ATOL)
     return
   ours = hf_switch_losses.hf_switch_loss(logits, jnp.asarray(targets), captured,
@@ -217,3 +225,23 @@ def test_greedy_generation_matches_hf_generate(name):
                                                jnp.asarray(enc, jnp.int32), steps,
                                                temperature=0.0, eos_id=-1))
   np.testing.assert_array_equal(got, want)
+
+
+def test_imported_activations(case):
+  want = {'t5_v11': ('gelu', 'linear'), 'mt5': ('gelu', 'linear'), 't5_tied_relu': ('relu',),
+          't5_exact_gelu': ('gelu_exact',), 'switch_mixed_untied': ('gelu_exact',)}
+  assert tuple(case['config'].mlp_activations) == want.get(case['name'], ('relu',))
+
+
+@pytest.mark.parametrize('acts', [('gelu_exact',), ('gelu_exact', 'linear'), ('gelu', 'linear')])
+def test_exported_activation_is_the_one_transformers_runs(acts):
+  """The names we export select the same function in transformers' own ACT2FN."""
+  from moe_flan.convert import hf_t5  # pylint: disable=g-import-not-at-top
+  from moe_flan.layers.mlp import ACTIVATIONS  # pylint: disable=g-import-not-at-top
+  from transformers.activations import ACT2FN  # pylint: disable=g-import-not-at-top
+  hf_config = transformers.T5Config(feed_forward_proj=(
+      hf_t5.feed_forward_proj_from_activations(acts)))
+  assert hf_config.is_gated_act == (len(acts) == 2)
+  x = np.linspace(-4, 4, 101, dtype=np.float32)
+  got = ACT2FN[hf_config.dense_act_fn](torch.tensor(x)).numpy()
+  np.testing.assert_allclose(got, np.asarray(ACTIVATIONS[acts[0]](jnp.asarray(x))), atol=1e-6)

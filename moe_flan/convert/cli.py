@@ -26,6 +26,17 @@ from typing import Optional, Sequence
 from moe_flan.convert import checkpoint_dir, gin_config, hf_checkpoint, retarget, safetensors_io
 
 
+def _positive_int(text: str) -> int:
+  """argparse type: an integer >= 1 (argparse turns the ValueError into a usage error)."""
+  try:
+    value = int(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f'expected an integer >= 1, got {text!r}') from None
+  if value < 1:
+    raise argparse.ArgumentTypeError(f'expected an integer >= 1, got {value}')
+  return value
+
+
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   parser = argparse.ArgumentParser(prog='python -m moe_flan.convert', description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -40,7 +51,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                       help='model gin file(s) (repeatable or comma-separated)')
   parser.add_argument('--gin_bindings', action='append', default=[], help='raw gin binding')
   parser.add_argument('--gin_search_paths', action='append', default=[])
-  parser.add_argument('--group_size', type=int, default=None,
+  parser.add_argument('--group_size', type=_positive_int, default=None,
                       help='Switch import: route groups of N tokens spanning sequences '
                            '(default: one group per sequence, exactly as HF)')
   parser.add_argument('--seed', type=int, default=0, help='router init seed when upcycling')

@@ -1,8 +1,9 @@
 """Hugging Face SwitchTransformers <-> the Switch-classic moe_flan configuration.
 
 HF Switch is T5 (same backbone tensors, see hf_t5.py) with:
-  * non-gated feed-forward blocks (`dense_act_fn`, ReLU for the released checkpoints), the same
-    `d_ff` for dense blocks and experts;
+  * non-gated feed-forward blocks (`dense_act_fn`, an ACT2FN name: ReLU for the released
+    checkpoints; 'gelu' is the exact GELU, our 'gelu_exact'), the same `d_ff` for dense blocks
+    and experts;
   * tied embeddings by default (`tie_word_embeddings`; logits = shared(y * d_model**-0.5));
   * sparse block i of a stack when `i % step == 1 or step == 1`, where
     step = num_layers // num_sparse_layers (num_layers when num_sparse_layers == 0 - which, as
@@ -74,12 +75,16 @@ def config_from_hf(hf: Mapping, group_size: Optional[int] = None) -> T5Config:
   of both the encoder and decoder inputs.
   """
   hf_t5.check_architecture(hf, SWITCH_ARCHITECTURES, SWITCH_MODEL_TYPES)
+  if group_size is not None and int(group_size) < 1:
+    raise ValueError(f'group_size={group_size}: tokens per routing group must be >= 1 (or None: '
+                     'one group per sequence, as HF)')
   if hf.get('router_bias', False):
     raise ValueError('HF config: router_bias=true is not supported (moe_flan routers have no bias)')
-  acts = hf_t5.activations_from_feed_forward_proj(hf.get('dense_act_fn', 'relu'))
-  if len(acts) != 1:
-    raise ValueError(f'HF config: dense_act_fn={hf.get("dense_act_fn")!r}: HF Switch blocks are '
-                     'non-gated; expected one activation name such as "relu"')
+  act = hf.get('dense_act_fn', 'relu')
+  if '-' in act:
+    raise ValueError(f'HF config: dense_act_fn={act!r}: HF Switch blocks are non-gated and look '
+                     'the name up in ACT2FN as it is; expected one activation name such as "relu"')
+  acts = (hf_t5.activation_from_hf(act, f'dense_act_fn={act!r}'),)
   capacity = int(hf.get('expert_capacity', 64))
   if capacity < 1:
     raise ValueError(f'HF config: expert_capacity={capacity}: must be >= 1 (0 drops every token)')
@@ -90,7 +95,7 @@ def config_from_hf(hf: Mapping, group_size: Optional[int] = None) -> T5Config:
                                       int(hf.get('num_sparse_decoder_layers', 3)), 'decoder')
   moe = MoeConfig(
       num_experts=int(hf.get('num_experts', 8)), num_selected_experts=1, router_type='hf_switch',
-      dispatch='einsum', group_size=int(group_size or 512),
+      dispatch='einsum', group_size=int(group_size or 512),   # 512: unused per sequence
       routing_groups='sequence' if group_size is None else 'group_size',
       train_capacity_factor=HF_CAPACITY_FACTOR, eval_capacity_factor=HF_CAPACITY_FACTOR,
       min_capacity=capacity, jitter_noise=float(hf.get('router_jitter_noise', 0.01)),

@@ -1,10 +1,12 @@
-"""Hugging Face T5 v1.1 / FLAN-T5 (`T5ForConditionalGeneration`) <-> the dense moe_flan model.
+"""Hugging Face T5 v1.1 / FLAN-T5 / mT5 (`T5ForConditionalGeneration`,
+`MT5ForConditionalGeneration`) <-> the dense moe_flan model.
 
 Config: HF config.json fields <-> `T5Config`:
   d_model -> emb_dim, d_kv -> head_dim, d_ff -> mlp_dim, num_heads, num_layers ->
   num_encoder_layers, num_decoder_layers (default num_layers), vocab_size,
   relative_attention_{num_buckets,max_distance}, layer_norm_epsilon, dropout_rate,
-  feed_forward_proj ('gated-gelu' -> ('gelu', 'linear'), 'relu' -> ('relu',), ...),
+  feed_forward_proj ('gated-gelu' -> ('gelu', 'linear'), 'relu' -> ('relu',), exact 'gelu' ->
+  ('gelu_exact',), ...),
   tie_word_embeddings -> logits_via_embedding (HF then scales decoder outputs by d_model**-0.5,
   which is our `embedding.attend(y) / sqrt(D)`).
 
@@ -32,20 +34,29 @@ from typing import Callable, Dict, List, Mapping, Sequence, Tuple
 from moe_flan.config import T5Config
 from moe_flan.convert.tensor_map import Entry
 
-T5_ARCHITECTURES = ('T5ForConditionalGeneration',)
-T5_MODEL_TYPES = ('t5', 'mt5')  # mT5 has T5 v1.1's exact tensor layout
+T5_ARCHITECTURES = ('T5ForConditionalGeneration', 'MT5ForConditionalGeneration')
+T5_MODEL_TYPES = ('t5', 'mt5')  # mT5 is T5 v1.1 (same tensors and config fields), larger vocab
 
-# HF activation names (ACT2FN keys) <-> ours (moe_flan.moe.experts.ACTIVATIONS / layers.mlp).
-# Our 'gelu' is the tanh approximation, i.e. HF 'gelu_new' ('gated-gelu' means gelu_new in HF).
-_HF_TO_OURS_ACT = {'gelu_new': 'gelu', 'gelu_pytorch_tanh': 'gelu', 'relu': 'relu',
-                   'silu': 'silu', 'swish': 'silu'}
-_OURS_TO_HF_ACT = {'gelu': 'gelu_new', 'relu': 'relu', 'silu': 'silu'}
+# HF activation names (transformers' ACT2FN keys) -> ours (moe_flan.layers.mlp.ACTIVATIONS).
+# In ACT2FN 'gelu' and 'gelu_python' are the exact erf GELU (our 'gelu_exact'); 'gelu_new' and
+# 'gelu_pytorch_tanh' the tanh approximation (our 'gelu', flaxformer's and T5 v1.1's GELU).
+_HF_TO_OURS_ACT = {'gelu': 'gelu_exact', 'gelu_python': 'gelu_exact', 'gelu_new': 'gelu',
+                   'gelu_pytorch_tanh': 'gelu', 'relu': 'relu', 'silu': 'silu', 'swish': 'silu'}
+_OURS_TO_HF_ACT = {'gelu': 'gelu_new', 'gelu_exact': 'gelu', 'relu': 'relu', 'silu': 'silu'}
 
 # Tensors HF checkpoints may carry that hold no information of their own.
 IGNORABLE = ('encoder.embed_tokens.weight', 'decoder.embed_tokens.weight',
              'decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight')
 
 FfnEntries = Callable[[str, int, str, str], List[Entry]]
+
+
+def activation_from_hf(act: str, field: str) -> str:
+  """One HF activation name (an ACT2FN key) -> ours; ValueError naming the config `field`."""
+  if act not in _HF_TO_OURS_ACT:
+    raise ValueError(f'HF config: {field}: activation {act!r} is not supported (supported: '
+                     f'{sorted(_HF_TO_OURS_ACT)})')
+  return _HF_TO_OURS_ACT[act]
 
 
 def activations_from_feed_forward_proj(proj: str) -> Tuple[str, ...]:
@@ -55,11 +66,7 @@ def activations_from_feed_forward_proj(proj: str) -> Tuple[str, ...]:
   if len(parts) > 2 or (len(parts) == 2 and not gated):
     raise ValueError(f'HF config: feed_forward_proj={proj!r}: expected "ACT" or "gated-ACT"')
   act = 'gelu_new' if proj == 'gated-gelu' else parts[-1]  # HF's own backwards-compat rule
-  if act not in _HF_TO_OURS_ACT:
-    raise ValueError(f'HF config: feed_forward_proj={proj!r}: activation {act!r} is not supported '
-                     f'(supported: {sorted(_HF_TO_OURS_ACT)}; HF "gelu" is the exact erf GELU, '
-                     'ours is the tanh approximation "gelu_new")')
-  ours = _HF_TO_OURS_ACT[act]
+  ours = activation_from_hf(act, f'feed_forward_proj={proj!r}')
   return (ours, 'linear') if gated else (ours,)
 
 
@@ -69,7 +76,11 @@ def feed_forward_proj_from_activations(acts: Sequence[str]) -> str:
   if len(acts) == 1 and acts[0] in _OURS_TO_HF_ACT:
     return _OURS_TO_HF_ACT[acts[0]]
   if len(acts) == 2 and acts[1] == 'linear' and acts[0] in _OURS_TO_HF_ACT:
-    return 'gated-gelu' if acts[0] == 'gelu' else f'gated-{_OURS_TO_HF_ACT[acts[0]]}'
+    if acts[0] == 'gelu':
+      return 'gated-gelu'          # which HF reads as gelu_new, the tanh approximation
+    if acts[0] == 'gelu_exact':
+      return 'gated-gelu_python'   # 'gated-gelu' would mean gelu_new; gelu_python is exact
+    return f'gated-{_OURS_TO_HF_ACT[acts[0]]}'
   raise ValueError(f'T5Config.mlp_activations={acts!r}: HF T5 supports (ACT,) or (ACT, "linear") '
                    f'with ACT in {sorted(_OURS_TO_HF_ACT)}')
 

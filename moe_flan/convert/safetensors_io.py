@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import struct
 from typing import Dict, Mapping, Tuple
 
 import numpy as np
+from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 CONFIG_NAME = 'config.json'
@@ -37,6 +40,42 @@ def read_config(directory: str) -> dict:
       raise ValueError(f'HF checkpoint {directory!r}: {CONFIG_NAME} is not JSON: {e}') from e
 
 
+def _safetensors_size_problem(path: str) -> str:
+  """Why a safetensors file is unreadable, in words ('' when its sizes look right).
+
+  A safetensors file is an 8-byte little-endian header length N, N bytes of JSON header (each
+  tensor's byte range in `data_offsets`), then the tensor bytes.
+  """
+  size = os.path.getsize(path)
+  with open(path, 'rb') as f:
+    if size < 8:
+      return f'truncated: {size} bytes, shorter than the 8-byte header length'
+    (header_len,) = struct.unpack('<Q', f.read(8))
+    if 8 + header_len > size:
+      return (f'truncated or not safetensors: the header says {header_len} header bytes, the '
+              f'file has {size} bytes in all')
+    try:
+      header = json.loads(f.read(header_len))
+      end = max((int(v['data_offsets'][1]) for k, v in header.items() if k != '__metadata__'),
+                default=0)
+    except (ValueError, KeyError, TypeError, IndexError):
+      return 'not safetensors: the header is not the JSON safetensors writes'
+  if 8 + header_len + end > size:
+    return f'truncated: {size} bytes, the header describes {8 + header_len + end}'
+  return ''
+
+
+def load_safetensors(path: str) -> Dict[str, np.ndarray]:
+  """All tensors of one safetensors file; ValueError naming the file when it is truncated or
+  corrupt (safetensors' own error is a bare 'Error while deserializing header')."""
+  try:
+    return load_file(path)
+  except SafetensorError as e:
+    why = _safetensors_size_problem(path) or str(e)
+    raise ValueError(f'{path}: unreadable safetensors file ({why}); the download or copy is '
+                     'incomplete or damaged: fetch the file again') from e
+
+
 def torch_to_numpy(tensor) -> np.ndarray:
   """A torch tensor as numpy (bfloat16 as ml_dtypes.bfloat16, which numpy lacks)."""
   import torch  # pylint: disable=g-import-not-at-top  (optional dependency)
@@ -53,13 +92,23 @@ def _torch_load(path: str) -> Dict[str, np.ndarray]:
   except ImportError as e:
     raise ValueError(f'{path} is a PyTorch pickle; reading it needs torch (pip install '
                      "'moe_flan[test]'), or convert it to safetensors first") from e
-  state = torch.load(path, map_location='cpu', weights_only=True)
+  try:
+    state = torch.load(path, map_location='cpu', weights_only=True)
+  except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as e:
+    why = str(e).split('. ')[0].strip() or type(e).__name__   # torch's messages run on
+    raise ValueError(f'{path}: unreadable PyTorch checkpoint ({why}); the download or copy is '
+                     'incomplete or damaged: fetch the file again') from e
   return {k: torch_to_numpy(v) for k, v in state.items()}
 
 
 def _read_sharded(directory: str, index_name: str, load) -> Dict[str, np.ndarray]:
-  with open(os.path.join(directory, index_name)) as f:
-    weight_map = json.load(f)['weight_map']
+  index_path = os.path.join(directory, index_name)
+  with open(index_path) as f:
+    try:
+      weight_map = json.load(f)['weight_map']
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+      raise ValueError(f'{index_path}: not a sharded-checkpoint index (JSON with a "weight_map": '
+                       f'{type(e).__name__}: {e})') from e
   tensors: Dict[str, np.ndarray] = {}
   for shard in sorted(set(weight_map.values())):
     shard_path = os.path.join(directory, shard)
@@ -76,7 +125,7 @@ def _read_sharded(directory: str, index_name: str, load) -> Dict[str, np.ndarray
 
 def read_tensors(directory: str) -> Dict[str, np.ndarray]:
   """All tensors of a single-file or sharded checkpoint (safetensors preferred), name -> array."""
-  for index_name, single_name, load in ((INDEX_NAME, SINGLE_NAME, load_file),
+  for index_name, single_name, load in ((INDEX_NAME, SINGLE_NAME, load_safetensors),
                                         (TORCH_INDEX_NAME, TORCH_SINGLE_NAME, _torch_load)):
     if os.path.isfile(os.path.join(directory, index_name)):
       return _read_sharded(directory, index_name, load)

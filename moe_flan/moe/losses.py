@@ -72,8 +72,9 @@ def router_metrics(logits: jax.Array, padding_mask: jax.Array, routing) -> Dict[
   }
 
 
-# Metrics also returned layer by layer (for the expert-utilisation heatmap and drop plots).
-PER_LAYER_METRICS = ('expert_load', 'fraction_dropped')
+# Metrics also returned layer by layer (for the expert-utilisation plots: a mean over layers
+# hides one collapsed layer behind balanced ones).
+PER_LAYER_METRICS = ('expert_load', 'fraction_dropped', 'load_balancing_loss')
 
 
 def _layer_order_key(path: str) -> List[Any]:
@@ -106,9 +107,10 @@ def collect_moe_metrics(tree: Any) -> Dict[str, jax.Array]:
   tree: the 'moe_metrics' collection (or a dict holding it) as returned by
   `apply(..., mutable=['moe_metrics'])`; sown values are tuples, and a leading layer axis (e.g.
   from nn.scan) is split into layers. Returns name -> mean over layers for each metric in
-  METRIC_NAMES found, plus 'expert_load_per_layer' <float32>[num_layers, E] and
-  'fraction_dropped_per_layer' <float32>[num_layers] (encoder layers, then decoder layers, each in
-  natural path order). Returns {} when the tree holds no MoE metrics (a dense model).
+  METRIC_NAMES found, plus 'expert_load_per_layer' <float32>[num_layers, E],
+  'fraction_dropped_per_layer' and 'load_balancing_loss_per_layer' <float32>[num_layers] (encoder
+  layers, then decoder layers, each in natural path order). Returns {} when the tree holds no
+  MoE metrics (a dense model).
   """
   found = _per_layer_values(tree)
   out = {}

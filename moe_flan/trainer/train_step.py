@@ -2,8 +2,8 @@
 
 A step's dropout key is `fold_in(state.rng, state.step)`, so a resumed run draws the same keys as
 an uninterrupted one. Metrics are scalars except the per-layer MoE arrays
-(`moe/expert_load_per_layer` <float32>[num_layers, E], `moe/fraction_dropped_per_layer`
-[num_layers]); other names come from `compute_loss` ('moe/...' for router metrics).
+(`moe/expert_load_per_layer` <float32>[num_layers, E], `moe/fraction_dropped_per_layer` and
+`moe/load_balancing_loss_per_layer` [num_layers]); other names come from `compute_loss` ('moe/...' for router metrics).
 """
 from __future__ import annotations
 
