@@ -128,3 +128,25 @@ def test_switch_import_into_gin_model_with_our_default_routing(tmp_path):
   a = flat(checkpoint_dir.load_params(str(tmp_path / 'a')))
   b = flat(checkpoint_dir.load_params(out))
   assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_truncated_checkpoint_is_one_error_line(tmp_path, capsys):
+  src = _hf_dir(tmp_path, DENSE, 'hf')
+  weights = os.path.join(src, 'model.safetensors')
+  with open(weights, 'rb') as f:
+    data = f.read()
+  with open(weights, 'wb') as f:
+    f.write(data[:len(data) // 2])
+  assert cli.main(['--from', 'hf', '--src', src, '--out', str(tmp_path / 'ckpt')]) == 2
+  err = capsys.readouterr().err.strip()
+  assert err.startswith(f'error: {weights}: unreadable safetensors file (truncated: ')
+  assert '\n' not in err and not os.path.exists(tmp_path / 'ckpt')
+
+
+@pytest.mark.parametrize('value', ['0', '-4', 'x'])
+def test_group_size_below_one_is_a_usage_error(tmp_path, capsys, value):
+  with pytest.raises(SystemExit) as exit_info:
+    cli.main(['--from', 'hf', '--src', str(tmp_path), '--out', str(tmp_path / 'o'),
+              '--group_size', value])
+  assert exit_info.value.code == 2
+  assert 'argument --group_size: expected an integer >= 1, got ' in capsys.readouterr().err

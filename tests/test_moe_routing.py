@@ -210,6 +210,7 @@ def test_collect_moe_metrics_averages_over_layers_encoder_first_in_natural_order
   np.testing.assert_allclose(out['expert_load'], [0.5, 0.5])
   np.testing.assert_allclose(out['expert_load_per_layer'], [[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]])
   np.testing.assert_allclose(out['fraction_dropped_per_layer'], [0.1, 0.2, 0.3])
+  np.testing.assert_allclose(out['load_balancing_loss_per_layer'], [1.0, 3.0, 5.0])
   assert collect_moe_metrics({}) == {}
 
 

@@ -54,3 +54,29 @@ def test_nan_guard_names_step_and_metric():
     nan_guard.check_finite(2, {'loss': float('nan')})
   assert bool(nan_guard.tree_all_finite({'a': np.ones(3), 'b': np.arange(2)}))
   assert not bool(nan_guard.tree_all_finite({'a': np.array([1.0, np.nan])}))
+
+
+def test_expert_plot_shows_every_layer_over_the_whole_run(tmp_path):
+  """Layer 1 collapses onto expert 0 after step 30: the figure has one heatmap per layer over
+  every logged step (not a mean of the last steps), then each layer's load-balancing loss."""
+  w = metrics.MetricsWriter(str(tmp_path), 'train', tensorboard=False)
+  balanced, collapsed = np.full(4, 0.25), np.array([1.0, 0.0, 0.0, 0.0])
+  for step in range(10, 70, 10):
+    late = step > 30
+    layer_1 = collapsed if late else balanced
+    w.write(step, {'loss': 1.0, 'moe/expert_load_per_layer': np.stack([balanced, layer_1]),
+                   'moe/load_balancing_loss_per_layer': np.array([1.0, 4.0 if late else 1.0])})
+  w.close()
+  records = metrics.read_jsonl(w.jsonl_path)
+  steps, load, lb = plots.expert_load_history(records)
+  np.testing.assert_array_equal(steps, [10, 20, 30, 40, 50, 60])
+  assert load.shape == (6, 2, 4) and lb.shape == (6, 2)
+  np.testing.assert_array_equal(load[3:, 1], np.tile(collapsed, (3, 1)))
+  fig = plots.expert_load_figure(steps, load, lb, ['encoder/layers_1', 'decoder/layers_1'])
+  heatmaps = [ax for ax in fig.axes if ax.images]
+  assert len(heatmaps) == 2 and 'decoder/layers_1' in heatmaps[1].get_title()
+  for i, ax in enumerate(heatmaps):   # expert x step, every logged step
+    np.testing.assert_array_equal(np.asarray(ax.images[0].get_array()), load[:, i, :].T)
+  lines = [ax for ax in fig.axes if ax.lines]
+  np.testing.assert_array_equal(lines[0].lines[1].get_ydata(), lb[:, 1])
+  assert os.path.isfile(plots.plot_expert_load(str(tmp_path)))
