@@ -1,5 +1,6 @@
 """Autoregressive inference with the key/value cache: greedy, temperature/top-k sampling, beam
-search (t5x-style length penalty), and `score_targets` for rank classification.
+search (t5x semantics, documented on `beam_search`), and `score_targets` for rank
+classification.
 
 All decoders start from token 0 (T5's decoder start token), stop a sequence at `eos_id`
 (padding with 0 afterwards) and return decoded tokens without the start token.
@@ -8,7 +9,7 @@ All decoders start from token 0 (T5's decoder start token), stop a sequence at `
 from __future__ import annotations
 
 import functools
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import flax.linen as nn
 import jax
@@ -136,9 +137,11 @@ def _gather_beams(tree: Any, beam_index: jax.Array, batch: int, beams: int) -> A
 
 
 def _beam_step(i, live_seqs, live_lp, fin_seqs, fin_scores, log_probs, alpha, eos_id):
-  """Expands W live beams into 2W candidates; keeps the best W unfinished ones alive and merges
-  the ones that just emitted EOS into the W finished ones. Returns (..., source beam of each
-  new live beam <int32>[B, W], its last token <int32>[B, W])."""
+  """One t5x beam-search step (see `beam_search`). log_probs: <float32>[B, W, V].
+
+  Returns the new (live_seqs, live_lp, fin_seqs, fin_scores), the source beam of each new live
+  beam <int32>[B, W] and its last token <int32>[B, W].
+  """
   batch, beams, vocab = log_probs.shape
   candidates = (live_lp[:, :, None] + log_probs).reshape(batch, beams * vocab)
   top_lp, top_index = jax.lax.top_k(candidates, 2 * beams)              # [B, 2W]
@@ -148,9 +151,11 @@ def _beam_step(i, live_seqs, live_lp, fin_seqs, fin_scores, log_probs, alpha, eo
   is_eos = token == eos_id
   live_lp, pick = jax.lax.top_k(jnp.where(is_eos, NEG_INF, top_lp), beams)
   live_seqs = jnp.take_along_axis(seqs, pick[:, :, None], axis=1)
-  # Candidates grown from the NEG_INF placeholder beams of the first step are not hypotheses.
+  # Candidates grown from the NEG_INF placeholder beams of the first step are not hypotheses
+  # (t5x would flag them finished with a score near NEG_INF; only possible when V < 2W).
   real = top_lp > NEG_INF / 2
   new_scores = jnp.where(is_eos & real, top_lp / length_penalty(i + 1, alpha), NEG_INF)
+  # Earlier finished beams come first, so they win ties (t5x's order).
   all_scores = jnp.concatenate([fin_scores, new_scores], axis=1)
   all_seqs = jnp.concatenate([fin_seqs, seqs], axis=1)
   fin_scores, fin_pick = jax.lax.top_k(all_scores, beams)
@@ -159,37 +164,41 @@ def _beam_step(i, live_seqs, live_lp, fin_seqs, fin_scores, log_probs, alpha, eo
           jnp.take_along_axis(token, pick, axis=1))
 
 
-@functools.partial(jax.jit, static_argnames=('model', 'max_decode_length', 'beam_size',
-                                             'alpha', 'eos_id'))
-def beam_search(model: nn.Module, params: Any, encoder_input_tokens: jax.Array,
-                max_decode_length: int, beam_size: int = 4, alpha: float = 0.6,
-                eos_id: int = 1):
-  """Beam search with length penalty `alpha` (t5x-like).
+def _finished(scores: jax.Array) -> jax.Array:
+  """<bool>[B, W]: which finished slots hold a hypothesis (the others score NEG_INF)."""
+  return scores > NEG_INF / 2
 
-  Returns (tokens <int32>[B, W, max_decode_length], scores <float32>[B, W]), best first, where
-  score = sum of log-probs (EOS included) / length_penalty(length, alpha). Sequences that never
-  emitted EOS are returned only for inputs where no beam finished.
+
+def beam_search_loop(step_fn: Callable[[jax.Array, Any], tuple[jax.Array, Any]], cache: Any,
+                     batch: int, max_decode_length: int, beam_size: int = 4, alpha: float = 0.6,
+                     eos_id: int | jax.Array = 1) -> tuple[jax.Array, jax.Array]:
+  """The beam search of `beam_search` over any next-token function (traceable).
+
+  step_fn(tokens <int32>[B * W, 1], cache) -> (logits <float>[B * W, V], cache): the next-token
+  logits of each beam (rows b * W + w) after feeding it `tokens`; token 0 starts every beam.
+  Arrays in `cache` with a leading B * W axis follow their beam when beams are reordered;
+  other leaves (e.g. scalar positions) are passed on unchanged.
+  Returns (tokens <int32>[B, W, max_decode_length], scores <float32>[B, W]), best first.
   """
   if alpha < 0:
     raise ValueError(f'alpha={alpha!r} must be >= 0 (the early stop assumes it)')
   if beam_size < 1:
     raise ValueError(f'beam_size={beam_size!r} must be >= 1')
-  batch, beams, length = encoder_input_tokens.shape[0], beam_size, max_decode_length
-  encoded = jnp.repeat(_encode(model, params, encoder_input_tokens), beams, axis=0)
-  flat_tokens = jnp.repeat(encoder_input_tokens, beams, axis=0)
-  cache = init_cache(model, params, encoded, flat_tokens, length)
+  beams, length = beam_size, max_decode_length
 
   def cond(state):
     i, _, live_lp, _, fin_scores, _, _ = state
-    # Log-probs only fall and the penalty only grows, so no live beam can beat this bound.
-    best_live = live_lp[:, 0] / length_penalty(length, alpha)
-    settled = jnp.all(fin_scores[:, -1] >= best_live)
+    # Log-probs only fall and the penalty only grows with length (alpha >= 0), so no live beam
+    # can end above its log-prob / penalty(max length); t5x stops once every finished slot is
+    # filled and its worst score beats that bound for every input.
+    best_live = live_lp[:, :1] / length_penalty(length, alpha)
+    worst_finished = jnp.where(_finished(fin_scores), fin_scores[:, -1:], NEG_INF)
+    settled = jnp.all(worst_finished > best_live)
     return jnp.logical_and(i < length, jnp.logical_not(settled))
 
   def body(state):
     i, live_seqs, live_lp, fin_seqs, fin_scores, last, cache = state
-    logits, cache = decode_step(model, params, cache, encoded, flat_tokens,
-                                last.reshape(batch * beams, 1), length)
+    logits, cache = step_fn(last.reshape(batch * beams, 1), cache)
     log_probs = jax.nn.log_softmax(logits.astype(jnp.float32)).reshape(batch, beams, -1)
     live_seqs, live_lp, fin_seqs, fin_scores, source, last = _beam_step(
         i, live_seqs, live_lp, fin_seqs, fin_scores, log_probs, alpha, eos_id)
@@ -201,8 +210,50 @@ def beam_search(model: nn.Module, params: Any, encoder_input_tokens: jax.Array,
   state = (jnp.array(0, jnp.int32), seqs, live_lp, seqs,
            jnp.full((batch, beams), NEG_INF, jnp.float32), jnp.zeros((batch, beams), jnp.int32),
            cache)
-  i, live_seqs, live_lp, fin_seqs, fin_scores, _, _ = jax.lax.while_loop(cond, body, state)
-  none_finished = fin_scores[:, :1] <= NEG_INF / 2
-  scores = jnp.where(none_finished, live_lp / length_penalty(i, alpha), fin_scores)
-  tokens = jnp.where(none_finished[:, :, None], live_seqs, fin_seqs)
+  _, live_seqs, live_lp, fin_seqs, fin_scores, _, _ = jax.lax.while_loop(cond, body, state)
+  any_finished = jnp.any(_finished(fin_scores), axis=1, keepdims=True)
+  scores = jnp.where(any_finished, fin_scores, live_lp)
+  tokens = jnp.where(any_finished[:, :, None], fin_seqs, live_seqs)
   return tokens, scores
+
+
+@functools.partial(jax.jit, static_argnames=('model', 'max_decode_length', 'beam_size',
+                                             'alpha'))
+def beam_search(model: nn.Module, params: Any, encoder_input_tokens: jax.Array,
+                max_decode_length: int, beam_size: int = 4, alpha: float = 0.6,
+                eos_id: int = 1) -> tuple[jax.Array, jax.Array]:
+  """Beam search with t5x's semantics (t5x/decoding.py `beam_search`), best beam first.
+
+  Each step extends the W live beams by every token and ranks the W * V candidates by their
+  summed log-probs; only the top 2W candidates are looked at:
+  * a candidate among them that ends in EOS (at any of the 2W ranks, also below rank W) is a
+    finished hypothesis with score = log p / length_penalty(length, alpha), length counting
+    EOS; the W best finished hypotheses so far are kept (earlier ones win ties). An EOS ranked
+    below the top 2W is never considered;
+  * the W best candidates among them that do not end in EOS are the next live beams.
+  The search ends after `max_decode_length` steps, or earlier once every input has W finished
+  hypotheses whose worst score beats the best live log-prob / length_penalty(max length), which
+  no live beam can improve on. The result is the W finished hypotheses when an input has at least
+  one: then a live beam cut at the length limit is never returned, even when its score would be
+  higher. Only an input with no finished hypothesis returns its live beams, with their raw
+  summed log-probs as scores (no length penalty), as t5x does.
+
+  Where Hugging Face `generate(num_beams=W)` differs: it accepts EOS only among the top W
+  candidates, and at the length limit it scores the top W candidates as finished, so they compete
+  with (and can beat) earlier finished hypotheses. Its `length_penalty` divides by
+  length ** penalty instead; with alpha = length_penalty = 0 both score the summed log-probs.
+  Where t5x differs: scores and beams come best first here (t5x returns them in ascending order),
+  and when V < 2W the first step's placeholder beams never yield hypotheses.
+
+  Returns (tokens <int32>[B, W, max_decode_length] without the start token and 0 after EOS,
+  scores <float32>[B, W]); finished slots never filled (fewer than W hypotheses) score NEG_INF.
+  """
+  batch, beams, length = encoder_input_tokens.shape[0], beam_size, max_decode_length
+  encoded = jnp.repeat(_encode(model, params, encoder_input_tokens), beams, axis=0)
+  flat_tokens = jnp.repeat(encoder_input_tokens, beams, axis=0)
+  cache = init_cache(model, params, encoded, flat_tokens, length)
+
+  def step_fn(tokens, cache):
+    return decode_step(model, params, cache, encoded, flat_tokens, tokens, length)
+
+  return beam_search_loop(step_fn, cache, batch, length, beam_size, alpha, eos_id)
