@@ -2,10 +2,14 @@
 
   python -m tasks.inspect --mixture flan_embedded [--split train] [--samples 2] [--max_examples 500]
   python -m tasks.inspect --list
+  python -m tasks.inspect --data_dir /data/flan2022                    # a prepared FLAN Collection
+  python -m tasks.inspect --data_dir /data/flan2022 --mixture flan2022 --rates   # per-task rates
 
 Per task: mixing rate, number of examples, rendered samples (decoded from the token ids the model
 sees), and token-length percentiles of inputs/targets (with EOS) with the share of examples longer
-than --lengths (those would be truncated, and counted, by the pipeline).
+than --lengths (those would be truncated, and counted, by the pipeline). With --data_dir, the
+FLAN Collection prepared there is registered first and, without --mixture, summarised: examples
+per source and template type, rejected rows, token-length percentiles, rendered samples.
 """
 from __future__ import annotations
 
@@ -64,6 +68,22 @@ def describe(name: str, split: str = 'train', samples: int = 2, max_examples: in
   return summary
 
 
+def print_rates(name: str, out=sys.stdout) -> Dict[str, float]:
+  """Prints and returns each task's normalised mixing rate, without reading any data."""
+  import seqio  # pylint: disable=g-import-not-at-top
+  from tasks import registry  # pylint: disable=g-import-not-at-top
+  provider = registry.get(name)
+  tasks = provider.tasks if isinstance(provider, seqio.Mixture) else [provider]
+  rates = ({t.name: provider.get_rate(t) for t in tasks} if isinstance(provider, seqio.Mixture)
+           else {tasks[0].name: 1.0})
+  total = sum(rates.values()) or 1.0
+  rates = {k: v / total for k, v in rates.items()}
+  print(f'== {name}: {len(rates)} tasks', file=out)
+  for task, rate in sorted(rates.items(), key=lambda kv: -kv[1]):
+    print(f'{rate:.6f}  {task}', file=out)
+  return rates
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -73,9 +93,21 @@ def main(argv=None):
   parser.add_argument('--max_examples', type=int, default=500)
   parser.add_argument('--lengths', default='inputs=128,targets=32')
   parser.add_argument('--list', action='store_true', help='list registered names')
+  parser.add_argument('--data_dir', help='a prepared FLAN Collection to register first')
+  parser.add_argument('--rates', action='store_true', help='only print per-task mixing rates')
   args = parser.parse_args(argv)
   import tasks  # pylint: disable=g-import-not-at-top,unused-import  (registers everything)
   from tasks import registry  # pylint: disable=g-import-not-at-top
+  if args.data_dir:
+    from tasks import flan_collection  # pylint: disable=g-import-not-at-top
+    flan_collection.register(args.data_dir)
+    if not args.mixture:
+      from tasks.flan_collection import inspection  # pylint: disable=g-import-not-at-top
+      inspection.describe(args.data_dir, args.samples, args.max_examples)
+      return
+  if args.mixture and args.rates:
+    print_rates(args.mixture)
+    return
   if args.list or not args.mixture:
     print('\n'.join(registry.all_names()))
     return

@@ -126,7 +126,8 @@ def selections(settings: Mapping[str, Any]) -> Dict[str, Callable[[Mapping[str, 
   }
 
 
-def register_mixtures(groups: Mapping[str, Mapping[str, Any]], fingerprint: str) -> List[str]:
+def register_mixtures(groups: Mapping[str, Mapping[str, Any]], fingerprint: str,
+                      prefix: str = '') -> List[str]:
   """Registers the mixtures that have at least one task; returns their names."""
   settings = flan2022_settings()
   chosen = dict(selections(settings))
@@ -138,16 +139,16 @@ def register_mixtures(groups: Mapping[str, Mapping[str, Any]], fingerprint: str)
     members = {n: g for n, g in groups.items() if all(keep(u) for u in g['units'])}
     mixture_rates = rates(members, settings)
     if mixture_rates:
-      registry.add_mixture(mixture, sorted(mixture_rates.items()),
+      registry.add_mixture(prefix + mixture, sorted(mixture_rates.items()),
                            fingerprint=f'{fp}:{sorted(mixture_rates.items())}',
                            mixture_cls=base_mixtures.Mixture)
-      names.append(mixture)
+      names.append(prefix + mixture)
   patterns = heldout_patterns(settings)
   heldout = sorted(n for n, g in groups.items()
                    if all(is_heldout(u['task_name'], patterns) for u in g['units']))
   if heldout:
-    registry.add_mixture('flan2022_heldout',
+    registry.add_mixture(f'{prefix}flan2022_heldout',
                          [(n, base_mixtures.examples_proportional_rate) for n in heldout],
                          fingerprint=f'{fp}:heldout:{heldout}', mixture_cls=base_mixtures.Mixture)
-    names.append('flan2022_heldout')
+    names.append(f'{prefix}flan2022_heldout')
   return names

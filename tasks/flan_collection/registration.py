@@ -39,14 +39,14 @@ def _text_only(dataset: tf.data.Dataset) -> tf.data.Dataset:
                      num_parallel_calls=tf.data.AUTOTUNE)
 
 
-def groups(index: Dict[str, Any], group_by: str) -> Dict[str, Dict[str, Any]]:
+def groups(index: Dict[str, Any], group_by: str, prefix: str = '') -> Dict[str, Dict[str, Any]]:
   """{seqio task name: {'units': [...], 'files': {split: [paths]}, 'examples': {split: n}}}."""
   if group_by not in GROUP_BY:
     raise ValueError(f'register.group_by={group_by!r}: choose one of {GROUP_BY}')
   out: Dict[str, Dict[str, Any]] = {}
   for unit in index['units']:
     name = unit['name'] if group_by == 'template' else unit['name'].rsplit('.', 1)[0]
-    group = out.setdefault(f'{PREFIX}.{name}', {'units': [], 'files': collections.defaultdict(
+    group = out.setdefault(f'{prefix}{PREFIX}.{name}', {'units': [], 'files': collections.defaultdict(
         list), 'examples': collections.Counter()})
     group['units'].append(unit)
     for split, info in unit['splits'].items():
@@ -70,8 +70,12 @@ def _add_task(name: str, group: Dict[str, Any], data_dir: str, fingerprint: str)
 
 
 @gin.configurable
-def register(data_dir: str = gin.REQUIRED, group_by: str = 'template') -> Dict[str, List[str]]:
+def register(data_dir: str = gin.REQUIRED, group_by: str = 'template',
+             name_prefix: str = '') -> Dict[str, List[str]]:
   """Registers (idempotently) the tasks and mixtures of a prepared DATA_DIR.
+
+  `name_prefix` goes in front of every task and mixture name (e.g. 'v2_' gives
+  'v2_flan2022'), so two collections can be registered side by side.
 
   Returns {'tasks': task names, 'mixtures': mixture names}. ValueError if the index is
   missing, unfinished, or does not match the shard files.
@@ -80,10 +84,10 @@ def register(data_dir: str = gin.REQUIRED, group_by: str = 'template') -> Dict[s
   index = index_lib.load(data_dir)
   with open(os.path.join(data_dir, index_lib.INDEX), 'rb') as f:
     fingerprint = f'flan_collection:{data_dir}:{hashlib.sha1(f.read()).hexdigest()[:12]}'
-  task_groups = groups(index, group_by)
+  task_groups = groups(index, group_by, name_prefix)
   for name, group in task_groups.items():
     _add_task(name, group, data_dir, fingerprint)
-  names = mixtures.register_mixtures(task_groups, fingerprint)
+  names = mixtures.register_mixtures(task_groups, fingerprint, name_prefix)
   return {'tasks': sorted(task_groups), 'mixtures': names}
 
 
