@@ -18,6 +18,7 @@ INSTALL_REQUIRES = [
     'matplotlib==3.11.2',
     'tensorboard==2.21.0',
     'safetensors==0.7.0',
+    'pyarrow>=14,<27',        # FLAN Collection Parquet exports (tasks/flan_collection)
 ]
 
 TEST_REQUIRES = [

@@ -31,7 +31,6 @@ from tasks.flan_collection import mixtures, writing
 
 PREFIX = 'flan_collection'
 GROUP_BY = ('template', 'task')
-SHUFFLE_BUFFER = 10000
 
 
 def _text_only(dataset: tf.data.Dataset) -> tf.data.Dataset:
@@ -55,7 +54,8 @@ def groups(index: Dict[str, Any], group_by: str, prefix: str = '') -> Dict[str, 
   return out
 
 
-def _add_task(name: str, group: Dict[str, Any], data_dir: str, fingerprint: str) -> None:
+def _add_task(name: str, group: Dict[str, Any], data_dir: str, fingerprint: str,
+              shuffle_buffer_size: int) -> None:
   files = {split: sorted(os.path.join(data_dir, f) for f in fs)
            for split, fs in sorted(group['files'].items())}
   source = seqio.TFExampleDataSource(
@@ -66,16 +66,19 @@ def _add_task(name: str, group: Dict[str, Any], data_dir: str, fingerprint: str)
                     preprocessors=[_text_only, seqio.preprocessors.tokenize,
                                    seqio.CacheDatasetPlaceholder(),
                                    seqio.preprocessors.append_eos_after_trim],
-                    shuffle_buffer_size=SHUFFLE_BUFFER)
+                    shuffle_buffer_size=shuffle_buffer_size)
 
 
 @gin.configurable
 def register(data_dir: str = gin.REQUIRED, group_by: str = 'template',
-             name_prefix: str = '') -> Dict[str, List[str]]:
+             name_prefix: str = '', shuffle_buffer_size: int = seqio.SHUFFLE_BUFFER_SIZE
+             ) -> Dict[str, List[str]]:
   """Registers (idempotently) the tasks and mixtures of a prepared DATA_DIR.
 
   `name_prefix` goes in front of every task and mixture name (e.g. 'v2_' gives
-  'v2_flan2022'), so two collections can be registered side by side.
+  'v2_flan2022'), so two collections can be registered side by side. `shuffle_buffer_size` is
+  per task (seqio's default, 1,000 tokenized examples): a mixture of T tasks holds up to
+  T x shuffle_buffer_size examples per host, which bounds it for the 1,800+ FLAN 2022 tasks.
 
   Returns {'tasks': task names, 'mixtures': mixture names}. ValueError if the index is
   missing, unfinished, or does not match the shard files.
@@ -86,7 +89,7 @@ def register(data_dir: str = gin.REQUIRED, group_by: str = 'template',
     fingerprint = f'flan_collection:{data_dir}:{hashlib.sha1(f.read()).hexdigest()[:12]}'
   task_groups = groups(index, group_by, name_prefix)
   for name, group in task_groups.items():
-    _add_task(name, group, data_dir, fingerprint)
+    _add_task(name, group, data_dir, fingerprint, shuffle_buffer_size)
   names = mixtures.register_mixtures(task_groups, fingerprint, name_prefix)
   return {'tasks': sorted(task_groups), 'mixtures': names}
 
