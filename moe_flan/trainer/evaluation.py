@@ -140,7 +140,25 @@ def example_metrics(model, params, cfg: data_lib.DataConfig, settings: EvalConfi
     metrics['exact_match'] = exact / n
   if settings.rank_classification and ranked:
     metrics['rank_classification_accuracy'] = ranked_ok / ranked
+    metrics['num_rank_classification_examples'] = float(ranked)
   return metrics, records
+
+
+def summary(step_dir: str, cfg: data_lib.DataConfig, num_batches: int,
+            result: dict[str, Any]) -> str:
+  """What was evaluated and how many examples/tokens each metric counted, for the console."""
+  name = os.path.basename(os.path.normpath(step_dir))
+  which = f'step {name} ({step_dir})' if name.isdigit() else step_dir
+  lines = [f'moe_flan.evaluate: checkpoint {which} on {cfg.mixture_or_task_name!r} '
+           f'(split {cfg.split!r})',
+           f'  loss, accuracy: {int(result.get("num_tokens", 0))} target tokens in '
+           f'{num_batches} batches of {cfg.batch_size}']
+  if 'exact_match' in result:
+    lines.append(f'  exact_match: {int(result["num_examples"])} examples')
+  if 'rank_classification_accuracy' in result:
+    lines.append(f'  rank_classification_accuracy: '
+                 f'{int(result["num_rank_classification_examples"])} examples with options')
+  return '\n'.join(lines)
 
 
 @gin.configurable
@@ -154,12 +172,14 @@ def evaluate(model_dir: str = gin.REQUIRED, model: config_lib.T5Config = gin.REQ
   path = checkpoint_path or model_dir
   ckpt = checkpoints.CheckpointConfig(initial_checkpoint_path=path)
   setup = builder.build(model_dir, model, data, optimizers.OptimizerConfig(), ckpt, (), 0)
-  step_dir = checkpoints.resolve_step_dir(path)
-  params = checkpoints.restore_initial_params(ckpt, setup.abstract_state.params)
+  params, step_dir = checkpoints.restore_params(ckpt, setup.abstract_state.params)
   result = setup.evaluate(params, settings.num_batches, data)
   ex_metrics, records = example_metrics(setup.model, params, data, settings)
   result.update(ex_metrics)
   step = int(os.path.basename(step_dir)) if os.path.basename(step_dir).isdigit() else 0
+  result['checkpoint_step'] = step
+  if jax.process_index() == 0:
+    print(summary(step_dir, data, settings.num_batches, result), flush=True)
   writer = metrics_lib.MetricsWriter(model_dir, 'eval')
   writer.write(step, result)
   writer.close()
