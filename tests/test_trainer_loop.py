@@ -23,7 +23,9 @@ def tiny_model(emb_dim=16, vocab_size=3072):  # 3072: the shipped vocabulary's s
                              num_encoder_layers=1, num_decoder_layers=1, mlp_dim=16, moe=moe)
 
 
-DATA = data_lib.DataConfig('flan_embedded', {'inputs': 32, 'targets': 8}, batch_size=8)
+# (the start-up truncation check is tested in test_trainer_cli; it costs seconds per build here)
+DATA = data_lib.DataConfig('flan_embedded', {'inputs': 32, 'targets': 8}, batch_size=8,
+                           truncation_check_examples=0)
 
 
 def _train(model_dir, steps, lr=1e-2, period=2, model=None, **run):

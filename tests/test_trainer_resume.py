@@ -37,6 +37,7 @@ DROPOUT_RATE = 0.1
 LOG_PERIOD = 1
 LEARNING_RATE = 1e-2
 ScheduleConfig.warmup_steps = 0
+DataConfig.truncation_check_examples = 0
 """
 
 

@@ -167,6 +167,8 @@ def build(model_dir: str, model_config: config_lib.T5Config, data: data_lib.Data
   """Checks inputs and builds a TrainSetup (no compilation)."""
   from moe_flan.partitioning import partitioner as part_lib  # pylint: disable=g-import-not-at-top
   check_inputs(model_dir, data, checkpoint, eval_data, model_config.vocab_size)
+  if jax.process_index() == 0:
+    data_lib.report_truncation(data)    # warns when TASK_FEATURE_LENGTHS cut many examples
   os.makedirs(model_dir, exist_ok=True)
   partitioner = partitioner or part_lib.create_partitioner()
   partitioner.check_batch_size(data.batch_size)

@@ -7,8 +7,11 @@
   --coordinator_address, --num_processes, --process_id, --distributed_auto_detect,
   --distributed_timeout_s   multi-host (jax.distributed; also $MOE_FLAN_* and SLURM detection)
 
-Bad input fails here, before anything is built: an unknown configurable or parameter (gin's
-error names it) and any macro still at %gin.REQUIRED (named, with the flag that sets it).
+Bad input fails here, before anything is built: a --gin_file found neither as given nor under a
+search path, an unknown configurable or parameter (gin's error names it), a macro set on the
+command line that no binding uses (named, with the closest macros in use) and any macro still at
+%gin.REQUIRED (named, with the flag that sets it). TensorFlow (the input pipeline) is started
+with accelerators hidden and without its device start-up lines (`tf_startup`).
 """
 from __future__ import annotations
 
@@ -23,6 +26,8 @@ from typing import Callable, Optional, Sequence
 import gin
 
 from moe_flan.partitioning import distributed
+from moe_flan.trainer import gin_checks
+from moe_flan.trainer import tf_startup
 
 REPO_GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))), 'gin')
@@ -76,6 +81,7 @@ def parse_flags(argv: Sequence[str], prog: str = 'moe_flan') -> Flags:
 
 def import_configurables() -> None:
   """Imports every module with gin configurables (and `tasks`, to register seqio tasks)."""
+  tf_startup.start_tensorflow()    # before `tasks` imports TensorFlow
   for name in CONFIGURABLE_MODULES:
     importlib.import_module(name)
 
@@ -97,17 +103,23 @@ class _QuietGinProbes(logging.Filter):
 
 def configure_gin(flags: Flags) -> None:
   """Parses the gin files and bindings, checks REQUIRED macros, finalizes the config."""
+  search_paths = (REPO_GIN_DIR,) + flags.gin_search_paths
+  gin_checks.check_gin_files(flags.gin_files, search_paths)
   import_configurables()
   gin.clear_config()
-  for path in (REPO_GIN_DIR,) + flags.gin_search_paths:
+  for path in search_paths:
     gin.add_config_file_search_path(path)
   quiet = _QuietGinProbes()
   logging.getLogger().addFilter(quiet)
   try:
     gin.parse_config_files_and_bindings(list(flags.gin_files), list(flags.gin_bindings),
                                         finalize_config=False)
+  except OSError as e:     # an include that is nowhere to be found
+    raise ValueError(f'{str(e).splitlines()[0]} (gin search paths: {", ".join(search_paths)})'
+                     ) from e
   finally:
     logging.getLogger().removeFilter(quiet)
+  gin_checks.check_macros_used(flags.gin_bindings)
   missing = required_macros_unset()
   if missing:
     how = ' '.join(f'--gin.{m}=...' for m in missing)

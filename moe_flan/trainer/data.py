@@ -5,6 +5,7 @@ import dataclasses
 import inspect
 from typing import Any, Iterator, Mapping, Optional
 
+from absl import logging
 import gin
 import numpy as np
 
@@ -14,10 +15,18 @@ MODEL_FEATURES = ('encoder_input_tokens', 'decoder_input_tokens', 'decoder_targe
                   'encoder_positions', 'decoder_positions')
 
 
+# Above this fraction of a task's examples cut by TASK_FEATURE_LENGTHS, the start-up check warns.
+TRUNCATION_WARN_FRACTION = 0.01
+
+
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-  """Which mixture/task, lengths and batch size (global, over all processes)."""
+  """Which mixture/task, lengths and batch size (global, over all processes).
+
+  truncation_check_examples: at start, this many of each task's first examples are measured
+  against `task_feature_lengths` (`report_truncation`); 0 skips the check.
+  """
   mixture_or_task_name: str = ''
   task_feature_lengths: Mapping[str, int] = dataclasses.field(
       default_factory=lambda: {'inputs': 512, 'targets': 128})
@@ -27,6 +36,7 @@ class DataConfig:
   pack: bool = True
   shuffle: bool = True
   use_cached_tasks: bool = False
+  truncation_check_examples: int = 64
 
   def __post_init__(self):
     if not self.mixture_or_task_name:
@@ -74,3 +84,51 @@ def batches(cfg: DataConfig, shard_id: int = 0, num_shards: int = 1, start_batch
     kwargs['use_cached'] = cfg.use_cached_tasks
   for batch in pipeline.get_batches(cfg.mixture_or_task_name, **kwargs):
     yield {k: np.asarray(v) for k, v in batch.items() if k in MODEL_FEATURES}
+
+
+def truncation_fractions(cfg: DataConfig) -> dict[str, dict[str, float]]:
+  """{task: {'inputs': fraction, 'targets': fraction, 'examples': n}} over each task's first
+  `cfg.truncation_check_examples` examples of `cfg.split` (in training order: same seed and
+  shuffling): the fraction whose tokenized feature, EOS included, is longer than its feature
+  length, i.e. that the input pipeline will cut (`tasks.quality.truncate_and_count`)."""
+  # (the pipeline's module also quiets seqio's per-task warning about uncached sources)
+  from tasks import pipeline, registry  # pylint: disable=g-import-not-at-top
+  provider = registry.get(cfg.mixture_or_task_name)
+  lengths = {k: int(cfg.task_feature_lengths[k]) for k in pipeline.FEATURES}
+  out = {}
+  for task in getattr(provider, 'tasks', [provider]):
+    if cfg.split not in task.splits:
+      continue      # a mixture skips such tasks too
+    ds = task.get_dataset(sequence_length=lengths, split=cfg.split, shuffle=cfg.shuffle,
+                          seed=cfg.seed, num_epochs=1, trim_output_features=False,
+                          use_cached=cfg.use_cached_tasks, try_in_mem_cache=False)
+    cut, n = dict.fromkeys(lengths, 0), 0
+    for ex in ds.take(cfg.truncation_check_examples).as_numpy_iterator():
+      n += 1
+      for k, length in lengths.items():
+        cut[k] += int(len(ex[k]) > length)
+    if n:
+      out[task.name] = {**{k: c / n for k, c in cut.items()}, 'examples': n}
+  return out
+
+
+def report_truncation(cfg: DataConfig) -> dict[str, dict[str, float]]:
+  """Measures `truncation_fractions`, logs them, and warns naming every task and feature whose
+  fraction exceeds TRUNCATION_WARN_FRACTION. Returns the fractions ({} when the check is off)."""
+  if cfg.truncation_check_examples <= 0:
+    return {}
+  fractions = truncation_fractions(cfg)
+  lengths = dict(cfg.task_feature_lengths)
+  for task, f in fractions.items():
+    logging.info('truncation by TASK_FEATURE_LENGTHS=%s in %s (first %d examples): inputs %.1f%%, '
+                 'targets %.1f%%', lengths, task, f['examples'], 100 * f['inputs'],
+                 100 * f['targets'])
+  over = [f'{task} {k} {100 * f[k]:.1f}%' for task, f in fractions.items()
+          for k in ('inputs', 'targets') if f[k] > TRUNCATION_WARN_FRACTION]
+  if over:
+    logging.warning(
+        'TASK_FEATURE_LENGTHS=%s cut more than %g%% of the first examples of %s (%s split): %s. '
+        'Cut examples lose their ends (targets lose their answers); raise the lengths if this is '
+        'not intended.', lengths, 100 * TRUNCATION_WARN_FRACTION, cfg.mixture_or_task_name,
+        cfg.split, ', '.join(over))
+  return fractions

@@ -1,0 +1,123 @@
+"""The entry points as a new user meets them, in subprocesses (stderr as a user sees it, without
+the test suite's TF_CPP_MIN_LOG_LEVEL / CUDA_VISIBLE_DEVICES): typos and missing files give one
+`error:` line and exit 2; a successful evaluate run prints what it evaluated and no error lines,
+no TensorFlow device start-up lines and no orbax metadata warnings, and warns about truncation."""
+import logging
+import os
+import re
+import subprocess
+import sys
+
+import gin
+import pytest
+
+from moe_flan.trainer import cli, data as data_lib, loop
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = [
+    'T5Config.emb_dim = 16', 'T5Config.num_heads = 2', 'T5Config.head_dim = 8',
+    'T5Config.mlp_dim = 16', 'T5Config.num_encoder_layers = 1', 'T5Config.num_decoder_layers = 1',
+    'MoeConfig.num_experts = 4', 'MoeConfig.expert_mlp_dim = 16', 'MoeConfig.group_size = 64',
+    "MoeConfig.encoder_sparse_layout = 'all'", "MoeConfig.decoder_sparse_layout = 'all'",
+]
+# Lines that must never reach a user's terminal on a successful CPU run.
+NOISE = re.compile(r'cuInit|cuda|Path not found|Metadata file does not exist|Traceback|^E\d{4}|'
+                   r'^ERROR', re.MULTILINE | re.IGNORECASE)
+
+
+def _run(module, *args, cwd=REPO):
+  env = {k: v for k, v in os.environ.items()
+         if k not in ('TF_CPP_MIN_LOG_LEVEL', 'CUDA_VISIBLE_DEVICES', 'XLA_FLAGS')}
+  env['PYTHONPATH'] = REPO
+  return subprocess.run([sys.executable, '-m', module, *args], cwd=cwd, env=env,
+                        capture_output=True, text=True, timeout=600)
+
+
+def test_misspelled_macro_is_one_error_line_naming_the_closest_macro(tmp_path):
+  # Run from outside the repository: the search-path form finds the run file and its includes.
+  proc = _run('moe_flan.train', '--gin_file=runs/quickstart.gin',
+              f"--gin.MODEL_DIR='{tmp_path}'", '--gin.TRAIN_STEP=20', cwd=str(tmp_path))
+  assert proc.returncode == 2, proc.stderr
+  # One line: TensorFlow started (the gin files import the tasks) without a word about devices.
+  assert proc.stderr.splitlines() == [
+      'moe_flan.train: error: --gin.TRAIN_STEP: no binding uses the macro TRAIN_STEP (closest '
+      'macros in use: TRAIN_STEPS). A macro takes effect only where a gin file refers to it as '
+      '%NAME.'], proc.stderr
+  assert not os.listdir(tmp_path)     # nothing was built
+
+
+def test_missing_gin_file_is_one_error_line_with_the_search_paths(tmp_path):
+  proc = _run('moe_flan.train', '--gin_file=gin/runs/quickstrat.gin', cwd=str(tmp_path))
+  assert proc.returncode == 2
+  assert proc.stderr.splitlines() == [
+      f'moe_flan.train: error: --gin_file=gin/runs/quickstrat.gin: no such file relative to '
+      f'{tmp_path} or under the gin search paths {os.path.join(REPO, "gin")}; did you mean '
+      'runs/quickstart.gin?'], proc.stderr
+
+
+@pytest.fixture(scope='module')
+def step0_model_dir(tmp_path_factory):
+  """A MODEL_DIR whose only checkpoint is the initial state (step 0: nothing to compile)."""
+  model_dir = str(tmp_path_factory.mktemp('cli_run'))
+  cli.configure_gin(cli.Flags(('runs/quickstart.gin',), tuple(TINY + [
+      f"MODEL_DIR = '{model_dir}'", 'TRAIN_STEPS = 0', 'RunConfig.write_plots = False',
+      "MIXTURE_OR_TASK_NAME = 'emb_nli'", 'DataConfig.truncation_check_examples = 0']), ()))
+  try:
+    loop.train()
+  finally:
+    gin.clear_config()
+  return model_dir
+
+
+def test_evaluate_says_what_it_evaluated_and_nothing_alarming(step0_model_dir):
+  proc = _run('moe_flan.evaluate', '--gin_file=models/flan_moe_tiny.gin',
+              '--gin_file=runs/eval.gin', *[f'--gin.{b.replace(" ", "")}' for b in TINY],
+              f"--gin.MODEL_DIR='{step0_model_dir}'", "--gin.MIXTURE_OR_TASK_NAME='emb_nli'",
+              "--gin.TASK_FEATURE_LENGTHS={'inputs':128,'targets':2}", '--gin.BATCH_SIZE=4',
+              '--gin.NUM_EXAMPLES=4', '--gin.EvalConfig.num_batches=1',
+              '--gin.EvalConfig.max_decode_length=2')
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert not NOISE.search(proc.stderr), proc.stderr
+  step_dir = os.path.join(step0_model_dir, 'checkpoints', '0')
+  lines = proc.stdout.splitlines()
+  assert lines[0] == (f"moe_flan.evaluate: checkpoint step 0 ({step_dir}) on 'emb_nli' "
+                      "(split 'validation')")
+  tokens = re.fullmatch(r'  loss, accuracy: (\d+) target tokens in 1 batches of 4', lines[1])
+  assert tokens and int(tokens.group(1)) > 0
+  assert lines[2] == '  exact_match: 4 examples'
+  ranked = re.fullmatch(r'  rank_classification_accuracy: (\d) examples with options', lines[3])
+  assert ranked and 1 <= int(ranked.group(1)) <= 4
+  # The truncation check ran on the evaluated split and warned (2 target tokens cut answers).
+  assert re.search(r"TASK_FEATURE_LENGTHS=\{'inputs': 128, 'targets': 2\} cut more than 1% of the "
+                   r"first examples of emb_nli \(validation split\): .*emb_nli targets \d+\.\d%",
+                   proc.stderr), proc.stderr
+
+
+def test_truncation_fractions_match_the_tokenized_text(caplog):
+  """The measured fractions equal an independent count over the same examples' text: tokens +
+  EOS longer than the feature length."""
+  import tasks  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  from tasks import registry, vocab as vocab_lib  # pylint: disable=g-import-not-at-top
+  cfg = data_lib.DataConfig('emb_nli', {'inputs': 40, 'targets': 3}, batch_size=4,
+                            truncation_check_examples=24)
+  with caplog.at_level(logging.INFO):
+    got = data_lib.report_truncation(cfg)
+  task = registry.get('emb_nli')
+  vocab = vocab_lib.default_vocabulary()
+  ds = task.get_dataset(sequence_length={'inputs': 40, 'targets': 3}, split='train', shuffle=True,
+                        seed=0, num_epochs=1, trim_output_features=False)
+  texts = [(ex['inputs_pretokenized'].decode(), ex['targets_pretokenized'].decode())
+           for ex in ds.take(24).as_numpy_iterator()]
+  want = {k: sum(len(vocab.encode(t[i])) + 1 > n for t in texts) / 24
+          for i, (k, n) in enumerate((('inputs', 40), ('targets', 3)))}
+  assert got == {'emb_nli': {**want, 'examples': 24}}
+  assert 0 < want['inputs'] < 1 and 0 < want['targets'] < 1    # the case is not degenerate
+  warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+  assert len(warnings) == 1 and (f'emb_nli inputs {100 * want["inputs"]:.1f}%, emb_nli targets '
+                                 f'{100 * want["targets"]:.1f}%') in warnings[0]
+  caplog.clear()
+  with caplog.at_level(logging.WARNING):
+    roomy = data_lib.report_truncation(
+        data_lib.DataConfig('emb_nli', {'inputs': 512, 'targets': 64}, truncation_check_examples=24))
+  assert roomy == {'emb_nli': {'inputs': 0.0, 'targets': 0.0, 'examples': 24}}
+  assert not caplog.records
