@@ -150,3 +150,22 @@ def test_group_size_below_one_is_a_usage_error(tmp_path, capsys, value):
               '--group_size', value])
   assert exit_info.value.code == 2
   assert 'argument --group_size: expected an integer >= 1, got ' in capsys.readouterr().err
+
+
+def test_gin_files_are_found_as_the_trainer_finds_them(tmp_path, capsys, monkeypatch):
+  """From outside the repository: the search-path form works, a path that is nowhere (e.g.
+  gin/models/X.gin relative to another directory) is one error line naming the search path
+  and the file meant; a missing include as well."""
+  monkeypatch.chdir(tmp_path)
+  src = _hf_dir(tmp_path, DENSE, 'hf')
+  args = ['--from', 'hf', '--src', src, '--gin.VOCAB_SIZE=64']
+  code = cli.main(args + ['--out', str(tmp_path / 'a'), '--gin_file=gin/models/flan_moe_tiny.gin'])
+  err = capsys.readouterr().err.strip()
+  assert code == 2 and '\n' not in err, err
+  assert err.startswith('error: --gin_file=gin/models/flan_moe_tiny.gin: no such file relative to ')
+  assert os.path.join(REPO, 'gin') in err and 'did you mean models/flan_moe_tiny.gin' in err
+  (tmp_path / 'broken.gin').write_text("include 'models/no_such_model.gin'\n")
+  assert cli.main(args + ['--out', str(tmp_path / 'b'), '--gin_file=broken.gin']) == 2
+  err = capsys.readouterr().err.strip()
+  assert 'models/no_such_model.gin' in err and 'gin search paths' in err and '\n' not in err
+  assert gin_config.config_from_gin(['models/flan_moe_tiny.gin']).moe is not None
