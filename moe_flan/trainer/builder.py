@@ -51,6 +51,35 @@ def opt_state_shardings(abstract_opt_state: Any, param_shapes: dict[str, tuple],
   return jax.tree_util.tree_map_with_path(one, abstract_opt_state)
 
 
+@dataclasses.dataclass(frozen=True)
+class StepParts:
+  """What the train step is made of, built without touching disk or devices, so that a plan
+  for other devices (moe_flan.aot: a TPU topology on a CPU host) compiles the trainer's own step.
+  """
+  model_config: config_lib.T5Config
+  optimizer: optimizers.OptimizerConfig
+  partitioner: Any
+  model: nn.Module
+  tx: optax.GradientTransformation
+  schedule: Callable
+  frozen: Any
+  abstract_state: ts.TrainState      # ShapeDtypeStructs with shardings
+  state_shardings: ts.TrainState
+
+  def jit_train_step(self, reuse: Optional[bool] = None) -> Callable:
+    """(state, batch) -> (state, metrics), jitted; call or `.lower` it inside
+    `partitioner.activate()`. reuse: step buffers (None: OptimizerConfig.reuse_step_buffers,
+    else the backend's default; see step_buffers.jit_train_step)."""
+    return step_buffers.jit_train_step(
+        lambda return_grads: step_lib.make_train_step(
+            self.model, self.model_config, self.tx, self.schedule, self.frozen,
+            self.optimizer.num_microbatches, return_grads=return_grads),
+        self.optimizer.reuse_step_buffers if reuse is None else reuse,
+        in_shardings=(self.state_shardings, self.partitioner.data_sharding),
+        out_shardings=(self.state_shardings, self.partitioner.replicated),
+        grad_shardings=self.state_shardings.params)
+
+
 @dataclasses.dataclass
 class TrainSetup:
   """The pieces of one run, built and checked; methods do the work the loop needs."""
@@ -114,19 +143,16 @@ class TrainSetup:
   def jit_train_step(self) -> Callable:
     """(state, batch) -> (state, metrics), jitted (step_buffers.jit_train_step: on CPU the
     state passed to one call is donated by the next)."""
-    jitted = step_buffers.jit_train_step(
-        lambda return_grads: step_lib.make_train_step(
-            self.model, self.model_config, self.tx, self.schedule, self.frozen,
-            self.optimizer.num_microbatches, return_grads=return_grads),
-        self.optimizer.reuse_step_buffers,
-        in_shardings=(self.state_shardings, self.partitioner.data_sharding),
-        out_shardings=(self.state_shardings, self.partitioner.replicated),
-        grad_shardings=self.state_shardings.params)
+    jitted = self.step_parts().jit_train_step()
 
     def run(state, batch):
       with self.partitioner.activate():
         return jitted(state, batch)
     return run
+
+  def step_parts(self) -> StepParts:
+    return StepParts(self.model_config, self.optimizer, self.partitioner, self.model, self.tx,
+                     self.schedule, self.frozen, self.abstract_state, self.state_shardings)
 
   def evaluate(self, params: Any, num_batches: int,
                cfg: Optional[data_lib.DataConfig] = None) -> dict[str, Any]:
@@ -171,14 +197,25 @@ def build(model_dir: str, model_config: config_lib.T5Config, data: data_lib.Data
     data_lib.report_truncation(data)    # warns when TASK_FEATURE_LENGTHS cut many examples
   os.makedirs(model_dir, exist_ok=True)
   partitioner = partitioner or part_lib.create_partitioner()
+  parts = build_step(model_config, data, optimizer, frozen_groups, seed, partitioner)
+  checkpointer = ckpt_lib.Checkpointer(model_dir, checkpoint)
+  checkpointer.check_compatible(ts.param_shapes(parts.abstract_state.params))
+  return TrainSetup(model_dir, model_config, data, eval_data, checkpoint, optimizer, partitioner,
+                    parts.model, parts.tx, parts.schedule, parts.frozen, parts.abstract_state,
+                    parts.state_shardings, checkpointer, seed)
+
+
+def build_step(model_config: config_lib.T5Config, data: data_lib.DataConfig,
+               optimizer: optimizers.OptimizerConfig, frozen_groups: Sequence[str], seed: int,
+               partitioner) -> StepParts:
+  """The model, optimizer and abstract sharded train state on `partitioner`'s mesh (no I/O,
+  nothing allocated)."""
   partitioner.check_batch_size(data.batch_size)
   model = _model(model_config)
   with partitioner.activate():
     boxed = ts.abstract_params(model, data.task_feature_lengths, seed)
     param_shardings = partitioner.shardings(boxed)
   params = nn.meta.unbox(boxed)
-  checkpointer = ckpt_lib.Checkpointer(model_dir, checkpoint)
-  checkpointer.check_compatible(ts.param_shapes(params))
   schedule = optimizers.make_schedule(optimizer.schedule)
   tx = freezing.with_freezing(optimizers.make_optimizer(optimizer, schedule), params,
                               frozen_groups)
@@ -196,5 +233,5 @@ def build(model_dir: str, model_config: config_lib.T5Config, data: data_lib.Data
                            opt_state=abstract_opt, rng=rng)
   abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           abstract, shardings)
-  return TrainSetup(model_dir, model_config, data, eval_data, checkpoint, optimizer, partitioner,
-                    model, tx, schedule, frozen, abstract, shardings, checkpointer, seed)
+  return StepParts(model_config, optimizer, partitioner, model, tx, schedule, frozen, abstract,
+                   shardings)

@@ -104,6 +104,7 @@ def jit_train_step(make_step: Callable[[bool], Callable], reuse: Optional[bool] 
   reuse False: the state is donated. reuse True (None: `reuse_by_default()`): the new state
   goes into the buffers of the state before last and the gradients into the previous step's
   (module doc), so the state passed to one call is donated by the next call.
+  Either way the result has `.lower(state, batch)` (abstract arguments are fine).
   """
   reuse = reuse_by_default() if reuse is None else reuse
   if not reuse:
@@ -128,4 +129,7 @@ def jit_train_step(make_step: Callable[[bool], Callable], reuse: Optional[bool] 
     (new_state, metrics), _ = buffered(spare.pop(), state, batch)
     spare.append(state)
     return new_state, metrics
+  # What jax.jit(...).lower gives for the other branch: the compiled call of one step, whose
+  # memory analysis counts the spare state and kept gradients it is handed.
+  step.lower = lambda state, batch: buffered.lower(state, state, batch)
   return step

@@ -49,8 +49,10 @@ def init_params_fn(model: nn.Module, feature_lengths: dict[str, int]) -> Callabl
 
 
 def abstract_params(model: nn.Module, feature_lengths: dict[str, int], seed: int = 0) -> Any:
-  """Boxed ShapeDtypeStructs of the params (no compute)."""
-  return jax.eval_shape(init_params_fn(model, feature_lengths), jax.random.PRNGKey(seed))
+  """Boxed ShapeDtypeStructs of the params (no compute: even the key is abstract, so this also
+  works under a mesh of compile-only devices, e.g. a TPU topology on a CPU host)."""
+  init = init_params_fn(model, feature_lengths)
+  return jax.eval_shape(lambda: init(jax.random.PRNGKey(seed)))
 
 
 def new_state(params: Any, tx: optax.GradientTransformation, rng: jax.Array) -> TrainState:
