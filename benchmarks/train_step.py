@@ -32,7 +32,7 @@ import numpy as np
 
 from benchmarks import context as ctx_lib
 from benchmarks import dispatch_choice
-from benchmarks import flops as flops_lib
+from moe_flan.model import flops as flops_lib
 from benchmarks import peak as peak_lib
 from benchmarks import timing
 from moe_flan.config import MoeConfig, T5Config

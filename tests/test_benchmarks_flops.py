@@ -1,12 +1,13 @@
-"""benchmarks/flops.py (the MFU numerator) against the matmuls the model really runs: every
-dot_general and ragged dot in the forward pass's jaxpr, counted at 2 FLOPs per multiply-add."""
+"""moe_flan/model/flops.py (the MFU numerator of the benchmarks and moe_flan.aot) against the
+matmuls the model really runs: every dot_general and ragged dot in the forward pass's jaxpr,
+counted at 2 FLOPs per multiply-add."""
 import math
 
 import jax
 import jax.extend
 import pytest
 
-from benchmarks import flops
+from moe_flan.model import flops
 from benchmarks import train_step
 from moe_flan.config import MoeConfig, T5Config
 from moe_flan.model import EncoderDecoder

@@ -1,5 +1,6 @@
 """Model FLOPs of a T5.1.1 / FLAN-MoE train step, counted from the config (useful work only).
 
+The MFU numerator of the benchmarks and of `moe_flan.aot`'s pod plans.
 Counts matmul FLOPs (2 per multiply-add) of the forward pass and multiplies by 3 for a train
 step (backward = 2x forward). MoE blocks count the *active* expert FLOPs (k experts per token for
 tokens-choose; capacity-factor * k for experts-choose), not capacity padding or one-hot dispatch
