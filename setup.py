@@ -28,6 +28,10 @@ TEST_REQUIRES = [
     'transformers==4.57.6',   # last 4.x: classic Switch routing; 5.x drops capacity, ties T5 heads
 ]
 
+# libtpu at the version jax[tpu] pins: moe_flan.aot compiles train steps for TPU topologies on
+# any Linux host (no TPU needed); the tests compile for a small one.
+TPU_REQUIRES = ['libtpu==0.0.42.*; platform_system == "Linux"']
+
 setuptools.setup(
     name='moe_flan',
     version='0.1.0',
@@ -38,10 +42,11 @@ setuptools.setup(
     include_package_data=True,
     package_data={'tasks': ['data/*', 'data/**/*'], 'moe_flan': ['kernels/*.cc']},
     install_requires=INSTALL_REQUIRES,
-    extras_require={'test': TEST_REQUIRES},
+    extras_require={'test': TEST_REQUIRES + TPU_REQUIRES, 'tpu': TPU_REQUIRES},
     entry_points={'console_scripts': [
         'moe_flan_train=moe_flan.train:console_main',
         'moe_flan_evaluate=moe_flan.evaluate:console_main',
         'moe_flan_infer=moe_flan.infer:console_main',
+        'moe_flan_aot=moe_flan.aot.cli:console_main',
     ]},
 )

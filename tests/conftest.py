@@ -6,6 +6,10 @@ os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                            ' --xla_force_host_platform_device_count=8').strip()
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')
+if not os.environ['CUDA_VISIBLE_DEVICES']:
+  # libtpu (test extra, for moe_flan.aot's TPU topology compiles) would otherwise make JAX try
+  # to open a TPU at start-up and log errors; topology compiles work on the CPU platform.
+  os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
 import tempfile  # noqa: E402
 
