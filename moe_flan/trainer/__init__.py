@@ -9,9 +9,13 @@ Modules (import by name, e.g. `from moe_flan.trainer import loop`):
   optimizers    OptimizerConfig, ScheduleConfig, make_optimizer (Adafactor per-expert factoring,
                 AdamW), make_schedule (constant, rsqrt, linear, cosine)
   freezing      parameter groups router / experts / non_expert / embeddings; with_freezing
-  checkpoints   CheckpointConfig, Checkpointer (orbax), restore_initial_params
-  data          DataConfig, batches (tasks.pipeline), check_task_exists
+  checkpoints   CheckpointConfig, Checkpointer (orbax), restore_initial_params; falls back from
+                a damaged step to the newest intact one
+  checkpoint_integrity  per-step checksums.json: names a truncated or overwritten file
+  data          DataConfig, batches (tasks.pipeline), check_task_exists, report_truncation
   evaluation    EvalConfig, evaluate (loss/accuracy, rank classification, exact match)
   inference     InferConfig, infer (greedy / sampling / beam search)
-  metrics, progress, plots, nan_guard, cli
+  cli           flags shared by the entry points; gin_checks (missing gin files, unused
+                command-line macros) and tf_startup (TensorFlow without accelerators) serve it
+  metrics, progress, plots, nan_guard
 """
