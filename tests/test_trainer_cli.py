@@ -121,3 +121,20 @@ def test_truncation_fractions_match_the_tokenized_text(caplog):
         data_lib.DataConfig('emb_nli', {'inputs': 512, 'targets': 64}, truncation_check_examples=24))
   assert roomy == {'emb_nli': {'inputs': 0.0, 'targets': 0.0, 'examples': 24}}
   assert not caplog.records
+
+
+def test_a_macro_counts_as_used_wherever_a_binding_refers_to_it():
+  """References inside dicts and lists count; an unreferenced command-line macro is named with
+  the closest macros in use; gin files' own unused macros are not the user's typo."""
+  files = ('runs/quickstart.gin',)
+  try:
+    cli.configure_gin(cli.Flags(files, ("MODEL_DIR = '/m'", 'INPUTS_LEN = 77',
+                                        "TASK_FEATURE_LENGTHS = {'inputs': %INPUTS_LEN, "
+                                        "'targets': 8}", 'GROUPS = ["router"]',
+                                        'FROZEN_GROUPS = %GROUPS'), ()))
+    assert gin.query_parameter('INPUTS_LEN/macro.value') == 77
+    with pytest.raises(ValueError, match=r'^--gin.BATCH_SIZ: no binding uses the macro BATCH_SIZ '
+                                         r'\(closest macros in use: BATCH_SIZE\)'):
+      cli.configure_gin(cli.Flags(files, ("MODEL_DIR = '/m'", 'BATCH_SIZ = 4'), ()))
+  finally:
+    gin.clear_config()
