@@ -9,8 +9,8 @@ jitted, eval mode) and forward + backward of the training loss (cross-entropy + 
 HF in train mode with dropout and jitter 0, gradients for every parameter). Each framework
 keeps its gradients its own way: HF's step frees them (`zero_grad(set_to_none=True)`, PyTorch's
 default), and its per-expert gradients (4 MiB each) come back from memory the C heap kept;
-ours are written into the previous step's buffers, as our trainer does on CPU
-(moe_flan/trainer/step_buffers.py).
+ours are written into the previous step's buffers, as our trainer does with its CPU opt-in
+`OptimizerConfig.reuse_step_buffers` (moe_flan/trainer/step_buffers.py).
 Ratios are ours / HF (below 1 = we are faster). Targets: <= 1 at E=8, <= 1/1.3 at E=128.
 
 Each timed call follows an untimed call of the same model (`LEAD_IN`): a training loop runs
@@ -128,7 +128,7 @@ def our_steps(config, batch) -> tuple[Callable, Callable]:
                                 rngs={'dropout': jax.random.PRNGKey(2)}, mutable=['moe_metrics'])
     batch_ = {'decoder_target_tokens': tgt, 'decoder_loss_weights': jnp.ones_like(tgt, jnp.float32)}
     return compute_loss(config, logits, batch_, state['moe_metrics'])[0]
-  # As the trainer on CPU: each step's gradients go into the previous step's buffers.
+  # As the trainer with reuse_step_buffers: each step's gradients go into the previous step's.
   fb = step_buffers.ReusedGradientBuffers(jax.value_and_grad(loss_fn))
   return (lambda: fwd(params)), (lambda: fb(params))
 

@@ -8,7 +8,7 @@ F * capacity_factor * k for experts-choose (every expert fills all its C = cf * 
 "Forward + backward" is a VJP with a fixed random cotangent, giving gradients for the input and
 every parameter (router included), plus the layer's output: exactly what a train step needs
 from the layer (`forward_backward`). Every candidate writes its gradients into the buffers of
-its previous call's gradients, as the trainer's step does on CPU (step_buffers). Returning only
+its previous call's gradients (the trainer's CPU opt-in, step_buffers). Returning only
 the gradients would let XLA drop the dense twin's second forward matmul (its output feeds
 nothing), while the MoE layer needs its experts' output for the gate gradients: 5 of the 6
 counted matmuls against 6.
@@ -61,7 +61,7 @@ def forward_backward(fn: Callable[..., jax.Array],
   """Jitted (*args) -> (fn(*args), gradients of <fn(*args), cotangent> for every arg).
 
   Each call writes its gradients into the previous call's gradient buffers, as the trainer does
-  on CPU (moe_flan/trainer/step_buffers.py); the output is a fresh buffer.
+  with reuse_step_buffers (moe_flan/trainer/step_buffers.py); the output is a fresh buffer.
   """
   def step(*args):
     y, vjp = jax.vjp(fn, *args)

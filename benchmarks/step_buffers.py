@@ -1,14 +1,16 @@
-"""Case 7: the trainer's step buffers (moe_flan/trainer/step_buffers.py) against a donated state.
+"""The trainer's opt-in step buffers (moe_flan/trainer/step_buffers.py) against its default step.
 
 The same jitted train step (forward, backward, Adafactor) of one model, built twice through
-`step_buffers.jit_train_step`: with the CPU default (gradients into the previous step's buffers,
-the new state into the buffers of the state before last) and with the state donated (fresh
-gradients; XLA copies the params it updates in place). Timed round-robin, each call after an
-untimed call of itself (`lead_in`, as in case 5: a training loop runs its steps back to back).
+`step_buffers.jit_train_step`: with `OptimizerConfig.reuse_step_buffers` (gradients into the
+previous step's buffers, the new state into the buffers of the state before last) and with the
+default donated state (fresh gradients; XLA may copy the params it updates in place). Timed
+round-robin, each call after an untimed call of itself (`lead_in`, as in the hf_switch case: a
+training loop runs its steps back to back).
 Ratio: kept buffers / donated state (below 1 = the step buffers are faster).
 
-Models: base-like (case 2, 8 experts) and the case-5 Switch config at E=128 (d_model 512,
-d_ff 2048, 2+2 blocks, 4 x (256 -> 256), ~2.2 GB of params), where the expert kernels dominate.
+Models: base-like (the train_step case, 8 experts) and the hf_switch case's Switch config at
+E=128 (d_model 512, d_ff 2048, 2+2 blocks, 4 x (256 -> 256), ~2.2 GB of params), where the
+expert kernels dominate.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ LEAD_IN = 1
 
 
 def switch_config_workload(num_experts: int) -> train_step_lib.Workload:
-  """Case 5's HF Switch config (routing per sequence of 256) as a train-step workload."""
+  """The hf_switch case's HF Switch config (routing per sequence of 256) as a train-step workload."""
   from benchmarks import hf_switch   # pylint: disable=g-import-not-at-top
   shape = hf_switch.FULL
   cfg = hf_switch.our_config(hf_switch.hf_config(shape, num_experts), shape)

@@ -131,10 +131,10 @@ def step_parts(cfg: T5Config, lengths: dict[str, int]
 
 
 def build_step(cfg: T5Config, batch: dict,
-               reuse_step_buffers: Optional[bool] = None) -> Callable[[], object]:
+               reuse_step_buffers: bool = False) -> Callable[[], object]:
   """A closure running one jitted train step (Adafactor, constant LR) on `batch`, its state
-  carried from call to call through the trainer's `step_buffers.jit_train_step` (on CPU: state
-  double-buffered, gradients kept; reuse_step_buffers None: the trainer's default)."""
+  carried from call to call through the trainer's `step_buffers.jit_train_step` (by default the
+  state donated; reuse_step_buffers: state double-buffered, gradients kept)."""
   from moe_flan.trainer import step_buffers
   lengths = {'inputs': batch['encoder_input_tokens'].shape[1],
              'targets': batch['decoder_input_tokens'].shape[1]}

@@ -111,8 +111,8 @@ def run(devices=None, dispatch: str = 'expert_parallel', model_dir=None):
   losses = []
   with partitioner.activate():
     state = jax.jit(fresh, out_shardings=shardings)(jax.random.PRNGKey(0))
-    # The trainer's step: on CPU, state double-buffered and gradients kept across steps.
-    jitted = step_buffers.jit_train_step(make_step, None,
+    # The trainer's default step: one jitted call, the state donated.
+    jitted = step_buffers.jit_train_step(make_step, False,
                                          (shardings, partitioner.data_sharding),
                                          (shardings, repl), shardings.params)
     for batch in _global_batches(np):

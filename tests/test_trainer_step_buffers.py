@@ -2,8 +2,9 @@
 
 `ReusedGradientBuffers` must (1) return what the plain jitted function returns and (2) write each
 call's gradients into the previous call's buffers (same addresses, the old arrays donated). The
-trainer's `jit_train_step` must (3) give the same run as a donated state on a sharded mesh, with
-the new state in the buffers of the state before last and gradients sharded like the params.
+trainer's step is (3) one donated jit by default; with `reuse_step_buffers` it must (4) give the
+same run as the donated state on a sharded mesh, with the new state in the buffers of the state
+before last and gradients sharded like the params.
 """
 import jax
 import jax.numpy as jnp
@@ -69,10 +70,19 @@ def test_donate_argnums_donates_the_wrapped_functions_arguments():
   np.testing.assert_allclose(halved['wi'], _inputs(0)[0]['wi'] * 0.5)
 
 
-def test_reuse_is_the_default_on_cpu_only(monkeypatch):
-  assert step_buffers.reuse_by_default() == (jax.default_backend() == 'cpu')
-  monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
-  assert not step_buffers.reuse_by_default()
+def test_the_default_train_step_is_one_donated_jit(monkeypatch):
+  assert optimizers.OptimizerConfig().reuse_step_buffers is False
+  monkeypatch.setattr(step_buffers, 'ReusedGradientBuffers', None)   # must not be reached
+  step = step_buffers.jit_train_step(lambda return_grads: _halve_step(return_grads))
+  w = jax.device_put(_inputs(0)[0])
+  new, _ = step(w, None)
+  assert _deleted(w)                                         # the state is donated
+  np.testing.assert_allclose(new['wi'], _inputs(0)[0]['wi'] * 0.5)
+
+
+def _halve_step(return_grads):
+  assert not return_grads, 'the donated step asks for no gradients'
+  return lambda w, batch: (jax.tree.map(lambda a: a * 0.5, w), {})
 
 
 class _Recording(step_buffers.ReusedGradientBuffers):
@@ -113,18 +123,16 @@ def _deleted(tree):
   return all(leaf.is_deleted() for leaf in jax.tree.leaves(tree))
 
 
-def test_trainer_keeps_step_buffers_by_default_on_cpu_with_the_same_numbers(tmp_path,
-                                                                            monkeypatch):
+def test_trainer_with_reuse_step_buffers_keeps_them_with_the_same_numbers(tmp_path, monkeypatch):
   monkeypatch.setattr(step_buffers, 'ReusedGradientBuffers', _Recording)
   _Recording.instances = []
-  m_kept, p_kept, history = _trainer_run(str(tmp_path / 'default'), None)
-  m_fresh, p_fresh, none = _trainer_run(str(tmp_path / 'off'), False)
-  assert none is None and len(_Recording.instances) <= 1
-  if jax.default_backend() == 'cpu':
-    (s1, g1, p1), (s2, g2, p2), (s3, g3, p3) = history
-    assert g1 == g2 == g3                    # gradients: the same buffers every step
-    assert p3 == p1 and p2 != p1             # state n+1 in the buffers of state n-1
-    assert _deleted(s1) and not _deleted(s2) and not _deleted(s3)
+  m_kept, p_kept, history = _trainer_run(str(tmp_path / 'kept'), True)
+  m_fresh, p_fresh, none = _trainer_run(str(tmp_path / 'default'), False)
+  assert none is None and len(_Recording.instances) == 1     # the default keeps no buffers
+  (s1, g1, p1), (s2, g2, p2), (s3, g3, p3) = history
+  assert g1 == g2 == g3                    # gradients: the same buffers every step
+  assert p3 == p1 and p2 != p1             # state n+1 in the buffers of state n-1
+  assert _deleted(s1) and not _deleted(s2) and not _deleted(s3)
   for name in ('loss', 'grad_norm', 'accuracy'):
     np.testing.assert_allclose(m_kept[name], m_fresh[name], rtol=1e-5, err_msg=name)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),

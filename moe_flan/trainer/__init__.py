@@ -4,7 +4,7 @@ Modules (import by name, e.g. `from moe_flan.trainer import loop`):
   loop          train(model_dir, model, data, run, optimizer, checkpoint, eval_data) -- gin entry
   builder       build(...) -> TrainSetup: input checks, partitioner, shardings, jitted steps
   train_step    make_train_step / make_eval_step (loss via moe_flan.model.compute_loss)
-  step_buffers  jit_train_step: on CPU, gradients and train state in buffers kept across steps
+  step_buffers  jit_train_step: donated state, or (opt-in, XLA:CPU) buffers kept across steps
   train_state   TrainState(step, params, opt_state, rng)
   optimizers    OptimizerConfig, ScheduleConfig, make_optimizer (Adafactor per-expert factoring,
                 AdamW), make_schedule (constant, rsqrt, linear, cosine)

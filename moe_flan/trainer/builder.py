@@ -68,8 +68,8 @@ class StepParts:
 
   def jit_train_step(self, reuse: Optional[bool] = None) -> Callable:
     """(state, batch) -> (state, metrics), jitted; call or `.lower` it inside
-    `partitioner.activate()`. reuse: step buffers (None: OptimizerConfig.reuse_step_buffers,
-    else the backend's default; see step_buffers.jit_train_step)."""
+    `partitioner.activate()`. reuse: the opt-in step buffers (None:
+    OptimizerConfig.reuse_step_buffers, off by default; see step_buffers.jit_train_step)."""
     return step_buffers.jit_train_step(
         lambda return_grads: step_lib.make_train_step(
             self.model, self.model_config, self.tx, self.schedule, self.frozen,
@@ -141,8 +141,8 @@ class TrainSetup:
 
   # ---- steps ------------------------------------------------------------------------------------
   def jit_train_step(self) -> Callable:
-    """(state, batch) -> (state, metrics), jitted (step_buffers.jit_train_step: on CPU the
-    state passed to one call is donated by the next)."""
+    """(state, batch) -> (state, metrics), jitted with the state donated (or, with
+    OptimizerConfig.reuse_step_buffers, step_buffers.jit_train_step's kept buffers)."""
     jitted = self.step_parts().jit_train_step()
 
     def run(state, batch):

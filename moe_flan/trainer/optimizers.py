@@ -170,9 +170,9 @@ class OptimizerConfig:
   eps: float = 1e-8
   # Gradient accumulation: each batch is split into this many microbatches.
   num_microbatches: int = 1
-  # Write each step's new state and gradients into buffers kept from earlier steps
-  # (step_buffers); None: on the CPU backend only.
-  reuse_step_buffers: Optional[bool] = None
+  # Opt-in for XLA:CPU: write each step's new state and gradients into buffers kept from
+  # earlier steps (trainer/step_buffers.py). Off: one jitted step, the state donated.
+  reuse_step_buffers: bool = False
 
   def __post_init__(self):
     if self.name not in OPTIMIZERS:

@@ -1,28 +1,29 @@
-"""Step buffers kept from one train step to the next: on by default on the CPU backend.
+"""Step buffers kept from one train step to the next: an opt-in for XLA:CPU.
 
-Why: XLA:CPU allocates every output and temporary buffer of a jitted call afresh on each call,
-through the C heap. glibc serves blocks above its mmap threshold (at most 32 MiB) from fresh
-`mmap`s and unmaps them on free, so the kernel zero-fills every 4 KiB page of them again on every
-step. A MoE model's parameter-sized buffers are such blocks: one MoE layer's expert kernels at
-E=128, d_model 512, d_ff 2048 hold 1 GiB, and so do their gradients. Two things help:
+Off by default (`OptimizerConfig.reuse_step_buffers`): the default train step is one jitted call
+with the train state donated, the same on every backend.
+
+Why it exists: XLA:CPU allocates every output and temporary buffer of a jitted call afresh on
+each call, through the C heap. glibc serves blocks above its mmap threshold (at most 32 MiB)
+from fresh `mmap`s and unmaps them on free, so the kernel zero-fills every 4 KiB page of them
+again on every step. A MoE model's parameter-sized buffers are such blocks (one MoE layer's
+expert kernels at E=128, d_model 512, d_ff 2048 hold 1 GiB, and so do their gradients). Two
+things avoid it:
 
 - `ReusedGradientBuffers`: each call's gradients are outputs that alias the previous call's
   gradients (donated), so XLA writes them into memory that is already mapped -- as PyTorch can
   keep a parameter's `.grad` from step to step.
-- `jit_train_step` also double-buffers the train state: step n reads state n without donating
-  it and writes state n+1 into the buffers of state n-1. A donated state is updated in place,
-  and XLA:CPU then copies nearly every parameter into a fresh temporary first (46 of 49 in the
-  case-5 Switch model: the backward pass still reads the old values after some updates could
-  run); the Adafactor update adds param-sized temporaries of its own. Reading one buffer and writing another needs neither.
+- `jit_train_step(reuse=True)` also double-buffers the train state: step n reads state n without
+  donating it and writes state n+1 into the buffers of state n-1. A donated state is updated in
+  place, and XLA:CPU may then copy parameters into fresh temporaries first (the backward pass
+  still reads the old values after some updates could run); reading one buffer and writing
+  another needs neither.
 
-Measured on a 2-core VM (BENCHMARKS.md, case 7), kept buffers / donated state: 0.90x for the
-base-like MoE step, 0.71x for the HF-Switch-config model at E=128 (d_model 512, 2+2 blocks,
-4 x 256 tokens; compiled temporaries 2.45 GB -> 186 MiB).
-
-The cost: two train states and a set of gradients stay allocated between steps, where a donated
-state and per-step temporaries used one state plus peaks of up to two more during the step.
-Not used on accelerators by default: their allocators already keep freed device memory, and
-device memory is the scarcer resource there.
+It pays off for large expert weights on CPU (`python -m benchmarks.run --cases step_buffers`
+times it against the donated state). The cost: two train states and a set of gradients stay
+allocated between steps, where a donated state and per-step temporaries use one state plus
+peaks during the step. Accelerator allocators already keep freed device memory, and device
+memory is the scarcer resource there, so it is of no use on them.
 """
 from __future__ import annotations
 
@@ -30,11 +31,6 @@ from typing import Any, Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
-
-
-def reuse_by_default() -> bool:
-  """Whether the trainer keeps step buffers when the run does not say (the CPU backend)."""
-  return jax.default_backend() == 'cpu'
 
 
 def _zeros_like(abstract: Any, shardings: Optional[Any]) -> Any:
@@ -92,7 +88,7 @@ class ReusedGradientBuffers:
     return self._jitted.lower(grads, *args)
 
 
-def jit_train_step(make_step: Callable[[bool], Callable], reuse: Optional[bool] = None,
+def jit_train_step(make_step: Callable[[bool], Callable], reuse: bool = False,
                    in_shardings: Optional[Any] = None, out_shardings: Optional[Any] = None,
                    grad_shardings: Optional[Any] = None) -> Callable:
   """(state, batch) -> (state, metrics), jitted.
@@ -101,12 +97,11 @@ def jit_train_step(make_step: Callable[[bool], Callable], reuse: Optional[bool] 
   it returns ((state, metrics), grads). Shardings as for `jax.jit` of (state, batch) ->
   (state, metrics); grad_shardings: the params'.
 
-  reuse False: the state is donated. reuse True (None: `reuse_by_default()`): the new state
-  goes into the buffers of the state before last and the gradients into the previous step's
-  (module doc), so the state passed to one call is donated by the next call.
+  reuse False (the default): one jitted call, the state donated. reuse True: the new state goes
+  into the buffers of the state before last and the gradients into the previous step's (module
+  doc), so the state passed to one call is donated by the next call.
   Either way the result has `.lower(state, batch)` (abstract arguments are fine).
   """
-  reuse = reuse_by_default() if reuse is None else reuse
   if not reuse:
     shardings = {k: v for k, v in (('in_shardings', in_shardings),
                                    ('out_shardings', out_shardings)) if v is not None}
