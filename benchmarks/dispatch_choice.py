@@ -4,11 +4,12 @@ from __future__ import annotations
 import dataclasses
 
 from moe_flan import config as config_lib
+from moe_flan.kernels import grouped_matmul as grouped_matmul_lib
 from moe_flan.moe import dispatch as dispatch_lib
 
 # The dispatcher the CPU train-step benchmarks use: capacity semantics (like HF Switch) on the
-# grouped-matmul kernels; with 'dropless' the fastest on CPU (see BENCHMARKS.md).
-CPU_DISPATCH = 'segmented'
+# opt-in C++ grouped-matmul kernels (on a host where they cannot run: the per-expert loop).
+CPU_DISPATCH = 'segmented cpu_ffi'
 # On NVIDIA GPUs XLA expands jax.lax.ragged_dot (the grouped matmul of 'dropless' and
 # 'segmented' by default) into a dense dot over all experts, so the GPU default is the capacity
 # path whose experts run as one batched matmul per weight. The GPU suite also measures
@@ -22,13 +23,16 @@ def for_suite(suite: str) -> str:
 
 
 def with_dispatch(moe: config_lib.MoeConfig, dispatch: str) -> config_lib.MoeConfig:
-  """A copy of `moe` that dispatches with the registered dispatcher `dispatch`; 'NAME mosaic_gpu'
-  also sets MoeConfig.grouped_matmul = 'mosaic_gpu'."""
+  """A copy of `moe` that dispatches with the registered dispatcher `dispatch`; 'NAME IMPL'
+  (e.g. 'dropless mosaic_gpu', 'segmented cpu_ffi') also sets MoeConfig.grouped_matmul = IMPL
+  and readies it now, outside any trace (the C++ kernels are built here)."""
   dispatch, _, grouped_matmul = dispatch.partition(' ')
   if dispatch not in dispatch_lib.dispatcher_names():
     raise ValueError(f'with_dispatch: dispatch={dispatch!r} is unknown; known: '
                      f'{dispatch_lib.dispatcher_names()}')
-  return dataclasses.replace(moe, dispatch=dispatch, grouped_matmul=grouped_matmul or 'auto')
+  moe = dataclasses.replace(moe, dispatch=dispatch, grouped_matmul=grouped_matmul or 'auto')
+  grouped_matmul_lib.prepare(moe.grouped_matmul)
+  return moe
 
 
 def model_with_dispatch(model: config_lib.T5Config, dispatch: str) -> config_lib.T5Config:

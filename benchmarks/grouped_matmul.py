@@ -1,17 +1,17 @@
-"""Case 6 (CPU): each product of the expert FFN on the grouped-matmul kernels vs one dense matmul.
+"""Each product of the expert FFN on the opt-in C++ grouped-matmul kernels vs one dense matmul (CPU).
 
 The six products of an expert FFN's forward and backward are three kernels on two weight
 shapes: `nn` (x @ w[g], forward), `nt` (dy @ w[g]^T, input gradient) and `tn`
 (x[g]^T @ dy[g], weight gradient), with w [E, D, F] (wi) and [E, F, D] (wo). For 4096 tokens
 split evenly over E experts, each is timed round-robin against the dense matmul of the same
 FLOPs (XLA, one [4096, .] x [., .] product) and against XLA's expert-batched einsum on
-<[E, 4096 / E, .]> (what the 'expert matmuls alone' floor of case 1 uses).
+<[E, 4096 / E, .]> (what the 'expert matmuls alone' floor of the moe_layer case uses).
 
 `kernel_routed` runs the same kernel on uneven group sizes, as a uniformly random router
 produces them (`routed_sizes`), with the same total rows.
 
 Ratios are time / dense: below 1 the kernel is faster than XLA's dense matmul. The weight
-gradient writes E times the dense output (fresh memory, see BENCHMARKS.md).
+gradient writes E times the dense output (fresh memory).
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ import numpy as np
 from benchmarks import context as ctx_lib
 from benchmarks import timing
 from moe_flan.kernels import grouped_matmul as gm
+from moe_flan.kernels import grouped_matmul_cpu
 
 CASE = 'grouped_matmul'
 FULL = dict(tokens=4096, d_model=512, d_ff=2048, experts=(8, 128))
@@ -58,7 +59,8 @@ def _candidates(product: str, a: jax.Array, b: jax.Array,
   tokens = a.shape[0]
   sizes = jnp.full((experts,), tokens // experts, jnp.int32)
   routed = routed_sizes(tokens, experts)
-  kernel = {'nn': gm.cpu_nn, 'nt': gm.cpu_nt, 'tn': gm.cpu_tn}[product]
+  kernel = {'nn': grouped_matmul_cpu.cpu_nn, 'nt': grouped_matmul_cpu.cpu_nt,
+            'tn': grouped_matmul_cpu.cpu_tn}[product]
   dense = {'nn': lambda a, b: a @ b[0], 'nt': lambda a, b: a @ b[0].T,
            'tn': lambda a, b: a.T @ b}[product]
   per_expert = lambda t: t.reshape(experts, tokens // experts, t.shape[-1])
@@ -72,9 +74,9 @@ def _candidates(product: str, a: jax.Array, b: jax.Array,
 
 
 def run(ctx: ctx_lib.Context) -> list[dict]:
-  if not gm.cpu_kernels_available():
+  if not gm.prepare('cpu_ffi'):
     return [ctx_lib.record(CASE, CASE, 'kernel', status='skipped',
-                           reason='the CPU grouped-matmul kernels could not be built')]
+                           reason='the C++ grouped-matmul kernels cannot run on this host')]
   shapes = QUICK if ctx.quick else FULL
   rows = []
   for experts in shapes['experts']:

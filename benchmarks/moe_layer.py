@@ -13,11 +13,12 @@ the gradients would let XLA drop the dense twin's second forward matmul (its out
 nothing), while the MoE layer needs its experts' output for the gate gradients: 5 of the 6
 counted matmuls against 6.
 
-On CPU 'dropless' runs the package's grouped-matmul kernels (moe_flan/kernels), not
-`jax.lax.ragged_dot`, whose CPU fallback computes all E experts for every row. On GPU it is
-ragged_dot, which XLA expands the same way on NVIDIA chips; the GPU suite adds
-'segmented mosaic_gpu' and 'dropless mosaic_gpu', the same dispatchers on JAX's Hopper
-grouped-matmul kernels (MoeConfig.grouped_matmul).
+'segmented' and 'dropless' run the default MoeConfig.grouped_matmul ('auto': per-expert loops
+of XLA matmuls on CPU, not `jax.lax.ragged_dot`, whose CPU fallback computes all E experts for
+every row; ragged_dot on GPU, which XLA expands the same way on NVIDIA chips). The CPU suite
+adds 'segmented cpu_ffi' and 'dropless cpu_ffi', the same dispatchers on the opt-in C++ kernels
+(moe_flan/kernels/grouped_matmul_cpu.py); the GPU suite adds 'segmented mosaic_gpu' and
+'dropless mosaic_gpu', on JAX's Hopper grouped-matmul kernels.
 """
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ from moe_flan.trainer import step_buffers
 CASE = 'moe_layer'
 DISPATCHES = ('einsum', 'scatter', 'segmented', 'dropless')
 EC_DISPATCHES = ('einsum', 'scatter', 'segmented')
+CPU_DISPATCHES = ('segmented cpu_ffi', 'dropless cpu_ffi')         # CPU suite only
 GPU_DISPATCHES = ('segmented mosaic_gpu', 'dropless mosaic_gpu')   # GPU suite only
 MATMUL_FLOOR = targets.MATMUL_FLOOR   # not a dispatcher: see expert_matmuls_step
 
@@ -197,8 +199,9 @@ def run(ctx: ctx_lib.Context) -> list[dict]:
                        else shapes.tokens * k // e)
         candidates[MATMUL_FLOOR] = (lambda e=e, r=expert_rows: expert_matmuls_step(
             shapes.tokens, shapes.d_model, shapes.d_ff, e, r, dtype))
-        extra = GPU_DISPATCHES if ctx.suite == 'gpu' and not ec else ()
-        for dispatch in (EC_DISPATCHES if ec else DISPATCHES + extra):
+        extra = {'gpu': GPU_DISPATCHES, 'cpu': CPU_DISPATCHES}.get(ctx.suite, ())
+        base = EC_DISPATCHES if ec else DISPATCHES
+        for dispatch in base + tuple(d for d in extra if d.split(' ')[0] in base):
           candidates[dispatch] = (lambda d=dispatch, e=e, k=k, r=router_type:
                                   moe_layer_step(shapes, e, k, r, d, dtype))
         flops = 6.0 * shapes.tokens * shapes.d_model * dense_ff * 2   # fwd+bwd of both matmuls

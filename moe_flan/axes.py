@@ -16,6 +16,8 @@ Einsum letters (each means exactly one thing everywhere in the code base):
   E  experts          experts of an MoE layer
   C  capacity         slots one expert has per group
   S  selected         the k experts a token chose (top-k slots)
+  P  rows             routed (token, expert) rows sorted by expert (segmented and dropless
+                      dispatch, grouped matmuls)
 
 Logical axis names follow t5x/flaxformer so gin rule tables read the same; the
 mapping from these names to mesh axes lives in `moe_flan.partitioning.rules`. The mesh axis

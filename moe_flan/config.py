@@ -12,8 +12,10 @@ import gin
 
 # Router and dispatcher names are checked where they are defined (moe_flan.moe.routing.ROUTERS,
 # moe_flan.moe.dispatch.DISPATCHERS, plus users' registered ones) when the model is built.
-# How 'dropless' and 'segmented' run their grouped matmuls (moe_flan/kernels/grouped_matmul.py).
-GROUPED_MATMULS = ('auto', 'ragged_dot', 'mosaic_gpu')
+# How 'dropless' and 'segmented' run their grouped matmuls (moe_flan/kernels/grouped_matmul.py):
+# 'auto' and 'expert_loop' are XLA on every backend; 'cpu_ffi' (C++, x86-64 with AVX-512) and
+# 'mosaic_gpu' (Hopper) are platform kernels, used only when named.
+GROUPED_MATMULS = ('auto', 'expert_loop', 'ragged_dot', 'cpu_ffi', 'mosaic_gpu')
 # How tokens form routing groups (moe_flan/moe/capacity.py): groups of `group_size` tokens of
 # the flattened batch (flaxformer/t5x), or one group per sequence (HF SwitchTransformers).
 ROUTING_GROUPS = ('group_size', 'sequence')
@@ -36,7 +38,7 @@ class MoeConfig:
   num_selected_experts: int = 1            # k in top-k; for experts_choose, scales capacity
   router_type: str = 'tokens_choose'       # a name in moe_flan.moe.ROUTERS (or registered)
   dispatch: str = 'einsum'                 # a name in moe_flan.moe.DISPATCHERS (or registered)
-  grouped_matmul: str = 'auto'             # one of GROUPED_MATMULS ('mosaic_gpu': Hopper only)
+  grouped_matmul: str = 'auto'             # one of GROUPED_MATMULS (opt-in: 'cpu_ffi', 'mosaic_gpu')
   group_size: int = 4096                   # tokens per routing group (T)
   routing_groups: str = 'group_size'       # one of ROUTING_GROUPS ('sequence': T = length)
   train_capacity_factor: float = 1.25

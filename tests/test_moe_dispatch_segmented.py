@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import moe_reference as ref
+from moe_flan.kernels import grouped_matmul as grouped_matmul_lib
 from moe_flan.moe import routing as routing_lib
 from moe_flan.moe import dispatch_segmented as seg
 from moe_flan.moe.dispatch import DISPATCHERS
@@ -24,22 +25,27 @@ def _weights(key, acts):
   return w
 
 
-def _layer_like(dispatch, route, real, k, capacity, acts):
+def _layer_like(dispatch, route, real, k, capacity, acts, grouped_matmul):
   """Router kernel -> probabilities -> routing -> dispatch, as MoeLayer does (no flax)."""
   def run(x, kernel, w):
     logits = jnp.einsum('GTD,DE->GTE', x, kernel)
     routing = route(logits, real, num_selected_experts=k, capacity=capacity)
-    return dispatch(routing, x, ExpertFFN(w, acts))
+    return dispatch(routing, x, ExpertFFN(w, acts, grouped_matmul=grouped_matmul))
   return run
 
 
-@pytest.fixture(params=['grouped', 'loop'])
-def expert_path(request, monkeypatch):
-  """Runs a test on both ways the dispatcher evaluates the experts (see its module doc)."""
-  if request.param == 'loop':
-    monkeypatch.setattr(seg, 'use_grouped_matmul', lambda: False)
+@pytest.fixture(params=['cpu_ffi', 'auto'], ids=['grouped', 'loop'])
+def expert_path(request):
+  """The MoeConfig.grouped_matmul of both ways the dispatcher evaluates the experts (module
+  doc): on CPU the default is the per-expert loop, the opt-in C++ kernels the grouped path."""
+  x = jnp.zeros((4, D))
+  if request.param == 'cpu_ffi':
+    if jax.default_backend() == 'cpu':
+      assert grouped_matmul_lib.prepare('cpu_ffi'), 'the CPU grouped-matmul kernels must build here'
+    assert seg.use_grouped_matmul('cpu_ffi', x)
   else:
-    assert seg.use_grouped_matmul(), 'the CPU grouped-matmul kernels must build here'
+    assert seg.use_grouped_matmul('auto', x) == (jax.default_backend() != 'cpu')
+    assert not seg.use_grouped_matmul('expert_loop', x)
   return request.param
 
 
@@ -62,7 +68,7 @@ def test_matches_reference(router_type, k, capacity, acts, expert_path):
   cot = jax.random.normal(keys[3], (g, t, D))
   route = routing_lib.ROUTERS[router_type]
   cap = min(capacity, t)
-  fast = _layer_like(DISPATCHERS['segmented'], route, real, k, cap, acts)
+  fast = _layer_like(DISPATCHERS['segmented'], route, real, k, cap, acts, expert_path)
   params = {'router': {'kernel': kernel}, 'experts': w}
   keep = jnp.asarray(ref.reference_keep(params, x, real, router_type, k, cap))
 
@@ -93,7 +99,7 @@ def test_same_numbers_as_scatter_on_one_routing(router_type, k, expert_path):
 
   def loss(fn, xs, lg, ws):
     routing = route(lg, real, num_selected_experts=k, capacity=12)
-    return jnp.sum(jnp.sin(fn(routing, xs, ExpertFFN(ws, ('relu',)))))
+    return jnp.sum(jnp.sin(fn(routing, xs, ExpertFFN(ws, ('relu',), grouped_matmul=expert_path))))
 
   for fn in (DISPATCHERS['segmented'], DISPATCHERS['scatter']):
     jax.jit(functools.partial(loss, fn))(x, logits, w)

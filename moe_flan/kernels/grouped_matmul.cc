@@ -1,9 +1,10 @@
 // Grouped (segmented) float32 matmuls for XLA:CPU, called through the XLA FFI.
 //
-// Rows of a [M, *] buffer are split into G segments (starts[g], lengths[g]); segment g is
-// multiplied by its own weight matrix. This is the CPU twin of jax.lax.ragged_dot, which on CPU
-// falls back to a dense computation doing G times the work. Three products cover the forward
-// and backward passes of an expert FFN (x: rows, w: [G, K, N]):
+// Rows of a [M, *] buffer are split into G segments (starts[g], lengths[g]), one per expert;
+// segment g is multiplied by its own weight matrix. This is the CPU twin of jax.lax.ragged_dot,
+// which on CPU falls back to a dense computation doing G times the work. Opt-in
+// (MoeConfig.grouped_matmul = 'cpu_ffi'): it needs AVX-512, and build.py builds it. Three
+// products cover the forward and backward passes of an expert FFN (x: rows, w: [G, K, N]):
 //
 //   nn: out[M, N]    = x[M, K]  @ w[g]       for the rows of segment g   (forward)
 //   nt: out[M, K]    = dy[M, N] @ w[g]^T     for the rows of segment g   (input gradient)
@@ -40,7 +41,7 @@ namespace {
 typedef float v16 __attribute__((vector_size(64)));
 constexpr int kLanes = 16;
 // A 6 x 64 micro-tile keeps 24 accumulators in registers and needs one broadcast per 4 FMAs
-// (measured here against 8 x 32, 8 x 48 and 12 x 32: the fastest at 512 rows per expert).
+// (timed against 8 x 32, 8 x 48 and 12 x 32 tiles: the fastest at 512 rows per expert).
 constexpr int kVecs = 4;               // vectors per micro-tile row
 constexpr int kNr = kVecs * kLanes;    // columns of a micro-tile
 constexpr int kMr = 6;                 // rows of a micro-tile
@@ -49,8 +50,8 @@ constexpr int kNb = kNr * (256 / kNr);   // columns of one task (nn, tn)
 constexpr int kKb = 64;          // output columns of one task (nt)
 constexpr int kPackedNtRows = 64;  // nt: segments this deep amortise transposing weight panels
 // nt: past this depth n the thin path's dy^T panel (n x up to 64 floats) crowds L2, and the
-// packed path is faster at any row count (measured at 24-44 rows: n = 2048 packed 1.12-1.44x of
-// dense vs thin 1.18-1.69x; n = 512 thin 1.17-1.47x vs packed 1.32-1.63x).
+// packed path is faster at any row count (timed at 24-44 rows: at n = 2048 the packed path
+// wins, at n = 512 the thin one).
 constexpr int64_t kThinNtMaxDepth = 512;
 
 inline v16 load(const float* p) {
@@ -235,9 +236,9 @@ void parallel_tasks(ffi::ThreadPool& pool, int64_t num_tasks, Task task) {
 // Maps in a fresh output buffer before the kernel writes it. XLA:CPU allocates every output
 // anew and glibc maps large blocks with a fresh mmap, so the first write to each 4 KiB page
 // faults (262k faults for a 1 GiB weight gradient). One MADV_POPULATE_WRITE per chunk, split
-// over the threads, maps the same pages without a trap per page: measured here, the HF
-// Switch E=128 training step went from 1.70-1.76 s to 1.47-1.54 s. (Transparent huge pages,
-// tried too, made that step slower -- 2.5 s: on this VM freed huge pages go back to the host.)
+// over the threads, maps the same pages without a trap per page, which takes a large share of
+// the page-fault time off a step with large weight gradients. (Transparent huge pages are not
+// used: on a virtual machine that hands freed pages back to its host they made steps slower.)
 // Kernels without MADV_POPULATE_WRITE (Linux < 5.14) refuse it and the writes fault as before.
 void populate_output(ffi::ThreadPool& pool, float* data, size_t bytes) {
 #ifdef MADV_POPULATE_WRITE
@@ -466,7 +467,7 @@ void nt_thin(int rows, int64_t n, int k, const float* dy_g, const float* w_g, fl
     for (int j = 0; j < kWidth; ++j) panel[p * kWidth + j] = j < rows ? dy_g[j * n + p] : 0.f;
   }
   // Weight rows up to 4 KiB are prefetched a tile ahead; longer rows stream well through the
-  // hardware prefetcher (measured at 32 rows: 2 KiB rows -14% time, 8 KiB rows +4% with it).
+  // hardware prefetcher (timed at 32 rows: prefetching helps 2 KiB rows, slows 8 KiB rows).
   const int lines_per_row = n * 4 <= 4096 ? static_cast<int>((n * 4 + 63) / 64) : 0;
   for (int i = 0; i < k; i += MR) {
     const int mr = std::min(MR, k - i);

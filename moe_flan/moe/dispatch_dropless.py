@@ -5,10 +5,10 @@ routing (the layer then routes with capacity = T) no token is dropped. Selection
 routing did not route (padding; experts-choose non-picks) sort to the end and are skipped.
 
 `ffn.ragged` runs `moe_flan.kernels.grouped_matmul` (`MoeConfig.grouped_matmul`): by default
-the package's C++ grouped-matmul kernels on CPU (where ragged_dot would fall back to a dense
+a per-expert loop of XLA matmuls on CPU (where ragged_dot would fall back to a dense
 computation doing E times the work) and `jax.lax.ragged_dot` elsewhere: real on TPU, but on
 NVIDIA GPUs XLA expands it the same way, so there use 'mosaic_gpu' (Hopper) or a capacity
-dispatcher.
+dispatcher. On CPU, 'cpu_ffi' opts in to the package's C++ kernels.
 """
 from __future__ import annotations
 

@@ -4,14 +4,15 @@ A capacity dispatcher ('segmented'). Routed selections are laid out in one row
 buffer <[P, D]>: expert 0's rows (all groups, each group's slots in order), then expert 1's,
 and so on. Two ways run the experts on it:
 
-* grouped (off CPU, and on CPU once the package's kernels are built; `grouped_matmul` is a
-  real grouped matmul on TPU, on Hopper with MoeConfig.grouped_matmul = 'mosaic_gpu' and on
-  CPU, while XLA expands plain ragged_dot on NVIDIA GPUs): segments are back to back and `ffn.ragged` runs one grouped
-  matmul per weight over all of them;
-* the per-expert loop (the fallback, and the grouped path's reference in the tests): each
-  segment is rounded up to a multiple of `unit = ceil(G * C / NUM_SIZES)` rows, so it holds one
-  of NUM_SIZES + 1 possible row counts, and a loop over experts runs the matmuls of exactly that
-  many rows (a `lax.switch` over the possible counts).
+* grouped (off CPU with MoeConfig.grouped_matmul 'auto'; on CPU with the opt-in 'cpu_ffi'
+  kernels or an explicit 'ragged_dot'): segments are back to back and `ffn.ragged` runs one
+  grouped matmul per weight over all of them (a real grouped matmul on TPU, on Hopper with
+  'mosaic_gpu' and with 'cpu_ffi'; XLA expands plain ragged_dot on CPU and NVIDIA GPUs);
+* the per-expert loop (on CPU by default, everywhere with 'expert_loop', and the grouped
+  path's reference in the tests): each segment is rounded up to a multiple of
+  `unit = ceil(G * C / NUM_SIZES)` rows, so it holds one of NUM_SIZES + 1 possible row counts,
+  and a loop over experts runs the whole expert FFN on exactly that many rows (a `lax.switch`
+  over the possible counts).
 
 Compared with the capacity-padded paths ('einsum', 'scatter'):
 
@@ -258,17 +259,23 @@ def _expert_loop(ffn: ExpertFFN, layout: SegmentLayout, x_rows: jax.Array) -> ja
                        layout.starts, layout.sizes, scale)
 
 
-def use_grouped_matmul() -> bool:
+def use_grouped_matmul(implementation: str, x: jax.Array) -> bool:
   """Whether the experts run as one grouped matmul per weight (`ffn.ragged` on back-to-back
-  segments) rather than the per-expert loop: off CPU, and on CPU once its kernels are built."""
-  return jax.default_backend() != 'cpu' or grouped_matmul_lib.cpu_kernels_available()
+  segments) rather than the per-expert loop, for MoeConfig.grouped_matmul `implementation`."""
+  if implementation == 'expert_loop':
+    return False
+  if jax.default_backend() != 'cpu':
+    return True
+  if implementation == 'cpu_ffi':
+    return grouped_matmul_lib.cpu_ffi_ready(x)   # falls back to the loop where it cannot run
+  return implementation == 'ragged_dot'
 
 
 def segmented_dispatch(routing: Routing, x: jax.Array, ffn: ExpertFFN) -> jax.Array:
   """x: <dtype>[G, T, D] -> <dtype>[G, T, D] (the dispatcher interface, see dispatch.py)."""
   g, t, d = x.shape
   s = routing.expert_index.shape[-1]
-  grouped = use_grouped_matmul()
+  grouped = use_grouped_matmul(ffn.grouped_matmul, x)
   layout = segment_layout(routing, unit=1 if grouped else None)
   tokens = x.reshape(g * t, d).astype(ffn.dtype)
   combine = routing.combine_weight.reshape(g * t, s).astype(ffn.dtype)

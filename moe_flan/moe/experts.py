@@ -91,10 +91,10 @@ class ExpertFFN:
     return jnp.einsum('EGCF,EFD->EGCD', h, self._w('wo'))
 
   def ragged(self, x: jax.Array, group_sizes: jax.Array) -> jax.Array:
-    """x: <dtype>[N, D], rows sorted by expert; group_sizes: <int32>[E] rows per expert.
+    """x: <dtype>[P, D], rows sorted by expert; group_sizes: <int32>[E] rows per expert.
 
     Rows past sum(group_sizes) come back as zeros. Uses `grouped_matmul` with the configured
-    implementation ('auto': the package's kernels on CPU, `jax.lax.ragged_dot` elsewhere).
+    implementation (`MoeConfig.grouped_matmul`; 'auto': XLA, no platform kernel).
     """
     x = x.astype(self.dtype)
     h = None

@@ -17,6 +17,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
 from moe_flan import config as config_lib
+from moe_flan.kernels import grouped_matmul
 from moe_flan.trainer import checkpoints as ckpt_lib
 from moe_flan.trainer import data as data_lib
 from moe_flan.trainer import freezing
@@ -169,6 +170,8 @@ class TrainSetup:
 
 def _model(config: config_lib.T5Config) -> nn.Module:
   from moe_flan.model import EncoderDecoder  # pylint: disable=g-import-not-at-top
+  if config.moe is not None:   # an opt-in C++ grouped matmul is built now, never while tracing
+    grouped_matmul.prepare(config.moe.grouped_matmul)
   return EncoderDecoder(config)
 
 
