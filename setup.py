@@ -1,31 +1,37 @@
 """moe_flan: FLAN-MoE (sparse Mixture-of-Experts T5) training in JAX/Flax."""
 import setuptools
 
+# Compatible ranges: what this library needs beside other packages. The exact versions it is
+# tested with are pinned in constraints.txt, which the README's commands and .ci/run install
+# with: pip install -c constraints.txt -e '.[test]'
 INSTALL_REQUIRES = [
-    'jax==0.10.2',
-    'jaxlib==0.10.2',
-    'flax==0.12.8',
-    'optax==0.2.8',
-    'orbax-checkpoint==0.12.8',
-    'gin-config==0.5.0',
-    'seqio==0.0.20',
-    'tensorflow==2.21.0',
-    'tensorflow-text==2.21.1',
-    'tensorflow-datasets==4.9.10',
-    'sentencepiece==0.2.3',
-    'clu==0.0.12',
-    'numpy==2.4.6',
-    'matplotlib==3.11.2',
-    'tensorboard==2.21.0',
-    'safetensors==0.7.0',
+    'jax>=0.10.2,<0.11',
+    'jaxlib>=0.10.2,<0.11',
+    'flax>=0.12.8,<0.13',
+    'optax>=0.2.8,<0.3',
+    'orbax-checkpoint>=0.12.8,<0.13',
+    'gin-config>=0.5.0,<0.6',
+    'seqio>=0.0.20,<0.1',
+    'tensorflow>=2.21.0,<2.22',
+    'tensorflow-text>=2.21.1,<2.22',     # built against one TensorFlow minor version
+    'tensorflow-datasets>=4.9.10,<5',
+    'sentencepiece>=0.2.0,<0.3',
+    'clu>=0.0.12,<0.1',
+    'numpy>=2.0,<3',
+    'matplotlib>=3.8,<4',
+    'tensorboard>=2.21.0,<3',
+    'safetensors>=0.4,<1',
     'pyarrow>=14,<27',        # FLAN Collection Parquet exports (tasks/flan_collection)
 ]
 
 TEST_REQUIRES = [
-    'pytest==9.2.0',
-    'pytest-xdist==3.8.0',
-    'torch==2.13.0',          # CPU wheel; only the HF converter tests import it
-    'transformers==4.57.6',   # last 4.x: classic Switch routing; 5.x drops capacity, ties T5 heads
+    'pytest>=9.2.0,<10',
+    'pytest-xdist>=3.8.0,<4',
+    # Only the HF converter tests import these. constraints.txt pins torch to 2.13.0, which
+    # resolves to the CPU wheel where one is offered (e.g. from --find-links); this range keeps
+    # that 2.13.0 acceptable, so pip installs no other (CUDA) build beside it.
+    'torch>=2.13.0,<2.14',
+    'transformers>=4.57.6,<5',   # 5.x drops classic Switch capacity routing and ties T5 heads
 ]
 
 # libtpu at the version jax[tpu] pins: moe_flan.aot compiles train steps for TPU topologies on
@@ -37,8 +43,8 @@ setuptools.setup(
     version='0.1.0',
     description='FLAN-MoE: sparse Mixture-of-Experts T5 with instruction tuning, in JAX/Flax.',
     python_requires='>=3.11,<3.12',
-    packages=setuptools.find_packages(include=['moe_flan', 'moe_flan.*', 'tasks', 'tasks.*',
-                                               'benchmarks', 'benchmarks.*']),
+    # The library and the data it needs; benchmarks/ and tests/ run from a checkout.
+    packages=setuptools.find_packages(include=['moe_flan', 'moe_flan.*', 'tasks', 'tasks.*']),
     include_package_data=True,
     package_data={'tasks': ['data/*', 'data/**/*'], 'moe_flan': ['kernels/*.cc']},
     install_requires=INSTALL_REQUIRES,

@@ -1,4 +1,4 @@
-"""Case 5: HF SwitchTransformers (PyTorch, CPU, 2 threads) vs our model on the same Switch config.
+"""The hf_switch case: HF SwitchTransformers (PyTorch, CPU, 2 threads) vs our model, same config.
 
 Both models are built in-process from one HF config (random init, nothing downloaded): HF's
 `SwitchTransformersForConditionalGeneration(config)`, and ours from
@@ -15,11 +15,10 @@ Ratios are ours / HF (below 1 = we are faster). Targets: <= 1 at E=8, <= 1/1.3 a
 
 Each timed call follows an untimed call of the same model (`LEAD_IN`): a training loop runs
 its step back to back. Strictly alternating, the other framework's step (~2 s at E=128) sits
-between two of ours. XLA frees its ~2.4 GB of per-step buffers to the kernel, and a guest
-that reports free pages to its host (as these VMs do, ~2 s after they are freed) then maps them
-back in at ~3x the fault cost: same code, same 620k faults per step, 0.9 s of system time back
-to back against 2.1-4.3 s alternating (BENCHMARKS.md). PyTorch keeps its per-expert gradients
-in the C heap, so the alternation costs it far less.
+between two of ours. XLA frees its per-step buffers (gigabytes at E=128) to the kernel, and a
+virtual machine that reports free pages to its host then maps them back in at a higher fault
+cost, so alternating would time the host's page reporting rather than the step. PyTorch keeps
+its per-expert gradients in the C heap, so the alternation costs it far less.
 """
 from __future__ import annotations
 

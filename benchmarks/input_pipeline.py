@@ -1,4 +1,4 @@
-"""Case 3: input pipeline throughput vs the train step's consumption rate.
+"""The input_pipeline case: input pipeline throughput vs the train step's consumption rate.
 
 Times `tasks.pipeline.get_batches` on the quickstart mixture ('flan_embedded', packed, 128 -> 32,
 batch 16, shuffled, repeated) after its first batch (start-up -- building the tf.data graph,

@@ -1,4 +1,4 @@
-"""Case 4: peak memory of a train step.
+"""The memory case: peak memory of a train step.
 
 Each model runs in a fresh subprocess (`python -m benchmarks.memory --child NAME ...`) so the
 high-water marks belong to that model alone: host RSS high-water marks after
@@ -16,7 +16,6 @@ import subprocess
 import sys
 
 from benchmarks import context as ctx_lib
-from benchmarks import heap as heap_lib
 
 CASE = 'memory'
 _MARK = 'MEMORY_RESULT '
@@ -92,8 +91,6 @@ def _main() -> None:
   args = p.parse_args()
   if args.suite == 'cpu':
     os.environ.setdefault('JAX_PLATFORMS', 'cpu')
-    if os.environ.get(heap_lib.ENV) == 'kept':   # as the parent (its choice comes via the env)
-      heap_lib.keep_freed_memory()
   print(_MARK + json.dumps(child(args.child, args.suite, args.quick)), flush=True)
 
 

@@ -1,4 +1,4 @@
-"""Case 1: one MoE layer, forward + backward, per dispatch path, vs a dense FFN of equal active
+"""The moe_layer case: one MoE layer, forward + backward, per dispatch path, vs a dense FFN of equal active
 FLOPs per token, timed side by side in one process.
 
 Shapes (full): 4096 tokens (one routing group), d_model 512, expert d_ff 2048, ReLU experts,

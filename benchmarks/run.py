@@ -13,8 +13,6 @@ import sys
 import time
 import traceback
 
-from benchmarks import heap as heap_lib
-
 SUITES = {
     'cpu': ('moe_layer', 'train_step', 'input_pipeline', 'memory', 'hf_switch', 'grouped_matmul',
             'step_buffers'),
@@ -30,9 +28,6 @@ def _parse(argv):
   p.add_argument('--cases', default='', help='comma-separated subset of the suite\'s cases')
   p.add_argument('--repeats', type=int, default=None, help='timed rounds per comparison')
   p.add_argument('--results_dir', default=None, help='default: benchmarks/results')
-  p.add_argument('--heap', choices=('default', 'kept'), default='default',
-                 help='kept: glibc keeps freed heap memory (benchmarks/heap.py; CPU suite; every '
-                      'candidate of a comparison shares the process, so the same heap)')
   return p.parse_args(argv)
 
 
@@ -45,10 +40,6 @@ def main(argv=None) -> dict:
   if args.suite == 'cpu':
     os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')
     os.environ.setdefault('JAX_PLATFORMS', 'cpu')
-    # Before JAX starts its threads; the env var also reaches the memory case's children.
-    os.environ[heap_lib.ENV] = args.heap
-  kept = args.suite == 'cpu' and args.heap == 'kept' and heap_lib.keep_freed_memory()
-  heap = 'kept freed memory' if kept else 'default'
   from benchmarks import context, peak, report, targets   # after the platform is chosen
   cases = [c for c in args.cases.split(',') if c] or list(SUITES[args.suite])
   unknown = sorted(set(cases) - set(SUITES[args.suite]))
@@ -80,11 +71,9 @@ def main(argv=None) -> dict:
     result = report.build(args.suite, args.quick, command, peak_rec, records,
                           targets.evaluate(args.suite, records))
     result['complete'] = name == cases[-1]
-    result['machine']['host_heap'] = heap
     report.write(result, path)
   print(f'\n## {args.suite}{" (quick)" if args.quick else ""} — {result["date"]} — '
         f'{result["machine"]["cpu_model"]}, {result["machine"]["cpu_cores"]} cores\n')
-  print(f'host heap: {heap} (benchmarks/heap.py)')
   print(f'XLA matmul peak: {peak_rec["flops_per_s"] / 1e9:.1f} GFLOP/s ({dtype}); streaming '
         f'memory bandwidth {peak_rec["bytes_per_s"] / 1e9:.1f} GB/s\n')
   summary = report.moe_layer_summary(records)

@@ -1,12 +1,12 @@
 """Timing harness: warm-up, block_until_ready, medians of repeats, and side-by-side ratios.
 
-The 2-core machines this runs on drift by tens of percent between (and within) runs because
+On small shared machines times drift by tens of percent between (and within) runs because
 other processes share the cores, so absolute times mean little. `compare` therefore runs the
 candidates round-robin in one process and reports, beside each candidate's median time, the
 median of its per-round ratio to a baseline: drift that hits a whole round cancels out of the
-ratio. The order rotates every round (A B C, B C A, C A B, ...): on these VMs a candidate that
-frees a lot of memory leaves the next one to fault fresh pages in, and a fixed order would pin
-that cost on one candidate.
+ratio. The order rotates every round (A B C, B C A, C A B, ...): a candidate that frees a lot
+of memory can leave the next one to fault fresh pages in, and a fixed order would pin that cost
+on one candidate.
 """
 from __future__ import annotations
 
@@ -79,8 +79,8 @@ def compare(fns: Mapping[str, Callable[[], Any]], baseline: str, repeats: int = 
   (e.g. out of memory) before calling this.
 
   lead_in: untimed calls of a candidate right before each of its timed calls, so that it is
-  timed as in its own loop, step after step, rather than after the other candidates (case 5:
-  two frameworks whose ~2 s steps would otherwise sit between each other's, see hf_switch).
+  timed as in its own loop, step after step, rather than after the other candidates (e.g. two
+  frameworks whose long steps would otherwise sit between each other's, see hf_switch).
   """
   if baseline not in fns:
     raise ValueError(f'compare: baseline={baseline!r} is not one of {sorted(fns)}')

@@ -1,4 +1,4 @@
-"""Case 2: the jitted train step (forward, backward, Adafactor update) of whole models.
+"""The train_step case: the jitted train step (forward, backward, Adafactor update) of whole models.
 
 Reports tokens/s (encoder + decoder tokens) and model FLOP utilisation: the step's model FLOPs
 per second (flops.py: useful matmul work, active experts only) over the XLA matmul rate. The

@@ -268,7 +268,7 @@ def use_grouped_matmul(implementation: str, x: jax.Array) -> bool:
     return True
   if implementation == 'cpu_ffi':
     return grouped_matmul_lib.cpu_ffi_ready(x)   # falls back to the loop where it cannot run
-  return implementation == 'ragged_dot'
+  return implementation in ('ragged_dot', 'mosaic_gpu')   # as named ('mosaic_gpu' fails on CPU)
 
 
 def segmented_dispatch(routing: Routing, x: jax.Array, ffn: ExpertFFN) -> jax.Array:
