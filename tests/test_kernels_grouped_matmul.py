@@ -267,3 +267,13 @@ def test_library_name_changes_with_the_source(tmp_path, monkeypatch):
   source.write_text('int b;\n')
   assert build._library_path(source) != first
   assert first.parent == tmp_path
+
+
+def test_the_trainer_readies_a_named_grouped_matmul_before_tracing(monkeypatch):
+  from moe_flan.config import MoeConfig, T5Config
+  from moe_flan.trainer import builder
+  readied = []
+  monkeypatch.setattr(gm, 'prepare', readied.append)
+  builder._model(T5Config(moe=MoeConfig(dispatch='dropless', grouped_matmul='cpu_ffi')))
+  builder._model(T5Config(moe=None))
+  assert readied == ['cpu_ffi']
