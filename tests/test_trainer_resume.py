@@ -127,6 +127,9 @@ def test_sigkill_then_restart_gives_identical_losses(runs):
   assert sorted(runs['ref']) == sorted(runs['got']) == list(range(1, STEPS + 1))
   assert runs['got'] == runs['ref']                      # exact, step by step
   assert runs['ref'][STEPS] < runs['ref'][1]              # and it did learn something
+  for name in ('term', 'end'):     # resumed runs restore without orbax or TensorFlow noise
+    for noise in ('Metadata file does not exist', 'cuInit', 'Path not found', 'DAMAGED'):
+      assert noise not in runs['text'][name], runs['text'][name][-3000:]
 
 
 def test_sigterm_saves_and_exits_cleanly(runs):
