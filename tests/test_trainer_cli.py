@@ -82,7 +82,7 @@ def test_evaluate_says_what_it_evaluated_and_nothing_alarming(step0_model_dir):
   lines = proc.stdout.splitlines()
   assert lines[0] == (f"moe_flan.evaluate: checkpoint step 0 ({step_dir}) on 'emb_nli' "
                       "(split 'validation')")
-  tokens = re.fullmatch(r'  loss, accuracy: (\d+) target tokens in 1 batches of 4', lines[1])
+  tokens = re.fullmatch(r'  loss, accuracy: (\d+) target tokens in 1 batch of 4', lines[1])
   assert tokens and int(tokens.group(1)) > 0
   assert lines[2] == '  exact_match: 4 examples'
   ranked = re.fullmatch(r'  rank_classification_accuracy: (\d) examples with options', lines[3])
@@ -138,3 +138,13 @@ def test_a_macro_counts_as_used_wherever_a_binding_refers_to_it():
       cli.configure_gin(cli.Flags(files, ("MODEL_DIR = '/m'", 'BATCH_SIZ = 4'), ()))
   finally:
     gin.clear_config()
+
+
+def test_missing_include_is_a_one_line_error(tmp_path):
+  run_file = tmp_path / 'run.gin'
+  run_file.write_text("include 'runs/no_such_include.gin'\n")
+  with pytest.raises(ValueError) as err:
+    cli.configure_gin(cli.Flags((str(run_file),), (), ()))
+  msg = str(err.value)
+  assert '\n' not in msg and msg.startswith('Unable to open file: runs/no_such_include.gin')
+  assert os.path.join(REPO, 'gin') in msg and f'In file "{run_file}", line 1' in msg

@@ -114,9 +114,8 @@ def configure_gin(flags: Flags) -> None:
   try:
     gin.parse_config_files_and_bindings(list(flags.gin_files), list(flags.gin_bindings),
                                         finalize_config=False)
-  except OSError as e:     # an include that is nowhere to be found
-    raise ValueError(f'{str(e).splitlines()[0]} (gin search paths: {", ".join(search_paths)})'
-                     ) from e
+  except OSError as e:     # an include that is nowhere to be found: gin's message, one line
+    raise ValueError(' '.join(line.strip() for line in str(e).splitlines())) from e
   finally:
     logging.getLogger().removeFilter(quiet)
   gin_checks.check_macros_used(flags.gin_bindings)

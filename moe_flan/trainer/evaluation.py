@@ -152,7 +152,7 @@ def summary(step_dir: str, cfg: data_lib.DataConfig, num_batches: int,
   lines = [f'moe_flan.evaluate: checkpoint {which} on {cfg.mixture_or_task_name!r} '
            f'(split {cfg.split!r})',
            f'  loss, accuracy: {int(result.get("num_tokens", 0))} target tokens in '
-           f'{num_batches} batches of {cfg.batch_size}']
+           f'{num_batches} batch{"es" if num_batches != 1 else ""} of {cfg.batch_size}']
   if 'exact_match' in result:
     lines.append(f'  exact_match: {int(result["num_examples"])} examples')
   if 'rank_classification_accuracy' in result:
