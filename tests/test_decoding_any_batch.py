@@ -88,11 +88,9 @@ def test_training_keeps_the_strict_group_check():
 
 # --- Imported HF SwitchTransformers: HF-exact grouping (one group per sequence) -------------
 
-torch = pytest.importorskip('torch')
-transformers = pytest.importorskip('transformers')
-
-
 def _hf_switch(expert_capacity: int = 2):
+  transformers = pytest.importorskip('transformers')
+  torch = pytest.importorskip('torch')
   cfg = transformers.SwitchTransformersConfig(
       vocab_size=64, d_model=16, d_kv=4, num_heads=4, relative_attention_num_buckets=8,
       relative_attention_max_distance=16, decoder_start_token_id=0, dropout_rate=0.0, d_ff=32,
@@ -119,6 +117,7 @@ def switch():
 
 def test_imported_switch_logits_match_hf_for_unequal_lengths(switch):
   """Encoder 12 / decoder 7 tokens, batch 3, capacity 2 binding: HF's logits."""
+  import torch  # pylint: disable=g-import-not-at-top  (the fixture skips without it)
   hf, model, params = switch
   rng = np.random.default_rng(3)
   enc = rng.integers(2, 64, (3, 12))
@@ -136,6 +135,7 @@ def test_imported_switch_logits_match_hf_for_unequal_lengths(switch):
 def test_imported_switch_greedy_decoding_matches_hf_generate(switch, batch, steps):
   """Batch sizes 1..5 (above the expert capacity of 2) and decode lengths 3..11, EOS = 1 as in
   HF: our cached decoding routes one token per sequence per step, as HF's cached `generate`."""
+  import torch  # pylint: disable=g-import-not-at-top  (the fixture skips without it)
   hf, model, params = switch
   enc = np.random.default_rng(batch).integers(2, 64, (batch, 8))
   enc[0, 5:] = 0

@@ -169,3 +169,75 @@ def test_random_tables_match_the_reference(alpha):
       hf_differs += reference_beam_search(oracle, 3, 5, EOS, rule='hf') != want
   assert kinds == {0, 1, 2}, kinds
   assert alpha or hf_differs >= 3, hf_differs
+
+
+# --- A tiny imported T5 against Hugging Face `generate` -----------------------------------------
+
+def _hf_t5(transformers, torch):
+  cfg = transformers.T5Config(
+      vocab_size=64, d_model=16, d_kv=4, num_heads=4, relative_attention_num_buckets=8,
+      relative_attention_max_distance=16, decoder_start_token_id=0, dropout_rate=0.0, d_ff=32,
+      num_layers=2, feed_forward_proj='gated-gelu', tie_word_embeddings=False)
+  model = transformers.T5ForConditionalGeneration(cfg)
+  gen = torch.Generator().manual_seed(0)
+  with torch.no_grad():
+    for name, p in model.named_parameters():
+      noise = torch.randn(p.shape, generator=gen)
+      p.copy_(1.0 + 0.1 * noise if 'layer_norm' in name else 0.5 * noise)
+  return model.eval()
+
+
+def test_imported_t5_matches_hf_generate_where_both_rules_agree():
+  """W = 4, length 5, alpha = length_penalty = 0, 6 prompts x 2 EOS ids. The plain-Python
+  reference, fed HF's own log-probs, reproduces HF `generate` under HF's rules and ours under
+  t5x's; wherever the two rules give the same hypotheses (runs with no EOS, and with 4 finished
+  ones: 7 of the 12 cases), our beam search returns exactly HF's sequences and scores."""
+  torch = pytest.importorskip('torch')
+  transformers = pytest.importorskip('transformers')
+  from moe_flan.convert import hf_checkpoint  # pylint: disable=g-import-not-at-top
+  from moe_flan.model import EncoderDecoder  # pylint: disable=g-import-not-at-top
+  beams, length = 4, 5
+  hf = _hf_t5(transformers, torch)
+  config, params = hf_checkpoint.import_hf(hf)
+  model = EncoderDecoder(config)
+  enc = np.random.default_rng(0).integers(2, 64, (6, 7))
+  enc[1, 4:] = 0
+
+  @functools.lru_cache(maxsize=None)
+  def log_probs_of(b, seq):
+    with torch.no_grad():
+      logits = hf(input_ids=torch.tensor(enc[b:b + 1]), attention_mask=torch.tensor(enc[b:b + 1] > 0),
+                  decoder_input_ids=torch.tensor([[0, *seq]])).logits[0, -1].numpy()
+    return _log_softmax(logits)
+
+  agreed = disagreed = agreed_finished = 0
+  for eos in (3, 7):
+    with torch.no_grad():
+      out = hf.generate(input_ids=torch.tensor(enc), attention_mask=torch.tensor(enc > 0),
+                        num_beams=beams, num_return_sequences=beams, length_penalty=0.0,
+                        max_new_tokens=length, eos_token_id=eos, pad_token_id=0, do_sample=False,
+                        output_scores=True, return_dict_in_generate=True)
+    hf_tokens = out.sequences.numpy()[:, 1:].reshape(6, beams, -1)
+    hf_scores = out.sequences_scores.numpy().reshape(6, beams)
+    tokens, scores = decoding.beam_search(model, params, jnp.asarray(enc, jnp.int32), length,
+                                          beam_size=beams, alpha=0.0, eos_id=eos)
+    for b in range(6):
+      oracle = functools.partial(log_probs_of, b)
+      t5x = reference_beam_search(oracle, beams, length, eos)
+      hf_rules = reference_beam_search(oracle, beams, length, eos, rule='hf')
+      # HF fills the positions after EOS with EOS; keep tokens up to the first EOS.
+      hf_seqs = [tuple(row[:list(row).index(eos) + 1] if eos in row else row)
+                 for row in hf_tokens[b].tolist()]
+      assert hf_seqs == [seq for _, seq in hf_rules], (eos, b)
+      np.testing.assert_allclose(hf_scores[b], [s for s, _ in hf_rules], atol=1e-4)
+      _check_against_reference(tokens[b], scores[b], t5x, length, atol=1e-4)
+      if [seq for _, seq in t5x] == hf_seqs:
+        agreed += 1
+        agreed_finished += t5x[0][1][-1] == eos
+        np.testing.assert_array_equal(np.asarray(tokens[b]),
+                                      [_padded(seq, length) for seq in hf_seqs])
+        np.testing.assert_allclose(np.asarray(scores[b]), hf_scores[b], atol=1e-4)
+      else:
+        disagreed += 1
+  assert agreed >= 6 and agreed_finished >= 1 and disagreed >= 1, (agreed, agreed_finished,
+                                                                    disagreed)
