@@ -77,6 +77,21 @@ def test_greedy_and_scores_of_a_prompt_do_not_depend_on_its_batch():
   np.testing.assert_allclose(scores, scores_alone, rtol=1e-5, atol=1e-5)
 
 
+def test_beam_search_of_a_prompt_does_not_depend_on_its_batch():
+  """Beam search (W = 4, 6 steps) of 3 prompts at once (60 encoder tokens, 72 cache-shaping
+  decoder tokens: padded groups) equals each prompt searched alone."""
+  config = _sparse_config(32)
+  model = EncoderDecoder(config)
+  params = random_params(model, jnp.ones((1, 4), jnp.int32), jnp.ones((1, 3), jnp.int32), seed=9)
+  enc = np.random.RandomState(1).randint(2, 32, (3, 20)).astype(np.int32)
+  tokens, scores = decoding.beam_search(model, params, enc, 6, beam_size=4, alpha=0.6)
+  for i in range(3):
+    alone_tokens, alone_scores = decoding.beam_search(model, params, enc[i:i + 1], 6,
+                                                      beam_size=4, alpha=0.6)
+    np.testing.assert_array_equal(tokens[i], alone_tokens[0])
+    np.testing.assert_allclose(scores[i], alone_scores[0], rtol=1e-5, atol=1e-5)
+
+
 def test_training_keeps_the_strict_group_check():
   """The same model in training: 3 * 20 encoder tokens in groups of 48 is an error."""
   model = EncoderDecoder(_sparse_config(32))
