@@ -13,6 +13,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   flags = cli.parse_flags(sys.argv[1:] if argv is None else argv, prog='moe_flan.infer')
   cli.initialize_distributed(flags)
   cli.configure_gin(flags)
+  # Imported after jax.distributed is initialized: no module may start a JAX backend first.
   from moe_flan.trainer import inference  # pylint: disable=g-import-not-at-top
   for row in inference.infer():
     print(json.dumps(row), flush=True)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from convert_fixtures import DENSE, SWITCH, flat, random_params
+from moe_flan import config_gin
 from moe_flan.convert import gin_config, hf_checkpoint, safetensors_io
 
 
@@ -46,7 +47,7 @@ def test_bfloat16_checkpoint_imports_as_float32_with_the_same_values(dense_hf):
 @pytest.mark.parametrize('config', [DENSE, SWITCH], ids=['dense', 'switch'])
 def test_model_gin_rebuilds_the_config(tmp_path, config):
   path = tmp_path / 'model.gin'
-  path.write_text(gin_config.config_to_gin(config, header='test'))
+  path.write_text(config_gin.config_to_gin(config, header='test'))
   assert gin_config.config_from_gin([str(path)]) == config
   # Run files override these macros, so they must be macros in the model file.
   rebuilt = gin_config.config_from_gin([str(path)], ['DROPOUT_RATE = 0.05'])

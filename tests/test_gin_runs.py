@@ -109,7 +109,8 @@ def test_finetune_requires_its_task():
 
 
 def test_unknown_task_fails_before_building(tmp_path, monkeypatch):
-  monkeypatch.setattr(builder, '_model', lambda cfg: pytest.fail('model was built'))
+  monkeypatch.setattr(builder.model_setup_lib, 'build_model_setup',
+                      lambda *a, **k: pytest.fail('model was built'))
   _configure([os.path.join(RUNS, 'quickstart.gin')],
              [f"MODEL_DIR = '{tmp_path}'", "MIXTURE_OR_TASK_NAME = 'flan_embeded'"])
   with pytest.raises(ValueError, match="MIXTURE_OR_TASK_NAME='flan_embeded' is not a registered.*'flan_embedded'"):

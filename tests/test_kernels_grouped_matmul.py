@@ -271,9 +271,9 @@ def test_library_name_changes_with_the_source(tmp_path, monkeypatch):
 
 def test_the_trainer_readies_a_named_grouped_matmul_before_tracing(monkeypatch):
   from moe_flan.config import MoeConfig, T5Config
-  from moe_flan.trainer import builder
+  from moe_flan.trainer import model_setup
   readied = []
   monkeypatch.setattr(gm, 'prepare', readied.append)
-  builder._model(T5Config(moe=MoeConfig(dispatch='dropless', grouped_matmul='cpu_ffi')))
-  builder._model(T5Config(moe=None))
+  model_setup.make_model(T5Config(moe=MoeConfig(dispatch='dropless', grouped_matmul='cpu_ffi')))
+  model_setup.make_model(T5Config(moe=None))
   assert readied == ['cpu_ffi']

@@ -2,7 +2,7 @@
 
 Layout of CKPT_DIR (a trainer "step directory", so CKPT_DIR works as INITIAL_CHECKPOINT_PATH):
   CKPT_DIR/state/         orbax StandardCheckpointer PyTree {'params': <nested params>}
-  CKPT_DIR/model.gin      the model's gin bindings (gin_config.config_to_gin)
+  CKPT_DIR/model.gin      the model's gin bindings (moe_flan.config_gin.config_to_gin)
   CKPT_DIR/hf_config.json the HF config.json the params came from (imports only)
 Reading accepts the trainer's own layouts too (MODEL_DIR, MODEL_DIR/checkpoints, a step dir),
 via `moe_flan.trainer.checkpoints.load_params`.
@@ -17,11 +17,12 @@ import flax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from moe_flan import config_gin
 from moe_flan.config import T5Config
-from moe_flan.convert import gin_config
+from moe_flan.trainer import checkpoints
 
 STATE = 'state'
-MODEL_GIN = 'model.gin'
+MODEL_GIN = config_gin.MODEL_GIN
 HF_CONFIG = 'hf_config.json'
 
 
@@ -38,7 +39,7 @@ def save(directory: str, params: Any, config: T5Config, hf_config: Optional[Dict
   ckptr.save(os.path.join(directory, STATE), {'params': params})
   ckptr.wait_until_finished()
   with open(os.path.join(directory, MODEL_GIN), 'w') as f:
-    f.write(gin_config.config_to_gin(config, header))
+    f.write(config_gin.config_to_gin(config, header))
   if hf_config is not None:
     with open(os.path.join(directory, HF_CONFIG), 'w') as f:
       json.dump(hf_config, f, indent=2, sort_keys=True)
@@ -46,7 +47,6 @@ def save(directory: str, params: Any, config: T5Config, hf_config: Optional[Dict
 
 def load_params(path: str) -> Dict[str, Any]:
   """Nested params (numpy) from CKPT_DIR or any trainer checkpoint path."""
-  from moe_flan.trainer import checkpoints  # pylint: disable=g-import-not-at-top
   flat = checkpoints.load_params(path, None)
   return flax.traverse_util.unflatten_dict(
       {tuple(k.split('/')): np.asarray(v) for k, v in flat.items()})

@@ -1,13 +1,8 @@
-"""A model config as a gin file, and a model config from gin files.
-
-`config_to_gin` writes the bindings of a `T5Config` (and its `MoeConfig`) in the style of
-gin/models/*.gin - including the DROPOUT_RATE / EXPERT_DROPOUT_RATE / VOCAB_SIZE macros that
-gin/runs/*.gin files override - so an imported checkpoint's directory carries a model file
-that any run file accepts. `config_from_gin` parses gin files + bindings into a `T5Config`.
+"""A model config from gin files (`config_from_gin`), e.g. the `model.gin` that training and
+conversion write (`moe_flan.config_gin.config_to_gin`).
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 from typing import Sequence
 
@@ -16,37 +11,6 @@ import gin
 from moe_flan.config import MoeConfig, T5Config  # both: gin must know MoeConfig
 from moe_flan.trainer import cli as trainer_cli
 from moe_flan.trainer import gin_checks
-
-_MACROS = {('T5Config', 'vocab_size'): 'VOCAB_SIZE', ('T5Config', 'dropout_rate'): 'DROPOUT_RATE',
-           ('MoeConfig', 'expert_dropout_rate'): 'EXPERT_DROPOUT_RATE'}
-
-
-def _bindings(name: str, obj) -> list[str]:
-  lines = []
-  for field in dataclasses.fields(obj):
-    if field.name == 'moe':
-      continue
-    value = getattr(obj, field.name)
-    value = tuple(value) if isinstance(value, list) else value
-    macro = _MACROS.get((name, field.name))
-    lines.append(f'{name}.{field.name} = ' + (f'%{macro}' if macro else repr(value)))
-  return lines
-
-
-def config_to_gin(config: T5Config, header: str = '') -> str:
-  """Gin text that rebuilds `config` (see module docstring)."""
-  lines = [f'# {line}' for line in header.splitlines()]
-  lines += ['import moe_flan.config']
-  lines += ['', f'VOCAB_SIZE = {config.vocab_size}', f'DROPOUT_RATE = {config.dropout_rate!r}']
-  if config.moe is not None:
-    lines += [f'EXPERT_DROPOUT_RATE = {config.moe.expert_dropout_rate!r}']
-  lines += [''] + _bindings('T5Config', config)
-  if config.moe is None:
-    lines += ['T5Config.moe = None']
-  else:
-    lines += ['T5Config.moe = @MoeConfig()'] + _bindings('MoeConfig', config.moe)
-  return '\n'.join(lines) + '\n'
-
 
 def config_from_gin(gin_files: Sequence[str], gin_bindings: Sequence[str] = (),
                     search_paths: Sequence[str] = ()) -> T5Config:

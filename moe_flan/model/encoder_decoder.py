@@ -78,13 +78,28 @@ def _check_tokens(name: str, tokens: jax.Array):
     raise ValueError(f'{name} must be <int>[batch, length]; got {tokens.dtype}{tokens.shape}')
 
 
-@functools.lru_cache(maxsize=32)
 def abstract_params(config: T5Config) -> Any:
   """Boxed (`nn.LogicallyPartitioned`) ShapeDtypeStructs of `EncoderDecoder(config)`'s params.
 
   Nothing is computed or compiled (`jax.eval_shape`); `nn.meta.unbox` gives the bare shapes.
+  Treat the result as read-only: it is cached per (hashable) config.
   """
-  tokens = jnp.ones((1, 1), jnp.int32)
-  return jax.eval_shape(
-      lambda k: EncoderDecoder(config).init({'params': k, 'dropout': k}, tokens, tokens, tokens,
-                                            enable_dropout=False)['params'], jax.random.key(0))
+  try:
+    hash(config)
+  except TypeError:  # a list bound to a Sequence field: compute without the cache
+    return _abstract_params(config)
+  return _cached_abstract_params(config)
+
+
+def _abstract_params(config: T5Config) -> Any:
+  def init():
+    # Everything, the key included, is created inside eval_shape: nothing touches a device, so
+    # this also works under a mesh of compile-only devices (a TPU topology on a CPU host).
+    key = jax.random.key(0)
+    tokens = jnp.ones((1, 1), jnp.int32)
+    return EncoderDecoder(config).init({'params': key, 'dropout': key}, tokens, tokens, tokens,
+                                       enable_dropout=False)['params']
+  return jax.eval_shape(init)
+
+
+_cached_abstract_params = functools.lru_cache(maxsize=32)(_abstract_params)

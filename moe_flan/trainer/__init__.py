@@ -2,7 +2,11 @@
 
 Modules (import by name, e.g. `from moe_flan.trainer import loop`):
   loop          train(model_dir, model, data, run, optimizer, checkpoint, eval_data) -- gin entry
-  builder       build(...) -> TrainSetup: input checks, partitioner, shardings, jitted steps
+  model_setup   build_model_setup(config) -> ModelSetup: partitioner, model, abstract params and
+                shardings, restore_params(path) (the one way evaluation, inference and
+                moe_flan.load restore params), eval step and mean eval metrics
+  builder       build(...) -> TrainSetup: the training side on top of a ModelSetup: input
+                checks, optimizer, train-state shardings, checkpointer, jitted train step
   train_step    make_train_step / make_eval_step (loss via moe_flan.model.compute_loss)
   step_buffers  jit_train_step: donated state, or (opt-in, XLA:CPU) buffers kept across steps
   train_state   TrainState(step, params, opt_state, rng)

@@ -1,4 +1,5 @@
-"""Builds one run: checks inputs, makes the partitioner, model, optimizer, shardings, checkpointer.
+"""Builds one training run on top of the model side (`model_setup.build_model_setup`: partitioner,
+model, abstract params and shardings, eval step): optimizer, train state shardings, checkpointer.
 
 Everything that can reject bad input (task name, checkpoint paths, model shape vs the checkpoint
 in MODEL_DIR) runs in `build` before anything is jitted.
@@ -17,10 +18,11 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
 from moe_flan import config as config_lib
-from moe_flan.kernels import grouped_matmul
+from moe_flan import config_gin
 from moe_flan.trainer import checkpoints as ckpt_lib
 from moe_flan.trainer import data as data_lib
 from moe_flan.trainer import freezing
+from moe_flan.trainer import model_setup as model_setup_lib
 from moe_flan.trainer import nan_guard
 from moe_flan.trainer import optimizers
 from moe_flan.trainer import step_buffers
@@ -57,15 +59,25 @@ class StepParts:
   """What the train step is made of, built without touching disk or devices, so that a plan
   for other devices (moe_flan.aot: a TPU topology on a CPU host) compiles the trainer's own step.
   """
-  model_config: config_lib.T5Config
+  model_side: model_setup_lib.ModelSetup
   optimizer: optimizers.OptimizerConfig
-  partitioner: Any
-  model: nn.Module
   tx: optax.GradientTransformation
   schedule: Callable
   frozen: Any
   abstract_state: ts.TrainState      # ShapeDtypeStructs with shardings
   state_shardings: ts.TrainState
+
+  @property
+  def model_config(self) -> config_lib.T5Config:
+    return self.model_side.config
+
+  @property
+  def partitioner(self) -> Any:
+    return self.model_side.partitioner
+
+  @property
+  def model(self) -> nn.Module:
+    return self.model_side.model
 
   def jit_train_step(self, reuse: Optional[bool] = None) -> Callable:
     """(state, batch) -> (state, metrics), jitted; call or `.lower` it inside
@@ -85,13 +97,11 @@ class StepParts:
 class TrainSetup:
   """The pieces of one run, built and checked; methods do the work the loop needs."""
   model_dir: str
-  model_config: config_lib.T5Config
+  model_side: model_setup_lib.ModelSetup
   data: data_lib.DataConfig
   eval_data: Optional[data_lib.DataConfig]
   checkpoint: ckpt_lib.CheckpointConfig
   optimizer: optimizers.OptimizerConfig
-  partitioner: Any
-  model: nn.Module
   tx: optax.GradientTransformation
   schedule: Callable
   frozen: Any
@@ -99,7 +109,18 @@ class TrainSetup:
   state_shardings: ts.TrainState
   checkpointer: ckpt_lib.Checkpointer
   seed: int
-  _eval_step: Optional[Callable] = None
+
+  @property
+  def model_config(self) -> config_lib.T5Config:
+    return self.model_side.config
+
+  @property
+  def partitioner(self) -> Any:
+    return self.model_side.partitioner
+
+  @property
+  def model(self) -> nn.Module:
+    return self.model_side.model
 
   # ---- state ------------------------------------------------------------------------------------
   def initial_state(self) -> tuple[ts.TrainState, int]:
@@ -152,27 +173,15 @@ class TrainSetup:
     return run
 
   def step_parts(self) -> StepParts:
-    return StepParts(self.model_config, self.optimizer, self.partitioner, self.model, self.tx,
-                     self.schedule, self.frozen, self.abstract_state, self.state_shardings)
+    return StepParts(self.model_side, self.optimizer, self.tx, self.schedule, self.frozen,
+                     self.abstract_state, self.state_shardings)
 
   def evaluate(self, params: Any, num_batches: int,
                cfg: Optional[data_lib.DataConfig] = None) -> dict[str, Any]:
     """Mean eval metrics over `num_batches` batches of `cfg` (default: eval data, else the
     train mixture's validation split)."""
-    from moe_flan.trainer import evaluation  # pylint: disable=g-import-not-at-top
     cfg = cfg or self.eval_data or dataclasses.replace(self.data, split='validation')
-    if self._eval_step is None:
-      step = step_lib.make_eval_step(self.model, self.model_config)
-      self._eval_step = jax.jit(step, in_shardings=(self.state_shardings.params,
-                                                    self.partitioner.data_sharding))
-    return evaluation.mean_metrics(self, params, cfg, num_batches)
-
-
-def _model(config: config_lib.T5Config) -> nn.Module:
-  from moe_flan.model import EncoderDecoder  # pylint: disable=g-import-not-at-top
-  if config.moe is not None:   # an opt-in C++ grouped matmul is built now, never while tracing
-    grouped_matmul.prepare(config.moe.grouped_matmul)
-  return EncoderDecoder(config)
+    return self.model_side.mean_metrics(params, cfg, num_batches)
 
 
 def check_inputs(model_dir: str, data: data_lib.DataConfig,
@@ -193,32 +202,34 @@ def build(model_dir: str, model_config: config_lib.T5Config, data: data_lib.Data
           optimizer: optimizers.OptimizerConfig, checkpoint: ckpt_lib.CheckpointConfig,
           frozen_groups: Sequence[str], seed: int,
           eval_data: Optional[data_lib.DataConfig] = None, partitioner=None) -> TrainSetup:
-  """Checks inputs and builds a TrainSetup (no compilation)."""
-  from moe_flan.partitioning import partitioner as part_lib  # pylint: disable=g-import-not-at-top
+  """Checks inputs and builds a TrainSetup (no compilation). Writes MODEL_DIR/model.gin (the
+  model's bindings, which `moe_flan.load` reads)."""
   check_inputs(model_dir, data, checkpoint, eval_data, model_config.vocab_size)
   if jax.process_index() == 0:
     data_lib.report_truncation(data)    # warns when TASK_FEATURE_LENGTHS cut many examples
   os.makedirs(model_dir, exist_ok=True)
-  partitioner = partitioner or part_lib.create_partitioner()
   parts = build_step(model_config, data, optimizer, frozen_groups, seed, partitioner)
   checkpointer = ckpt_lib.Checkpointer(model_dir, checkpoint)
   checkpointer.check_compatible(ts.param_shapes(parts.abstract_state.params))
-  return TrainSetup(model_dir, model_config, data, eval_data, checkpoint, optimizer, partitioner,
-                    parts.model, parts.tx, parts.schedule, parts.frozen, parts.abstract_state,
+  if jax.process_index() == 0:
+    config_gin.write_model_gin(model_dir, model_config)
+  return TrainSetup(model_dir, parts.model_side, data, eval_data, checkpoint, optimizer,
+                    parts.tx, parts.schedule, parts.frozen, parts.abstract_state,
                     parts.state_shardings, checkpointer, seed)
 
 
 def build_step(model_config: config_lib.T5Config, data: data_lib.DataConfig,
                optimizer: optimizers.OptimizerConfig, frozen_groups: Sequence[str], seed: int,
-               partitioner) -> StepParts:
-  """The model, optimizer and abstract sharded train state on `partitioner`'s mesh (no I/O,
-  nothing allocated)."""
+               partitioner=None) -> StepParts:
+  """The model side (`model_setup.build_model_setup`) and on it the optimizer and abstract
+  sharded train state (no I/O, nothing allocated). `seed` is the run's; shapes do not depend
+  on it."""
+  del seed
+  side = model_setup_lib.build_model_setup(model_config, partitioner)
+  partitioner = side.partitioner
   partitioner.check_batch_size(data.batch_size)
-  model = _model(model_config)
-  with partitioner.activate():
-    boxed = ts.abstract_params(model, data.task_feature_lengths, seed)
-    param_shardings = partitioner.shardings(boxed)
-  params = nn.meta.unbox(boxed)
+  param_shardings = side.param_shardings
+  params = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), side.abstract_params)
   schedule = optimizers.make_schedule(optimizer.schedule)
   tx = freezing.with_freezing(optimizers.make_optimizer(optimizer, schedule), params,
                               frozen_groups)
@@ -236,5 +247,4 @@ def build_step(model_config: config_lib.T5Config, data: data_lib.DataConfig,
                            opt_state=abstract_opt, rng=rng)
   abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           abstract, shardings)
-  return StepParts(model_config, optimizer, partitioner, model, tx, schedule, frozen, abstract,
-                   shardings)
+  return StepParts(side, optimizer, tx, schedule, frozen, abstract, shardings)

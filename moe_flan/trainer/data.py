@@ -51,6 +51,8 @@ class DataConfig:
 def check_task_exists(name: str, model_vocab_size: Optional[int] = None) -> None:
   """ValueError naming `name` if no seqio Task or Mixture is registered under it (with the
   closest registered names), or if its vocabulary has more ids than the model's embedding."""
+  # `tasks` is imported where it is used: it imports TensorFlow (seconds), which code that
+  # only builds models (evaluation without data, loading, conversion) never needs.
   import tasks  # pylint: disable=g-import-not-at-top,unused-import  (registers tasks)
   from tasks import registry  # pylint: disable=g-import-not-at-top
   try:
@@ -72,7 +74,7 @@ def batches(cfg: DataConfig, shard_id: int = 0, num_shards: int = 1, start_batch
             repeat: bool = True, split: Optional[str] = None,
             shuffle: Optional[bool] = None) -> Iterator[dict[str, np.ndarray]]:
   """This process's rows of each global batch, from batch `start_batch` on (exact resume)."""
-  from tasks import pipeline  # pylint: disable=g-import-not-at-top
+  from tasks import pipeline  # pylint: disable=g-import-not-at-top  (TensorFlow: see above)
   if cfg.batch_size % num_shards:
     raise ValueError(f'BATCH_SIZE={cfg.batch_size} is not divisible by {num_shards} data shards')
   kwargs: dict[str, Any] = dict(

@@ -17,7 +17,11 @@ import jax
 import numpy as np
 
 from moe_flan import config as config_lib
+from moe_flan import decoding
+from moe_flan.trainer import checkpoints
 from moe_flan.trainer import data as data_lib
+from moe_flan.trainer import metrics as metrics_lib
+from moe_flan.trainer import model_setup
 
 
 @gin.configurable
@@ -30,27 +34,6 @@ class EvalConfig:
   rank_classification: bool = True
   generation: bool = True
   max_decode_length: int = 32
-
-
-def mean_metrics(setup, params: Any, cfg: data_lib.DataConfig, num_batches: int
-                 ) -> dict[str, Any]:
-  """Token-weighted mean of the eval-step metrics over `num_batches` batches."""
-  shard_id, num_shards = setup.partitioner.data_shard_info()
-  it = data_lib.batches(cfg, shard_id, num_shards, repeat=True, shuffle=False)
-  totals: dict[str, float] = {}
-  weight_sum = 0.0
-  for _ in range(num_batches):
-    batch = setup.partitioner.shard_batch(next(it), cfg.batch_size)
-    with setup.partitioner.activate():
-      m = jax.device_get(setup._eval_step(params, batch))  # pylint: disable=protected-access
-    w = float(m['num_tokens'])
-    weight_sum += w
-    for k, v in m.items():
-      if np.ndim(v) == 0 and k not in ('num_tokens', 'weight_sum'):   # counts, not means
-        totals[k] = totals.get(k, 0.0) + float(v) * w
-  out = {k: v / max(weight_sum, 1.0) for k, v in totals.items()}
-  out['num_tokens'] = weight_sum
-  return out
 
 
 def _pad_rows(rows: list[list[int]], length: int) -> np.ndarray:
@@ -68,7 +51,6 @@ def rank_classify(model, params, vocab, inputs: np.ndarray, options: list[list[s
   (prompt, option) rows are scored `batch_size` at a time, the last chunk padded with empty
   rows, so every call has the shape of an eval batch (MoE routing groups must divide it).
   """
-  from moe_flan import decoding  # pylint: disable=g-import-not-at-top
   enc_rows, tgt_rows, owner = [], [], []
   for i, opts in enumerate(options):
     for opt in opts:
@@ -98,8 +80,8 @@ def rank_classify(model, params, vocab, inputs: np.ndarray, options: list[list[s
 def example_metrics(model, params, cfg: data_lib.DataConfig, settings: EvalConfig
                     ) -> tuple[dict[str, float], list[dict[str, Any]]]:
   """Rank-classification accuracy and generation exact match on the first examples."""
-  from moe_flan import decoding  # pylint: disable=g-import-not-at-top
-  # (importing from `tasks` also registers the seqio tasks)
+  # Imported here, not at the top: `tasks` imports TensorFlow (seconds); importing it also
+  # registers the seqio tasks.
   from tasks import templates, vocab as vocab_lib  # pylint: disable=g-import-not-at-top
   vocab = vocab_lib.default_vocabulary()
   unpacked = dataclasses.replace(cfg, pack=False, shuffle=False)
@@ -167,13 +149,12 @@ def evaluate(model_dir: str = gin.REQUIRED, model: config_lib.T5Config = gin.REQ
              settings: EvalConfig = EvalConfig()) -> dict[str, float]:
   """Evaluates the checkpoint (default: latest in MODEL_DIR) on `data`; writes eval.jsonl and
   MODEL_DIR/eval_examples.jsonl; returns the metrics."""
-  # pylint: disable=g-import-not-at-top
-  from moe_flan.trainer import builder, checkpoints, metrics as metrics_lib, optimizers
   path = checkpoint_path or model_dir
-  ckpt = checkpoints.CheckpointConfig(initial_checkpoint_path=path)
-  setup = builder.build(model_dir, model, data, optimizers.OptimizerConfig(), ckpt, (), 0)
-  params, step_dir = checkpoints.restore_params(ckpt, setup.abstract_state.params)
-  result = setup.evaluate(params, settings.num_batches, data)
+  data_lib.check_task_exists(data.mixture_or_task_name, model.vocab_size)
+  setup = model_setup.build_model_setup(model)
+  setup.partitioner.check_batch_size(data.batch_size)
+  params, step_dir = setup.restore_params(path)
+  result = setup.mean_metrics(params, data, settings.num_batches)
   ex_metrics, records = example_metrics(setup.model, params, data, settings)
   result.update(ex_metrics)
   step = int(os.path.basename(step_dir)) if os.path.basename(step_dir).isdigit() else 0

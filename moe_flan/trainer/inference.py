@@ -6,12 +6,15 @@ import json
 import os
 from typing import Optional, Sequence
 
-import flax.linen as nn
 import gin
 import jax
 import numpy as np
 
 from moe_flan import config as config_lib
+from moe_flan import decoding
+from moe_flan.partitioning import mesh as mesh_lib
+from moe_flan.partitioning import partitioner as part_lib
+from moe_flan.trainer import model_setup
 
 
 @gin.configurable
@@ -43,7 +46,6 @@ def read_prompts(cfg: InferConfig) -> list[str]:
 
 
 def _decode(model, params, tokens: np.ndarray, cfg: InferConfig, rng) -> np.ndarray:
-  from moe_flan import decoding  # pylint: disable=g-import-not-at-top
   if cfg.num_beams > 1:
     out = decoding.beam_search(model, params, tokens, cfg.max_decode_length,
                                beam_size=cfg.num_beams)
@@ -58,20 +60,15 @@ def infer(model_dir: str = gin.REQUIRED, model: config_lib.T5Config = gin.REQUIR
           checkpoint_path: Optional[str] = None, settings: InferConfig = InferConfig()
           ) -> list[dict[str, str]]:
   """Decodes every prompt with the checkpoint (default: latest in MODEL_DIR)."""
-  # pylint: disable=g-import-not-at-top
-  from moe_flan.model import EncoderDecoder
-  from moe_flan.trainer import checkpoints, train_state as ts
-  from tasks import vocab as vocab_lib
+  # Imported here, not at the top: `tasks` imports TensorFlow (seconds).
+  from tasks import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
   prompts = read_prompts(settings)
   path = checkpoint_path or model_dir
-  checkpoints.resolve_step_dir(path)
-  net = EncoderDecoder(model)
   # Decoding runs on one device (params replicated there); training layouts do not matter.
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
-                          nn.meta.unbox(ts.abstract_params(net, {'inputs': 8, 'targets': 8})))
-  params = checkpoints.restore_initial_params(
-      checkpoints.CheckpointConfig(initial_checkpoint_path=path), abstract)
+  one_device = mesh_lib.make_mesh((1, 1, 1), devices=jax.devices()[:1])
+  side = model_setup.build_model_setup(model, part_lib.Partitioner(one_device))
+  params, _ = side.restore_params(path)
+  net = side.model
   vocab = vocab_lib.default_vocabulary()
   rows = []
   rng = jax.random.PRNGKey(settings.seed)

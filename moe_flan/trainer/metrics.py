@@ -40,6 +40,7 @@ class MetricsWriter:
       return
     os.makedirs(os.path.dirname(self.jsonl_path), exist_ok=True)
     if tensorboard:
+      # Imported only when TensorBoard is on: clu's writers import TensorFlow (seconds).
       from clu import metric_writers  # pylint: disable=g-import-not-at-top
       self._tb = metric_writers.SummaryWriter(os.path.join(model_dir, split))
 

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import optax
 
 from moe_flan import config as config_lib
+from moe_flan.model import compute_loss
 from moe_flan.trainer import freezing
 from moe_flan.trainer import train_state as ts
 
@@ -33,7 +34,6 @@ def token_accuracy(logits: jax.Array, batch: Batch) -> tuple[jax.Array, jax.Arra
 def forward_metrics(model: nn.Module, config: config_lib.T5Config, params: Any, batch: Batch,
                     rng: jax.Array | None, train: bool) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Loss and metrics of one (micro)batch."""
-  from moe_flan.model import compute_loss  # pylint: disable=g-import-not-at-top
   rngs = {'dropout': rng} if train else {}
   logits, variables = model.apply({'params': params}, **ts.model_inputs(batch),
                                   enable_dropout=train, rngs=rngs, mutable=['moe_metrics'])
