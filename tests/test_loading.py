@@ -25,16 +25,21 @@ def _same_params(a, b):
     np.testing.assert_array_equal(np.asarray(fa[k]), np.asarray(fb[k]), err_msg=k)
 
 
-@pytest.fixture(scope='module')
-def model_dir(tmp_path_factory):
-  """A MODEL_DIR as training leaves it: model.gin and a checkpoint of step 0 (fresh params)."""
-  directory = str(tmp_path_factory.mktemp('run'))
+def write_model_dir(directory: str):
+  """A MODEL_DIR as training leaves it (model.gin, a checkpoint of step 0 with fresh params) of
+  the trainer tests' tiny FLAN-MoE; returns the params."""
   setup = builder.build(directory, tiny_model(), DATA, optimizers.OptimizerConfig(),
                         checkpoints.CheckpointConfig(async_save=False), (), seed=3)
   state, _ = setup.initial_state()
   setup.save(state, force=True)
   setup.close()
-  return directory, jax.device_get(state.params)
+  return jax.device_get(state.params)
+
+
+@pytest.fixture(scope='module')
+def model_dir(tmp_path_factory):
+  directory = str(tmp_path_factory.mktemp('run'))
+  return directory, write_model_dir(directory)
 
 
 def test_load_a_trained_model_dir(model_dir):
