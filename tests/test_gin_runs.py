@@ -53,7 +53,8 @@ def trained_dirs(tmp_path_factory):
   dirs = {}
   for name, models in TRAIN_RUNS.items():
     model_dir = str(tmp_path_factory.mktemp(name.split('.')[0]))
-    extra = ["MIXTURE_OR_TASK_NAME = 'emb_nli'"] if name == 'finetune.gin' else []
+    extra = {'finetune.gin': ["MIXTURE_OR_TASK_NAME = 'emb_nli'"],
+             'quickstart.gin': ['FINAL_EVAL_BATCHES = 1']}.get(name, [])
     _configure(models + [os.path.join(RUNS, name)],
                TINY + extra + [f"MODEL_DIR = '{model_dir}'", 'TRAIN_STEPS = 1', 'LOG_PERIOD = 1'])
     result = loop.train()
@@ -69,6 +70,15 @@ def test_train_run_file_runs_one_step(trained_dirs, name):
     record = json.loads(f.readline())
   assert record['step'] == 1 and record['loss'] > 0
   assert os.path.isdir(os.path.join(model_dir, 'checkpoints', '1'))
+
+
+def test_quickstart_ends_with_its_final_evaluation(trained_dirs):
+  model_dir = trained_dirs['quickstart.gin'][0]
+  for mixture in ('flan_embedded', 'flan_embedded_heldout'):
+    with open(os.path.join(model_dir, 'metrics', f'final_eval_{mixture}.jsonl')) as f:
+      (record,) = [json.loads(line) for line in f]
+    assert record['step'] == 1 and record['num_tokens'] > 0
+    assert record['cross_entropy'] > 0 and 0 <= record['accuracy'] <= 1
 
 
 def test_eval_and_infer_run_files(trained_dirs):

@@ -19,6 +19,7 @@ import jax
 from moe_flan import config as config_lib
 from moe_flan.trainer import checkpoints as ckpt_lib
 from moe_flan.trainer import data as data_lib
+from moe_flan.trainer import final_eval
 from moe_flan.trainer import freezing
 from moe_flan.trainer import metrics as metrics_lib
 from moe_flan.trainer import nan_guard
@@ -33,7 +34,9 @@ from moe_flan.trainer import builder
 class RunConfig:
   """How long to train and how often to log/evaluate.
 
-  eval_period 0 = no periodic eval; frozen_groups: any of freezing.GROUPS.
+  eval_period 0 = no periodic eval; frozen_groups: any of freezing.GROUPS; final_eval_mixtures:
+  mixtures whose validation split the final params are evaluated on (`final_eval`), each on
+  `final_eval_batches` batches.
   """
   train_steps: int = 100
   log_period: int = 10
@@ -42,6 +45,8 @@ class RunConfig:
   seed: int = 0
   frozen_groups: Sequence[str] = ()
   write_plots: bool = True
+  final_eval_mixtures: Sequence[str] = ()
+  final_eval_batches: int = 8
 
   def __post_init__(self):
     if self.train_steps < 0:
@@ -49,6 +54,8 @@ class RunConfig:
     if self.log_period < 1:
       raise ValueError(f'RunConfig.log_period={self.log_period}: must be >= 1')
     freezing.check_groups(self.frozen_groups)
+    if self.final_eval_mixtures and self.final_eval_batches < 1:
+      raise ValueError(f'RunConfig.final_eval_batches={self.final_eval_batches}: must be >= 1')
 
 
 @dataclasses.dataclass
@@ -126,6 +133,7 @@ def train(model_dir: str = gin.REQUIRED, model: config_lib.T5Config = gin.REQUIR
           eval_data: Optional[data_lib.DataConfig] = None) -> TrainResult:
   """Trains `model` on `data` for `run.train_steps` steps, resuming from MODEL_DIR if possible."""
   with _StopFlag() as stop:   # from the start: a SIGTERM during set-up also exits cleanly
+    final_eval.check_mixtures(run.final_eval_mixtures, model.vocab_size)
     setup = builder.build(model_dir, model, data, optimizer, checkpoint, run.frozen_groups,
                           run.seed, eval_data)
     state, start = setup.initial_state()
@@ -139,6 +147,9 @@ def train(model_dir: str = gin.REQUIRED, model: config_lib.T5Config = gin.REQUIR
             f'of {run.train_steps} in {model_dir}', flush=True)
     try:
       state, last = _loop(setup, state, start, run, writer, eval_writer, stop)
+      if not stop.set:
+        final_eval.evaluate_at_end(setup, state.params, int(jax.device_get(state.step)),
+                                   run.final_eval_mixtures, run.final_eval_batches)
     finally:
       setup.close()
       writer.close()
