@@ -167,5 +167,6 @@ def test_gin_files_are_found_as_the_trainer_finds_them(tmp_path, capsys, monkeyp
   (tmp_path / 'broken.gin').write_text("include 'models/no_such_model.gin'\n")
   assert cli.main(args + ['--out', str(tmp_path / 'b'), '--gin_file=broken.gin']) == 2
   err = capsys.readouterr().err.strip()
-  assert 'models/no_such_model.gin' in err and 'gin search paths' in err and '\n' not in err
+  assert 'models/no_such_model.gin' in err and 'Searched config paths' in err
+  assert os.path.join(REPO, 'gin') in err and '\n' not in err
   assert gin_config.config_from_gin(['models/flan_moe_tiny.gin']).moe is not None

@@ -32,9 +32,8 @@ def config_from_gin(gin_files: Sequence[str], gin_bindings: Sequence[str] = (),
     gin.parse_config_files_and_bindings(list(gin_files), list(gin_bindings),
                                         finalize_config=False, skip_unknown=True)
     return T5Config()
-  except OSError as e:     # an include that is nowhere to be found
-    raise ValueError(f'{str(e).splitlines()[0]} (gin search paths: {", ".join(search_paths)})'
-                     ) from e
+  except OSError as e:     # an include that is nowhere to be found: gin's message, one line
+    raise ValueError(' '.join(line.strip() for line in str(e).splitlines())) from e
   finally:
     logging.getLogger().removeFilter(quiet)
     # Left in place, the bindings would leak into every later T5Config(...) of the process.
