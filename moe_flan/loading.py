@@ -21,13 +21,11 @@ from typing import Any, Iterator, Optional
 
 from moe_flan import config_gin
 from moe_flan.config import T5Config
-from moe_flan.convert import gin_config
+from moe_flan.convert import checkpoint_dir, gin_config
 from moe_flan.partitioning import partitioner as part_lib
 from moe_flan.trainer import checkpoints as ckpt_lib
 from moe_flan.trainer import model_setup
 
-SPM_FILE = 'spiece.model'   # a SentencePiece model beside the checkpoint (HF T5 tokenizer file)
-HF_CONFIG = 'hf_config.json'   # written by the converter beside imported checkpoints
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,17 +68,18 @@ def vocabulary_for(directory: str, config: T5Config) -> Any:
   """The vocabulary of the model in `directory`.
 
   `directory/spiece.model` if present (a SentencePiece model; T5 ids with 100 extra ids, as HF's
-  T5 tokenizer), else for an imported checkpoint (`hf_config.json`) None with a warning (its
-  tokenizer is not the shipped one), else the shipped vocabulary the trainer uses by default.
+  T5 tokenizer; the converter copies it from the HF directory), else for an imported checkpoint
+  (`hf_config.json`) None with a warning (its tokenizer is not the shipped one), else the shipped
+  vocabulary the trainer uses by default.
   Raises ValueError when the vocabulary has more ids than the model has embeddings.
   """
   # Imported here, not at the top: `tasks` imports TensorFlow (seconds), which loading a
   # model for JAX code does not otherwise need.
   from tasks import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
-  spm = os.path.join(directory, SPM_FILE)
+  spm = os.path.join(directory, checkpoint_dir.SPM)
   if os.path.isfile(spm):
     vocabulary = vocab_lib.default_vocabulary('sentencepiece', spm)
-  elif os.path.isfile(os.path.join(directory, HF_CONFIG)):
+  elif os.path.isfile(os.path.join(directory, checkpoint_dir.HF_CONFIG)):
     logging.warning('moe_flan.load: %s is an imported checkpoint without its tokenizer; no '
                     'vocabulary is returned. Copy the model\'s SentencePiece file (HF: '
                     'spiece.model) to %s to get one.', directory, spm)

@@ -74,8 +74,12 @@ def test_load_a_converted_directory(tmp_path, caplog):
   # where to put it) rather than the shipped one, which would tokenize wrongly.
   assert loaded.vocabulary is None
   assert 'spiece.model' in caplog.text
-  shutil.copy(vocab_lib.DEFAULT_SPM_PATH, os.path.join(out, 'spiece.model'))
-  vocabulary = moe_flan.load(out).vocabulary
+  # With the HF directory's tokenizer file, the converter keeps it and load uses it.
+  shutil.copy(vocab_lib.DEFAULT_SPM_PATH, os.path.join(src, 'spiece.model'))
+  assert convert_cli.main(['--from', 'hf', '--src', src, '--out', out + '_spm']) == 0
+  vocabulary = moe_flan.load(out + '_spm').vocabulary
+  assert os.path.isfile(os.path.join(out + '_spm', 'spiece.model'))
+  assert vocabulary.vocab_size == vocab_lib.default_vocabulary().vocab_size
   assert vocabulary.decode(vocabulary.encode('What is 3 plus 4?')) == 'What is 3 plus 4?'
 
 

@@ -4,6 +4,7 @@ Layout of CKPT_DIR (a trainer "step directory", so CKPT_DIR works as INITIAL_CHE
   CKPT_DIR/state/         orbax StandardCheckpointer PyTree {'params': <nested params>}
   CKPT_DIR/model.gin      the model's gin bindings (moe_flan.config_gin.config_to_gin)
   CKPT_DIR/hf_config.json the HF config.json the params came from (imports only)
+  CKPT_DIR/spiece.model   the HF checkpoint's SentencePiece tokenizer file, when it has one
 Reading accepts the trainer's own layouts too (MODEL_DIR, MODEL_DIR/checkpoints, a step dir),
 via `moe_flan.trainer.checkpoints.load_params`.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from typing import Any, Dict, Optional
 
 import flax
@@ -24,11 +26,14 @@ from moe_flan.trainer import checkpoints
 STATE = 'state'
 MODEL_GIN = config_gin.MODEL_GIN
 HF_CONFIG = 'hf_config.json'
+SPM = 'spiece.model'   # the model's SentencePiece file (HF T5 tokenizers keep it under this name)
 
 
 def save(directory: str, params: Any, config: T5Config, hf_config: Optional[Dict] = None,
-         header: str = '') -> None:
-  """Writes the layout of the module docstring; `directory` must not hold a checkpoint yet."""
+         header: str = '', spm_path: Optional[str] = None) -> None:
+  """Writes the layout of the module docstring; `directory` must not hold a checkpoint yet.
+  `spm_path`: a SentencePiece model to copy in as `spiece.model` (`moe_flan.load`'s vocabulary).
+  """
   directory = os.path.abspath(directory)
   if os.path.exists(os.path.join(directory, STATE)):
     raise ValueError(f'--out {directory!r} already holds a checkpoint ({STATE}/); choose a new '
@@ -43,6 +48,8 @@ def save(directory: str, params: Any, config: T5Config, hf_config: Optional[Dict
   if hf_config is not None:
     with open(os.path.join(directory, HF_CONFIG), 'w') as f:
       json.dump(hf_config, f, indent=2, sort_keys=True)
+  if spm_path is not None:
+    shutil.copyfile(spm_path, os.path.join(directory, SPM))
 
 
 def load_params(path: str) -> Dict[str, Any]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Optional, Sequence
 
@@ -81,7 +82,9 @@ def run_import(args: argparse.Namespace) -> str:
     config = target
     how = 'upcycled to the gin model' if upcycled else 'fitted to the gin model'
   header = f'Imported from the HF checkpoint {args.src} ({how}) by moe_flan.convert.'
-  checkpoint_dir.save(args.out, params, config, hf_config, header)
+  spm = os.path.join(args.src, checkpoint_dir.SPM)
+  checkpoint_dir.save(args.out, params, config, hf_config, header,
+                      spm_path=spm if os.path.isfile(spm) else None)
   return f'wrote {args.out} ({how}); model bindings in {args.out}/{checkpoint_dir.MODEL_GIN}'
 
 
