@@ -18,7 +18,6 @@ import numpy as np
 
 from moe_flan import config as config_lib
 from moe_flan import decoding
-from moe_flan.trainer import checkpoints
 from moe_flan.trainer import data as data_lib
 from moe_flan.trainer import metrics as metrics_lib
 from moe_flan.trainer import model_setup
