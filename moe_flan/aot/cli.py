@@ -1,0 +1,134 @@
+"""`python -m moe_flan.aot`: compile the trainer's train step for a TPU slice on this host.
+
+  python -m moe_flan.aot --gin_file=gin/models/switch_base.gin \
+    --gin_file=gin/runs/instruction_tune.gin --gin_file=gin/partitioning/expert_parallel.gin \
+    --gin.EXPERT_PARTITIONS=8 --topology=v5p:2x2x2 [--num_slices=2] [--out=plan.json]
+
+Needs libtpu (`pip install 'moe_flan[tpu]'`), no TPU, network or credentials. Prints per-chip
+HBM (FITS / DOES NOT FIT), model and XLA FLOPs with a roofline step time and MFU bound, every
+collective by kind and mesh axis, and each MoE layer's all-to-all bytes against the analytic
+minimum; --out writes the same as JSON. MODEL_DIR need not be set.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any, Optional, Sequence
+
+GIB = 1024 ** 3
+
+
+def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
+  """(flags, gin bindings) from `argv`; --gin.NAME=VALUE flags become bindings."""
+  parser = argparse.ArgumentParser(prog='moe_flan.aot', description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--gin_file', action='append', default=[])
+  parser.add_argument('--gin_bindings', action='append', default=[])
+  parser.add_argument('--gin_search_paths', action='append', default=[])
+  parser.add_argument('--topology', required=True, help='e.g. v5e:2x2, v5p:4x4x8, v6e:16x16')
+  parser.add_argument('--num_slices', type=int, default=1,
+                      help='slices joined by DCN; the data axis spans them')
+  parser.add_argument('--out', default=None, help='also write the report as JSON here')
+  dotted = [a for a in argv if a.startswith('--gin.')]
+  args = parser.parse_args([a for a in argv if not a.startswith('--gin.')])
+  bindings = list(args.gin_bindings)
+  for arg in dotted:
+    name, sep, value = arg[len('--gin.'):].partition('=')
+    if not sep:
+      parser.error(f'{arg}: expected --gin.NAME=VALUE')
+    bindings.append(f'{name} = {value}')
+  if not args.gin_file:
+    parser.error('at least one --gin_file is required (model, train run, partitioning overlay)')
+  return args, bindings
+
+
+def configure(gin_files: Sequence[str], bindings: Sequence[str],
+              search_paths: Sequence[str] = ()) -> None:
+  """Parses gin as the trainer does; MODEL_DIR gets a placeholder (nothing is written)."""
+  from moe_flan.trainer import cli as train_cli  # pylint: disable=g-import-not-at-top
+  files = tuple(f for v in gin_files for f in v.split(',') if f)
+  train_cli.configure_gin(train_cli.Flags(files, ("MODEL_DIR = 'unused-by-moe_flan.aot'",)
+                                          + tuple(bindings), tuple(search_paths)))
+
+
+def plan(gin_files: Sequence[str], bindings: Sequence[str], topology_name: str,
+         num_slices: int = 1, search_paths: Sequence[str] = ()) -> dict[str, Any]:
+  """Checks the slice, parses gin, builds, compiles and reports (see moe_flan.aot.report)."""
+  from moe_flan.aot import compiled_step, report, topology  # pylint: disable=g-import-not-at-top
+  s = topology.parse(topology_name, num_slices)
+  devices = topology.devices(s)          # bad names fail here, before gin or the model
+  configure(gin_files, bindings, search_paths)
+  mesh = compiled_step.mesh_for(devices, s.num_slices)
+  step = compiled_step.compile_train_step(compiled_step.train_run_from_gin(), mesh)
+  return report.build(step, s, mesh, list(gin_files), list(bindings))
+
+
+def _gib(x: float) -> str:
+  for unit, size in (('GiB', GIB), ('MiB', 2 ** 20), ('KiB', 2 ** 10)):
+    if abs(x) >= size:
+      return f'{x / size:.2f} {unit}'
+  return f'{x:.0f} B'
+
+
+def format_report(r: dict[str, Any]) -> str:
+  """The report as the text the command prints."""
+  m, f, g = r['memory_per_chip'], r['flops'], r['goals']
+  lines = [
+      f"moe_flan.aot: {r['topology']} x{r['num_slices']} ({r['num_chips']} chips {r['chip']}), "
+      f"mesh {r['mesh']}, batch {r['batch_size']}, lengths {r['feature_lengths']}, "
+      f"{r['num_params'] / 1e9:.3f}B params, dispatch {r['dispatch']}, "
+      f"compiled in {r['compile_s']:.0f} s",
+      f"HBM per chip: {'FITS' if m['fits'] else 'DOES NOT FIT'} -- {_gib(m['total'])} of "
+      f"{_gib(m['hbm_bytes'])} (margin {_gib(m['margin_bytes'])}, "
+      f"{100 * m['margin_fraction']:.1f}%)",
+      f"  parameters {_gib(m['parameters'])}, optimizer state {_gib(m['optimizer_state'])}, "
+      f"batch {_gib(m['batch'])}; compiler: arguments {_gib(m['arguments'])}, outputs "
+      f"{_gib(m['outputs'])} (aliased {_gib(m['aliased'])}), temporaries "
+      f"{_gib(m['temporaries'])}, code {_gib(m['generated_code'])}",
+      f"FLOPs per step: model {f['model_flops_per_step']:.4g}, XLA {f['xla_flops_per_step']:.4g}"
+      f"; XLA's step estimate: {f['xla_estimated_step_s'] or 'none'}",
+      f"  roofline per chip: compute {f['roofline']['compute_s'] * 1e3:.2f} ms, HBM "
+      f"{f['roofline']['hbm_s'] * 1e3:.2f} ms, ICI {f['roofline']['ici_s'] * 1e3:.2f} ms -> "
+      f"step >= {f['roofline']['step_time_lower_bound_s'] * 1e3:.2f} ms "
+      f"({f['roofline']['limited_by']}-bound), MFU <= "
+      + (f"{100 * f['mfu_upper_bound']:.1f}%" if f['mfu_upper_bound'] else 'n/a'),
+      'Collectives per step (bytes per chip: buffer / sent over links):']
+  for c in r['collectives']:
+    lines.append(f"  {c['kind']:<19} over {c['mesh_axes']:<24} x{c['count']:<5} "
+                 f"{_gib(c['bytes_per_chip']):>12} / {_gib(c['link_bytes_per_chip'])}")
+  if not r['collectives']:
+    lines.append('  none')
+  for l in r['moe_layers']:
+    ratio = f"{l['ratio']:.2f}x the minimum" if l['ratio'] is not None else 'no expert axis'
+    lines.append(f"MoE {l['layer']}: all-to-all x{l['all_to_all_count']} "
+                 f"{_gib(l['all_to_all_bytes_per_chip'])} per chip ({ratio} "
+                 f"{_gib(l['analytic_min_bytes_per_chip'])})")
+  if g['all_to_all_goal_applies']:
+    lines.append(f"goal: all-to-all <= {g['all_to_all_ratio_goal']}x minimum: "
+                 f"{'met' if g['all_to_all_goal_met'] else 'NOT met'}")
+  if g['no_expert_replication_goal_met'] is not None:
+    lines.append('goal: no expert tensor replicated across the expert axis: '
+                 + ('met' if g['no_expert_replication_goal_met'] else
+                    f"NOT met ({len(g['expert_tensors_replicated_across_expert'])} tensors)"))
+  return '\n'.join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  # A plan never opens an accelerator: without this, JAX with libtpu installed tries the TPU
+  # first (and logs errors) on a CPU host. Topology compiles work on the CPU platform.
+  os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+  args, bindings = parse_args(sys.argv[1:] if argv is None else argv)
+  result = plan(args.gin_file, bindings, args.topology, args.num_slices, args.gin_search_paths)
+  print(format_report(result), flush=True)
+  if args.out:
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, 'w') as f:
+      json.dump(result, f, indent=1)
+  return 0 if result['memory_per_chip']['fits'] else 1
+
+
+def console_main() -> None:
+  from moe_flan.trainer import cli as train_cli  # pylint: disable=g-import-not-at-top
+  train_cli.console_entry(main, 'moe_flan.aot')

@@ -1,0 +1,227 @@
+"""What a compiled train step costs on a TPU slice: HBM per chip, FLOPs, a roofline step time,
+every collective, and each MoE layer's all-to-all bytes against the analytic minimum.
+
+All numbers come from the compiled executable (memory_analysis, cost_analysis, its input
+shardings and HLO text) except the model FLOPs, counted from the config as the benchmarks do
+(`moe_flan.model.flops`), and the chip figures of `topology.CHIPS`.
+"""
+from __future__ import annotations
+
+import collections
+from typing import Any, Optional
+
+import jax
+import numpy as np
+
+from moe_flan.aot import hlo
+from moe_flan.aot import topology
+from moe_flan.aot.compiled_step import CompiledStep
+from moe_flan.model import flops as flops_lib
+from moe_flan.partitioning import mesh as mesh_lib
+from moe_flan.partitioning import partitioner as part_lib
+
+# The performance goals this report checks (see `goals`).
+ALL_TO_ALL_RATIO_GOAL = 1.25     # scatter / expert-parallel dispatch, vs the analytic minimum
+GOAL_DISPATCHES = ('scatter', 'expert_parallel')
+
+
+def _leaf_bytes(abstract: Any, shardings: Any) -> int:
+  """Bytes per device of a tree of arrays under its shardings (unpadded)."""
+  total = 0
+  for a, s in zip(jax.tree.leaves(abstract), jax.tree.leaves(shardings)):
+    total += int(np.prod(s.shard_shape(a.shape))) * np.dtype(a.dtype).itemsize
+  return total
+
+
+def _input_shardings(step: CompiledStep) -> tuple[Any, Any]:
+  """(state shardings, batch shardings) of the compiled executable's (state, batch) arguments
+  (the last two; with step buffers the spare state and gradients come first)."""
+  args = step.compiled.input_shardings[0]
+  return args[-2], args[-1]
+
+
+def memory(step: CompiledStep, s: topology.Slice, devices_per_chip: int) -> dict[str, Any]:
+  """HBM per chip: the compiler's totals, and the state's parts from the compiled shardings."""
+  ma = step.compiled.memory_analysis()
+  per_device = (ma.argument_size_in_bytes + ma.output_size_in_bytes - ma.alias_size_in_bytes
+                + ma.temp_size_in_bytes + ma.generated_code_size_in_bytes)
+  state_sh, batch_sh = _input_shardings(step)
+  state = step.parts.abstract_state
+  total = per_device * devices_per_chip
+  hbm = s.chip.hbm_bytes
+  return {
+      'hbm_bytes': hbm,
+      'parameters': _leaf_bytes(state.params, state_sh.params) * devices_per_chip,
+      'optimizer_state': _leaf_bytes(state.opt_state, state_sh.opt_state) * devices_per_chip,
+      'batch': _leaf_bytes(step.batch, batch_sh) * devices_per_chip,
+      'arguments': ma.argument_size_in_bytes * devices_per_chip,
+      'outputs': ma.output_size_in_bytes * devices_per_chip,
+      'aliased': ma.alias_size_in_bytes * devices_per_chip,
+      'temporaries': ma.temp_size_in_bytes * devices_per_chip,
+      'generated_code': ma.generated_code_size_in_bytes * devices_per_chip,
+      'total': total,
+      'fits': total <= hbm,
+      'margin_bytes': hbm - total,
+      'margin_fraction': (hbm - total) / hbm,
+  }
+
+
+def replicated_expert_tensors(step: CompiledStep, mesh: jax.sharding.Mesh) -> list[str]:
+  """Paths of expert parameters and optimizer-state leaves that some devices differing only in
+  their 'expert' coordinate hold identically (i.e. replicated across 'expert')."""
+  if mesh.shape[mesh_lib.EXPERT] == 1:
+    return []
+  state_sh = _input_shardings(step)[0]
+  expert_axis = mesh_lib.MESH_AXES.index(mesh_lib.EXPERT)
+  rows = np.moveaxis(mesh.devices, expert_axis, -1).reshape(-1, mesh.shape[mesh_lib.EXPERT])
+  num_experts = step.run.model.moe.num_experts if step.run.model.moe else 0
+  found = []
+  for part in ('params', 'opt_state'):
+    abstract = jax.tree_util.tree_leaves_with_path(getattr(step.parts.abstract_state, part))
+    for (path, a), sh in zip(abstract, jax.tree.leaves(getattr(state_sh, part))):
+      name = part_lib.path_str(path)
+      # Expert tensors lead with the expert dimension (Adafactor's (1,) placeholders do not).
+      if '/experts/' not in f'/{name}/' or not a.shape or a.shape[0] != num_experts:
+        continue
+      index = sh.devices_indices_map(a.shape)
+      key = lambda d: tuple((i.start, i.stop) for i in index[d])
+      if any(len({key(d) for d in row}) < len(row) for row in rows):
+        found.append(f'{part}/{name}')
+  return found
+
+
+def collective_table(found: list[hlo.Collective], mesh_shape: dict[str, int]) -> list[dict]:
+  """Per (kind, mesh axes): instructions, executions per step, bytes per chip per step."""
+  rows: dict[tuple[str, str], dict] = {}
+  for c in found:
+    axes = hlo.mesh_axes_of(c.groups, mesh_shape)
+    row = rows.setdefault((c.kind, axes), {'kind': c.kind, 'mesh_axes': axes, 'instructions': 0,
+                                           'count': 0, 'bytes_per_chip': 0.0,
+                                           'link_bytes_per_chip': 0.0})
+    row['instructions'] += 1
+    row['count'] += c.executions
+    row['bytes_per_chip'] += c.buffer_bytes * c.executions
+    row['link_bytes_per_chip'] += c.link_bytes * c.executions
+  order = {k: i for i, k in enumerate(hlo.KINDS)}
+  return sorted(rows.values(), key=lambda r: (order[r['kind']], r['mesh_axes']))
+
+
+def moe_layers(step: CompiledStep, found: list[hlo.Collective], mesh: jax.sharding.Mesh
+               ) -> list[dict]:
+  """Each MoE layer's collectives and its all-to-all bytes per chip vs the analytic minimum:
+  2 passes (forward, backward) x 2 exchanges (dispatch, combine) x tokens per chip x k x
+  capacity factor x d_model x bytes per activation element."""
+  cfg = step.run.model
+  if cfg.moe is None:
+    return []
+  data = step.run.data
+  partitions = step.parts.partitioner.num_batch_partitions
+  itemsize = np.dtype(cfg.dtype).itemsize
+  out = []
+  for path in cfg.sparse_block_paths():
+    encoder = path.startswith('encoder/')
+    length = data.task_feature_lengths['inputs' if encoder else 'targets']
+    k = cfg.moe.num_selected_experts if encoder else cfg.moe.decoder_effective_num_selected_experts
+    tokens = data.batch_size * length / partitions
+    minimum = 4 * tokens * k * cfg.moe.train_capacity_factor * cfg.emb_dim * itemsize
+    mine = [c for c in found if c.moe_layer == path]
+    a2a = sum(c.buffer_bytes * c.executions for c in mine if c.kind == 'all-to-all')
+    other = collections.Counter()
+    for c in mine:
+      if c.kind != 'all-to-all':
+        other[c.kind] += c.buffer_bytes * c.executions
+    expert_parallel = mesh.shape[mesh_lib.EXPERT] > 1
+    out.append({
+        'layer': path, 'all_to_all_count': sum(c.executions for c in mine
+                                               if c.kind == 'all-to-all'),
+        'all_to_all_bytes_per_chip': a2a,
+        'analytic_min_bytes_per_chip': minimum if expert_parallel else 0.0,
+        'ratio': a2a / minimum if expert_parallel and minimum else None,
+        'other_collective_bytes_per_chip': dict(other),
+    })
+  return out
+
+
+def _roofline(step: CompiledStep, s: topology.Slice, devices_per_chip: int,
+              table: list[dict]) -> dict[str, Any]:
+  ca = step.compiled.cost_analysis() or {}
+  cfg, data = step.run.model, step.run.data
+  lengths = data.task_feature_lengths
+  model_flops = flops_lib.train_step_flops(cfg, data.batch_size, lengths['inputs'],
+                                           lengths['targets'])
+  xla_flops_chip = float(ca.get('flops', 0.0)) * devices_per_chip
+  bytes_chip = float(ca.get('bytes accessed', 0.0)) * devices_per_chip
+  link_chip = sum(r['link_bytes_per_chip'] for r in table) * devices_per_chip
+  times = {'compute_s': xla_flops_chip / s.chip.peak_bf16_flops,
+           'hbm_s': bytes_chip / s.chip.hbm_bytes_per_s,
+           'ici_s': link_chip / s.chip.ici_bytes_per_s}
+  bound = max(times.values())
+  xla_estimate = float(ca.get('optimal_seconds', -1.0))
+  return {
+      'model_flops_per_step': model_flops,
+      'xla_flops_per_step': xla_flops_chip * s.num_chips,
+      'xla_flops_per_chip': xla_flops_chip,
+      'xla_bytes_accessed_per_chip': bytes_chip,
+      'xla_estimated_step_s': xla_estimate if xla_estimate > 0 else None,
+      'roofline': dict(times, step_time_lower_bound_s=bound,
+                       limited_by=max(times, key=times.get).removesuffix('_s')),
+      'mfu_upper_bound': (model_flops / (s.num_chips * s.chip.peak_bf16_flops * bound)
+                          if bound > 0 else None),
+  }
+
+
+def goals(cfg, layers: list[dict], replicated: list[str], expert_parallel: bool
+          ) -> dict[str, Any]:
+  """The plan's performance goals: all-to-all within ALL_TO_ALL_RATIO_GOAL x the minimum (for
+  the scatter / expert-parallel dispatches) and no expert tensor replicated across 'expert'."""
+  ratios = [l['ratio'] for l in layers if l['ratio'] is not None]
+  applies = bool(cfg.moe) and cfg.moe.dispatch in GOAL_DISPATCHES and expert_parallel
+  return {
+      'all_to_all_ratio_goal': ALL_TO_ALL_RATIO_GOAL,
+      'all_to_all_max_ratio': max(ratios) if ratios else None,
+      'all_to_all_goal_applies': applies,
+      'all_to_all_goal_met': (max(ratios) <= ALL_TO_ALL_RATIO_GOAL) if applies and ratios
+                             else None,
+      'expert_tensors_replicated_across_expert': replicated,
+      'no_expert_replication_goal_met': not replicated if expert_parallel and cfg.moe else None,
+  }
+
+
+def build(step: CompiledStep, s: topology.Slice, mesh: jax.sharding.Mesh,
+          gin_files: Optional[list[str]] = None, gin_bindings: Optional[list[str]] = None
+          ) -> dict[str, Any]:
+  """The full report (JSON-ready) of a compiled step on slice `s`."""
+  devices = mesh.devices.size
+  devices_per_chip = max(devices // s.num_chips, 1)
+  mesh_shape = dict(mesh.shape)
+  found = hlo.collectives(step.compiled.as_text(), devices)
+  table = collective_table(found, mesh_shape)
+  layers = moe_layers(step, found, mesh)
+  replicated = replicated_expert_tensors(step, mesh)
+  cfg, data = step.run.model, step.run.data
+  return {
+      'topology': s.name, 'num_slices': s.num_slices, 'chip': s.kind,
+      'num_chips': s.num_chips, 'devices_per_chip': devices_per_chip,
+      'mesh': mesh_shape, 'gin_files': list(gin_files or []),
+      'gin_bindings': list(gin_bindings or []),
+      'batch_size': data.batch_size, 'feature_lengths': dict(data.task_feature_lengths),
+      'dtype': cfg.dtype, 'dispatch': cfg.moe.dispatch if cfg.moe else None,
+      'optimizer': step.run.optimizer.name, 'reuse_step_buffers': step.reuse_step_buffers,
+      'num_params': int(sum(np.prod(a.shape) for a in jax.tree.leaves(
+          step.parts.abstract_state.params))),
+      'memory_per_chip': memory(step, s, devices_per_chip),
+      'flops': _roofline(step, s, devices_per_chip, table),
+      'collectives': table,
+      'moe_layers': layers,
+      'goals': goals(cfg, layers, replicated, mesh_shape[mesh_lib.EXPERT] > 1),
+      'lower_s': round(step.lower_s, 1), 'compile_s': round(step.compile_s, 1),
+      'versions': {'jax': jax.__version__, 'libtpu': _libtpu_version()},
+  }
+
+
+def _libtpu_version() -> Optional[str]:
+  from importlib import metadata  # pylint: disable=g-import-not-at-top
+  try:
+    return metadata.version('libtpu')
+  except metadata.PackageNotFoundError:
+    return None

@@ -1,0 +1,164 @@
+"""moe_flan.aot: the trainer's step compiled for a TPU slice (v5e:2x2) with libtpu, on this CPU.
+
+A tiny MoE (1+1 sparse blocks, 4 experts, 8 x 16 -> 8 tokens) keeps each compile to seconds of
+CPU. Every gin/partitioning overlay is compiled once, in process; the command itself runs once
+in a subprocess, at another batch size.
+"""
+import glob
+import json
+import math
+import os
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+
+pytest.importorskip('libtpu', reason="libtpu comes with the test extra (pip install -e '.[test]')")
+
+from moe_flan.aot import cli, compiled_step, topology  # noqa: E402
+from moe_flan.partitioning import rules as rules_lib  # noqa: E402
+from moe_flan.trainer import train_state as ts  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOPOLOGY = 'v5e:2x2'
+MODEL = ['gin/models/flan_moe_tiny.gin', 'gin/runs/instruction_tune.gin']
+TINY = ['VOCAB_SIZE = 256', 'BATCH_SIZE = 8', "TASK_FEATURE_LENGTHS = {'inputs': 16, 'targets': 8}",
+        'T5Config.num_encoder_layers = 1', 'T5Config.num_decoder_layers = 1',
+        "MoeConfig.encoder_sparse_layout = 'all'", "MoeConfig.decoder_sparse_layout = 'all'",
+        'MoeConfig.num_experts = 4', 'MoeConfig.group_size = 8']
+OVERLAYS = sorted(os.path.basename(p) for p in glob.glob(os.path.join(ROOT, 'gin/partitioning/*.gin')))
+# Axis sizes for the 4 chips: experts over 4, or 2 experts x 2 model shards.
+OVERLAY_BINDINGS = {'expert_parallel.gin': ['EXPERT_PARTITIONS = 4'],
+                    'expert_parallel_shard_map.gin': ['EXPERT_PARTITIONS = 4'],
+                    'expert_model_parallel.gin': ['EXPERT_PARTITIONS = 2', 'MODEL_PARTITIONS = 2']}
+_REPORTS = {}
+
+
+def _plan(overlay, extra=()):
+  files = MODEL + [f'gin/partitioning/{overlay}']
+  bindings = TINY + OVERLAY_BINDINGS.get(overlay, []) + list(extra)
+  return cli.plan(files, bindings, TOPOLOGY, search_paths=[os.path.join(ROOT, 'gin')])
+
+
+def _report(overlay):
+  if overlay not in _REPORTS:
+    _REPORTS[overlay] = _plan(overlay)
+  return _REPORTS[overlay]
+
+
+def _param_bytes_from_rules(mesh_shape):
+  """Parameter bytes per chip: each param's size / the product of the mesh axes its logical
+  names map to under the gin-bound rule table (the config gin holds right now)."""
+  run = compiled_step.train_run_from_gin()
+  from moe_flan.model import EncoderDecoder
+  boxed = ts.abstract_params(EncoderDecoder(run.model), run.data.task_feature_lengths)
+  rules = rules_lib.logical_axis_rules()
+  total = 0
+  for box in jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned)):
+    shards = 1
+    for mesh_axes in nn.logical_to_mesh_axes(box.names, rules):
+      for a in ((mesh_axes,) if isinstance(mesh_axes, str) else mesh_axes or ()):
+        shards *= mesh_shape[a]
+    total += math.prod(box.value.shape) * np.dtype(box.value.dtype).itemsize // shards
+  return total
+
+
+@pytest.mark.parametrize('overlay', OVERLAYS)
+def test_every_overlay_compiles_and_fits(overlay):
+  r = _report(overlay)
+  assert r['topology'] == TOPOLOGY and r['num_chips'] == 4 and r['devices_per_chip'] == 1
+  assert math.prod(r['mesh'].values()) == 4
+  m = r['memory_per_chip']
+  assert m['fits'] and m['hbm_bytes'] == 16 * 2 ** 30
+  assert m['total'] == (m['arguments'] + m['outputs'] - m['aliased'] + m['temporaries']
+                        + m['generated_code'])
+  # Parameter bytes per chip, from the compiled executable's input shardings, equal the count
+  # from the partitioning rules (ShapeDtypeStruct sizes: the compiler's arguments add padding).
+  assert m['parameters'] == _param_bytes_from_rules(r['mesh'])
+  assert m['arguments'] >= m['parameters'] + m['optimizer_state'] + m['batch']
+  f = r['flops']
+  assert f['model_flops_per_step'] > 0 and f['xla_flops_per_step'] >= 0.5 * f['model_flops_per_step']
+  assert 0 < f['mfu_upper_bound'] <= 1
+  assert len(r['moe_layers']) == 2
+
+
+def test_expert_parallel_moves_tokens_over_expert_only_data_parallel_never():
+  ep, dp = _report('expert_parallel_shard_map.gin'), _report('data_parallel.gin')
+  a2a = [c for c in ep['collectives'] if c['kind'] == 'all-to-all']
+  assert a2a and {c['mesh_axes'] for c in a2a} == {'expert'}
+  for layer in ep['moe_layers']:
+    # Forward dispatch + combine and their transposes in the backward pass.
+    assert layer['all_to_all_count'] == 4 and layer['ratio'] is not None
+  assert not [c for c in dp['collectives'] if c['kind'] == 'all-to-all']
+  assert all(layer['ratio'] is None for layer in dp['moe_layers'])
+  # Experts (and their Adafactor statistics) split over 'expert', never copied across it.
+  assert ep['goals']['expert_tensors_replicated_across_expert'] == []
+  assert ep['goals']['no_expert_replication_goal_met'] is True
+  assert ep['memory_per_chip']['parameters'] < dp['memory_per_chip']['parameters']
+
+
+def test_command_writes_json_and_batch_changes_compiled_temporaries(tmp_path):
+  out = tmp_path / 'plan.json'
+  cmd = [sys.executable, '-m', 'moe_flan.aot', *[f'--gin_file={f}' for f in MODEL],
+         '--gin_file=gin/partitioning/data_parallel.gin', *[f'--gin_bindings={b}' for b in TINY],
+         '--gin.BATCH_SIZE=32', f'--topology={TOPOLOGY}', f'--out={out}']
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT] + sys.path))
+  proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert 'HBM per chip: FITS' in proc.stdout and 'TPU' not in proc.stderr.replace('TPU v', '')
+  big = json.loads(out.read_text())
+  small = _report('data_parallel.gin')
+  assert big['batch_size'] == 32 and small['batch_size'] == 8
+  # Same state, 4x the batch: the compiled step's temporaries (activations) grow.
+  assert big['memory_per_chip']['parameters'] == small['memory_per_chip']['parameters']
+  assert big['memory_per_chip']['temporaries'] > small['memory_per_chip']['temporaries']
+  assert big['flops']['model_flops_per_step'] == pytest.approx(
+      4 * small['flops']['model_flops_per_step'])
+
+
+@pytest.fixture
+def no_compile(monkeypatch):
+  def refuse(*args, **kwargs):
+    raise AssertionError('compiled although the input is bad')
+  monkeypatch.setattr(jax.stages.Lowered, 'compile', refuse)
+
+
+@pytest.mark.parametrize('topology_name, overlay, extra, message', [
+    ('v9:2x2', 'data_parallel.gin', [], "unknown TPU kind 'v9'"),
+    ('v5e2x2', 'data_parallel.gin', [], "--topology='v5e2x2'"),
+    ('v5e:3x3', 'data_parallel.gin', [], 'libtpu rejects it'),
+    (TOPOLOGY, 'data_parallel.gin', ['make_mesh.mesh_shape = (8, 1, 1)'],
+     'needs 8 devices'),
+    (TOPOLOGY, 'expert_parallel.gin', ['EXPERT_PARTITIONS = 3'],
+     'the fixed axes use 3 devices, which does not divide the 4'),
+    (TOPOLOGY, 'expert_parallel.gin', ['EXPERT_PARTITIONS = 4', 'MoeConfig.num_experts = 6'],
+     "('expert') has size 6"),
+    (TOPOLOGY, 'data_parallel.gin', ['BATCH_SIZE = 6'], 'batch size 6 is not divisible'),
+])
+def test_bad_input_fails_before_compiling(no_compile, topology_name, overlay, extra, message):
+  files = MODEL + [f'gin/partitioning/{overlay}']
+  with pytest.raises(ValueError, match=None) as e:
+    cli.plan(files, TINY + list(extra), topology_name)
+  assert message in str(e.value), str(e.value)
+
+
+def test_num_slices_put_the_data_axis_over_slices():
+  s = topology.parse(TOPOLOGY, num_slices=2)
+  mesh = compiled_step.mesh_for(topology.devices(s), 2, mesh_shape=(-1, 2, 1))
+  assert dict(mesh.shape) == {'data': 4, 'expert': 2, 'model': 1}
+  slices = np.vectorize(lambda d: d.slice_index)(mesh.devices)
+  assert (slices[:2] == 0).all() and (slices[2:] == 1).all()   # 'data' crosses the DCN
+  with pytest.raises(ValueError, match='--num_slices=2 must divide the data axis'):
+    compiled_step.mesh_for(topology.devices(s), 2, mesh_shape=(1, 8, 1))
+
+
+def test_without_libtpu_says_how_to_install(monkeypatch):
+  import importlib.util
+  real = importlib.util.find_spec
+  monkeypatch.setattr(importlib.util, 'find_spec',
+                      lambda name, *a: None if name == 'libtpu' else real(name, *a))
+  with pytest.raises(ValueError, match=r"pip install 'moe_flan\[tpu\]'"):
+    topology.devices(topology.parse(TOPOLOGY))

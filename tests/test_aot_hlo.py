@@ -1,0 +1,87 @@
+"""moe_flan.aot.hlo: collectives read from compiled HLO text (hand-written modules, no compile)."""
+import pytest
+
+from moe_flan.aot import hlo
+
+MESH = {'data': 2, 'expert': 2, 'model': 1}   # device i sits at (i // 2, i % 2, 0)
+
+MODULE = """HloModule jit_step, is_scheduled=true
+
+%body (p: (s32[], bf16[8,16])) -> (s32[], bf16[8,16]) {
+  %p = (s32[], bf16[8,16]{1,0}) parameter(0)
+  %x = bf16[8,16]{1,0} get-tuple-element(%p), index=1
+  %ar = bf16[8,16]{1,0:T(8,128)(2,1)} all-reduce(%x), channel_id=1, replica_groups=[2,2]<=[4], to_apply=%add, metadata={op_name="jit(step)/encoder/layers_1/mlp/dot_general"}
+  ROOT %t = (s32[], bf16[8,16]{1,0}) tuple(%i, %ar)
+}
+
+ENTRY %main (a: f32[4,32]) -> f32[4,32] {
+  %a = f32[4,32]{1,0} parameter(0)
+  %w = (s32[], bf16[8,16]{1,0}) while(%init), condition=%cond, body=%body, backend_config={"known_trip_count":{"n":"3"}}
+  %a2a = f32[4,32]{1,0:T(8,128)} all-to-all(%a), channel_id=2, replica_groups=mesh['axis_0'=2,'axis_1'=2] {'axis_1'}, dimensions={0}, metadata={op_name="jit(step)/transpose(jvp(EncoderDecoder))/EncoderDecoder.encode/encoder/layers_1/moe/transpose"}
+  %ags = (f32[2,32]{1,0}, f32[4,32]{1,0}) all-gather-start(%a), channel_id=3, replica_groups={{0,2},{1,3}}, dimensions={0}
+  %agd = f32[4,32]{1,0} all-gather-done(%ags)
+  %cps = (f32[4,32]{1,0}, f32[4,32]{1,0}, u32[]{:S(2)}, u32[]{:S(2)}) collective-permute-start(%a), channel_id=4, source_target_pairs={{0,1},{1,0},{2,3},{3,2}}
+  %cpd = f32[4,32]{1,0} collective-permute-done(%cps)
+  %rs = f32[1,32]{1,0} reduce-scatter(%a), channel_id=5, replica_groups=mesh['axis_0'=2,'axis_1'=2], device_ids=([2,2]T(1,0)) {'axis_1'}, dimensions={0}, to_apply=%add
+  ROOT %out = f32[4,32]{1,0} add(%agd, %cpd)
+}
+"""
+
+
+def _by_name(found):
+  return {c.name: c for c in found}
+
+
+def test_kinds_bytes_and_executions():
+  found = _by_name(hlo.collectives(MODULE, 4))
+  assert set(found) == {'ar', 'a2a', 'ags', 'cps', 'rs'}   # -done halves are not counted twice
+  assert found['ar'].kind == 'all-reduce' and found['ar'].executions == 3   # while trip count
+  assert found['ar'].buffer_bytes == 8 * 16 * 2
+  assert found['a2a'].buffer_bytes == 4 * 32 * 4 and found['a2a'].executions == 1
+  assert found['ags'].buffer_bytes == 4 * 32 * 4       # the gathered output, not the input
+  assert found['cps'].buffer_bytes == 4 * 32 * 4       # the moved buffer, not the context scalars
+  assert found['rs'].buffer_bytes == 1 * 32 * 4 * 2    # the input: output x group size
+  # Link bytes: ring all-reduce sends 2 (n-1)/n of the buffer, all-to-all (n-1)/n.
+  assert found['ar'].link_bytes == pytest.approx(2 * 0.5 * 8 * 16 * 2)
+  assert found['a2a'].link_bytes == pytest.approx(0.5 * 4 * 32 * 4)
+
+
+def test_groups_map_to_mesh_axes():
+  found = _by_name(hlo.collectives(MODULE, 4))
+  axes = {n: hlo.mesh_axes_of(c.groups, MESH) for n, c in found.items()}
+  # [2,2]<=[4]: rows {0,1},{2,3} = devices differing in 'expert'.
+  assert axes['ar'] == 'expert'
+  assert axes['a2a'] == 'expert'            # mesh form, iota order: same rows
+  assert axes['ags'] == 'data'              # {0,2},{1,3}
+  assert axes['cps'] == 'expert'            # permute pairs within expert rows
+  assert axes['rs'] == 'data'               # transposed device order: {0,2},{1,3}
+
+
+def test_moe_layer_from_op_name():
+  found = _by_name(hlo.collectives(MODULE, 4))
+  assert found['a2a'].moe_layer == 'encoder/layers_1'   # backward pass op of that MoE layer
+  assert found['ar'].moe_layer is None                  # an MLP op
+
+
+@pytest.mark.parametrize('text, groups', [
+    ("replica_groups={}", [{0, 1, 2, 3}]),
+    ("replica_groups={{0,3},{1,2}}", [{0, 3}, {1, 2}]),
+    ("replica_groups=[2,2]<=[2,2]T(1,0)", [{0, 2}, {1, 3}]),
+    ("replica_groups=mesh['a'=2,'b'=2] {'a','b'}", [{0, 1, 2, 3}]),
+    # Sub-axes of an axis of 4 = [2 (major), 2 (minor)]: 'a':(1)2 is the major, 'a':(2)2 the minor.
+    ("replica_groups=mesh['a'=4] {'a':(1)2}", [{0, 2}, {1, 3}]),
+    ("replica_groups=mesh['a'=4] {'a':(2)2}", [{0, 1}, {2, 3}]),
+])
+def test_replica_group_forms(text, groups):
+  parsed, _ = hlo.parse_groups(text + ', dimensions={0}', 4)
+  assert sorted(map(sorted, parsed)) == sorted(map(sorted, groups))
+
+
+def test_axes_labels():
+  assert hlo.mesh_axes_of([frozenset({0}), frozenset({1})], MESH) == 'none'
+  assert hlo.mesh_axes_of([frozenset(range(4))], MESH) == 'data+expert'
+  # {0, 3} differs in both 'data' and 'expert': a part of the data x expert groups.
+  assert hlo.mesh_axes_of([frozenset({0, 3})], MESH) == 'data+expert (groups of 2)'
+  four = {'data': 1, 'expert': 4, 'model': 1}
+  assert hlo.mesh_axes_of([frozenset({0, 2}), frozenset({1, 3})], four) == 'expert (groups of 2)'
+  assert hlo.mesh_axes_of(None, MESH) == 'unknown'
