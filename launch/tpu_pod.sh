@@ -17,6 +17,11 @@
 #   SYNC=1                  first copy this checkout to REMOTE_DIR on every worker
 #   PYTHON=python3          interpreter on the workers
 #   DRY_RUN=1               print the gcloud commands instead of running them
+#   TOPOLOGY=v5p:4x4x8      pre-flight check first, on this machine: `python -m moe_flan.aot`
+#   [NUM_SLICES=2]          compiles the same train step for that slice (libtpu, no TPU needed:
+#                           pip install 'moe_flan[tpu]') and prints per-chip HBM, FLOPs and every
+#                           collective; the job is not started when it does not fit
+#                           (LOCAL_PYTHON=python3 runs it, PREFLIGHT_OUT=FILE.json keeps it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${TPU_NAME:?set TPU_NAME to the TPU VM name}"
@@ -28,6 +33,14 @@ gcloud_args=(--zone="$ZONE" --worker=all)
 
 run() { if [[ -n "${DRY_RUN:-}" ]]; then printf '%q ' "$@"; echo; else "$@"; fi; }
 
+if [[ -n "${TOPOLOGY:-}" ]]; then
+  # The gin flags only: the rest (multi-host flags) mean nothing to a compile on one host.
+  aot_args=()
+  for a in "$@"; do [[ "$a" == --gin* ]] && aot_args+=("$a"); done
+  ${LOCAL_PYTHON:-python3} -m moe_flan.aot "${aot_args[@]}" --topology="$TOPOLOGY" \
+      --num_slices="${NUM_SLICES:-1}" --out="${PREFLIGHT_OUT:-/tmp/moe_flan_preflight.json}" || {
+    echo "tpu_pod.sh: the pre-flight check failed (see above); not starting the job" >&2; exit 1; }
+fi
 if [[ -n "${SYNC:-}" ]]; then
   run gcloud compute tpus tpu-vm scp --recurse . "$TPU_NAME:$REMOTE_DIR" "${gcloud_args[@]}"
 fi
