@@ -1,0 +1,151 @@
+"""Pod plans of the paper's models: for each, the smallest TPU slice (fewest chips, then least
+HBM) and overlay on which `python -m moe_flan.aot` compiles its instruction-tuning step and
+finds it fits, at gin/runs/instruction_tune.gin's batch size and feature lengths.
+
+  python -m benchmarks.aot_plans --model switch_base            # one model, its candidates in order
+  python -m benchmarks.aot_plans --assemble                     # results/aot/*.json -> aot.json, table
+
+Each model's candidates are tried in order, each a separate `moe_flan.aot` process (a compile
+of a base-size model takes minutes of CPU), until one fits; every attempt is kept in
+results/aot/<model>.json, and `--assemble` writes benchmarks/results/aot.json and prints the
+Markdown table of launch/README.md.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(ROOT, 'benchmarks', 'results')
+RUN_FILE = 'gin/runs/instruction_tune.gin'
+EP = 'gin/partitioning/expert_parallel_shard_map.gin'
+DP = 'gin/partitioning/data_parallel.gin'
+EMP = 'gin/partitioning/expert_model_parallel.gin'
+
+# model -> candidates (topology, overlay, extra gin flags), smallest first. MoE models use the
+# explicit expert-parallel dispatcher, to which the all-to-all goal applies.
+CANDIDATES: dict[str, list[tuple[str, str, list[str]]]] = {
+    't5_1_1_base': [('v5e:2x2', DP, []), ('v5p:2x2x1', DP, [])],
+    'gshard_base': [('v5e:2x2', EP, ['--gin.EXPERT_PARTITIONS=4']),
+                    ('v5p:2x2x1', EP, ['--gin.EXPERT_PARTITIONS=4'])],
+    'st_moe_base': [('v5e:2x2', EP, ['--gin.EXPERT_PARTITIONS=4']),
+                    ('v5p:2x2x1', EP, ['--gin.EXPERT_PARTITIONS=4'])],
+    'expert_choice_base': [('v5e:2x2', EP, ['--gin.EXPERT_PARTITIONS=4']),
+                           ('v5p:2x2x1', EP, ['--gin.EXPERT_PARTITIONS=4'])],
+    'switch_base': [('v5p:2x2x1', EP, ['--gin.EXPERT_PARTITIONS=4']),
+                    ('v5p:2x2x2', EP, ['--gin.EXPERT_PARTITIONS=8'])],
+    # Expert x model x data (FSDP) parallelism: 8 x 4 x 2 on 64 v5p chips.
+    'st_moe_32b': [('v5p:4x4x4', EMP, ['--gin.EXPERT_PARTITIONS=8', '--gin.MODEL_PARTITIONS=4',
+                                       '--gin.logical_axis_rules.fsdp=True',
+                                       "--gin.MoeConfig.dispatch='expert_parallel'"])],
+}
+
+
+def command(model: str, topology: str, overlay: str, extra: list[str], out: str) -> list[str]:
+  return [sys.executable, '-m', 'moe_flan.aot', f'--gin_file=gin/models/{model}.gin',
+          f'--gin_file={RUN_FILE}', f'--gin_file={overlay}', *extra, f'--topology={topology}',
+          f'--out={out}']
+
+
+def plan_model(model: str, timeout_s: float) -> dict[str, Any]:
+  """Tries `model`'s candidates in order until one fits; returns every attempt."""
+  os.makedirs(os.path.join(RESULTS, 'aot'), exist_ok=True)
+  attempts = []
+  for topology, overlay, extra in CANDIDATES[model]:
+    out = os.path.join(tempfile.gettempdir(), f'aot_plan.{model}.{topology.replace(":", "_")}.json')
+    cmd = command(model, topology, overlay, extra, out)
+    t0 = time.time()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        p for p in (ROOT, os.environ.get('PYTHONPATH')) if p))
+    try:
+      proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=timeout_s)
+      rc, tail = proc.returncode, (proc.stdout + proc.stderr)[-3000:]
+    except subprocess.TimeoutExpired:
+      rc, tail = None, f'no result within {timeout_s:.0f} s'
+    attempt = {'command': ' '.join(cmd[1:]), 'wall_s': round(time.time() - t0, 1),
+               'returncode': rc, 'output_tail': tail}
+    if rc in (0, 1) and os.path.exists(out):
+      with open(out) as f:
+        attempt['report'] = json.load(f)
+    attempts.append(attempt)
+    if rc == 0:
+      break
+  result = {'model': model, 'attempts': attempts}
+  with open(os.path.join(RESULTS, 'aot', f'{model}.json'), 'w') as f:
+    json.dump(result, f, indent=1)
+  return result
+
+
+def _row(model: str, result: dict[str, Any]) -> str:
+  fit = next((a for a in result['attempts'] if a.get('returncode') == 0), None)
+  shown = fit or (result['attempts'][-1] if result['attempts'] else None)
+  if shown is None or 'report' not in shown:
+    why = shown['output_tail'].strip().splitlines()[-1] if shown else 'not run'
+    return f'| {model} | - | - | not planned: {why} | | | | |'
+  r = shown['report']
+  m, f = r['memory_per_chip'], r['flops']
+  ratios = [l['ratio'] for l in r['moe_layers'] if l['ratio'] is not None]
+  a2a = sum(c['bytes_per_chip'] for c in r['collectives'] if c['kind'] == 'all-to-all')
+  coll = sum(c['bytes_per_chip'] for c in r['collectives'])
+  mesh = 'x'.join(str(v) for v in r['mesh'].values())
+  overlay = os.path.basename(r['gin_files'][-1]).removesuffix('.gin')
+  gib = lambda x: f'{x / 2 ** 30:.1f}'
+  return (f"| {model} | {r['topology']} ({r['num_chips']}) | {overlay} {mesh} | "
+          f"{'fits' if m['fits'] else 'DOES NOT FIT'}: {gib(m['total'])} / {gib(m['hbm_bytes'])} "
+          f"GiB | {gib(coll)} GiB ({gib(a2a)} a2a) | "
+          + (f"{max(ratios):.2f}x" if ratios else '-') +
+          f" | {f['model_flops_per_step']:.3g} / {f['xla_flops_per_step']:.3g} | "
+          + (f"{100 * f['mfu_upper_bound']:.0f}%" if f['mfu_upper_bound'] else '-')
+          + f" | {r['compile_s']:.0f} s |")
+
+
+def assemble() -> str:
+  """results/aot/<model>.json -> results/aot.json; returns the Markdown table."""
+  models, rows = {}, []
+  for model in CANDIDATES:
+    path = os.path.join(RESULTS, 'aot', f'{model}.json')
+    if os.path.exists(path):
+      with open(path) as f:
+        models[model] = json.load(f)
+    rows.append(_row(model, models.get(model, {'attempts': []})))
+  commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=ROOT, capture_output=True,
+                          text=True).stdout.strip()
+  doc = {'date': datetime.date.today().isoformat(), 'commit': commit,
+         'run_file': RUN_FILE, 'goals': {
+             'all_to_all_ratio': 'expert-parallel all-to-all bytes per MoE layer <= 1.25x the '
+                                 'analytic minimum (scatter / expert_parallel dispatch)',
+             'no_expert_replication': 'no expert parameter or optimizer tensor replicated '
+                                      "across the 'expert' axis (compiled shardings)"},
+         'models': models}
+  with open(os.path.join(RESULTS, 'aot.json'), 'w') as f:
+    json.dump(doc, f, indent=1)
+  head = ('| model | slice (chips) | overlay, mesh d x e x m | HBM per chip | collectives per '
+          'chip per step | a2a / minimum | FLOPs per step: model / XLA | MFU bound | compile |\n'
+          '|---|---|---|---|---|---|---|---|---|')
+  return head + '\n' + '\n'.join(rows)
+
+
+def main() -> int:
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--model', action='append', default=[], choices=sorted(CANDIDATES))
+  parser.add_argument('--timeout_s', type=float, default=4 * 3600)
+  parser.add_argument('--assemble', action='store_true')
+  args = parser.parse_args()
+  for model in args.model:
+    plan_model(model, args.timeout_s)
+  if args.assemble:
+    print(assemble())
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
