@@ -18,7 +18,6 @@ from moe_flan.aot import topology
 from moe_flan.aot.compiled_step import CompiledStep
 from moe_flan.model import flops as flops_lib
 from moe_flan.partitioning import mesh as mesh_lib
-from moe_flan.partitioning import partitioner as part_lib
 
 # The performance goals this report checks (see `goals`).
 ALL_TO_ALL_RATIO_GOAL = 1.25     # scatter / expert-parallel dispatch, vs the analytic minimum
@@ -79,7 +78,7 @@ def replicated_expert_tensors(step: CompiledStep, mesh: jax.sharding.Mesh) -> li
   for part in ('params', 'opt_state'):
     abstract = jax.tree_util.tree_leaves_with_path(getattr(step.parts.abstract_state, part))
     for (path, a), sh in zip(abstract, jax.tree.leaves(getattr(state_sh, part))):
-      name = part_lib.path_str(path)
+      name = jax.tree_util.keystr(path, simple=True, separator='/')
       # Expert tensors lead with the expert dimension (Adafactor's (1,) placeholders do not).
       if '/experts/' not in f'/{name}/' or not a.shape or a.shape[0] != num_experts:
         continue
