@@ -34,9 +34,10 @@ TEST_REQUIRES = [
     'transformers>=4.57.6,<5',   # 5.x drops classic Switch capacity routing and ties T5 heads
 ]
 
-# libtpu at the version jax[tpu] pins: moe_flan.aot compiles train steps for TPU topologies on
-# any Linux host (no TPU needed); the tests compile for a small one.
-TPU_REQUIRES = ['libtpu==0.0.42.*; platform_system == "Linux"']
+# libtpu: moe_flan.aot compiles train steps for TPU topologies on any Linux host (no TPU
+# needed); the tests compile for a small one. It must be the version the installed jax pins in
+# jax[tpu] (constraints.txt: libtpu 0.0.42.1 for jax 0.10.2).
+TPU_REQUIRES = ['libtpu>=0.0.42; platform_system == "Linux"']
 
 setuptools.setup(
     name='moe_flan',
