@@ -13,7 +13,9 @@
 #   COMMAND="-m moe_flan.train"  what each process runs before the arguments (a script path works)
 #   PYTHON=.venv/bin/python      interpreter;  LOG_DIR=<temp dir>  one log per process
 #   TIMEOUT_S=1800               kill everything after this long
-# Exits non-zero (and stops the other processes) as soon as one process fails.
+# Exits non-zero (and stops the other processes) as soon as one process fails. A process that exits
+# 75 (stopped by SIGTERM after saving: preempted, requeue) is no failure: the others stop after the
+# same step by themselves, and the script then exits 75 too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -47,12 +49,16 @@ echo "started $NUM_PROCESSES processes (coordinator 127.0.0.1:$PORT); logs in $L
 
 # Poll (rather than `wait -n`) so each exit status is read exactly once, on any bash.
 status=0
+preempted=0
 remaining=("${!pids[@]}")
 while [[ ${#remaining[@]} -gt 0 && $status -eq 0 ]]; do
   still=()
   for i in "${remaining[@]}"; do
     if kill -0 "${pids[$i]}" 2>/dev/null; then still+=("$i"); continue; fi
-    if ! wait "${pids[$i]}"; then
+    rc=0; wait "${pids[$i]}" || rc=$?
+    if [[ $rc -eq 75 ]]; then
+      preempted=1
+    elif [[ $rc -ne 0 ]]; then
       status=1
       echo "process $i failed; stopping the others. Last lines of each log:" >&2
       for ((j = 0; j < NUM_PROCESSES; j++)); do
@@ -63,4 +69,5 @@ while [[ ${#remaining[@]} -gt 0 && $status -eq 0 ]]; do
   remaining=("${still[@]}")
   [[ ${#remaining[@]} -gt 0 && $status -eq 0 ]] && sleep 0.5
 done
+[[ $status -eq 0 && $preempted -eq 1 ]] && status=75
 exit $status

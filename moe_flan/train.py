@@ -2,6 +2,7 @@
 
   python -m moe_flan.train --gin_file=gin/runs/quickstart.gin --gin.MODEL_DIR="'/tmp/quickstart'"
 
+Exit status: 0 finished, 75 stopped by SIGTERM after saving (requeue), 2 bad input.
 Flags: see `moe_flan.trainer.cli`. Everything else is `moe_flan.trainer.loop.train`, bound by gin.
 """
 import sys
@@ -15,9 +16,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   cli.configure_gin(flags)
   # Imported after jax.distributed is initialized: no module may start a JAX backend first.
   from moe_flan.trainer import loop  # pylint: disable=g-import-not-at-top
-  result = loop.train()
-  print(f'moe_flan.train: finished at step {result.step}'
-        + (' (stopped by SIGTERM after saving)' if result.stopped_by_signal else ''), flush=True)
+  import jax  # pylint: disable=g-import-not-at-top
+  from moe_flan.trainer import preemption  # pylint: disable=g-import-not-at-top
+  try:
+    result = loop.train()
+  except Exception as e:  # pylint: disable=broad-except
+    if jax.process_count() > 1 and not isinstance(e, ValueError):
+      preemption.exit_after_failure('moe_flan.train', e)   # does not return
+    raise
+  if result.stopped_by_signal:   # the scheduler's cue to requeue: launch/README.md
+    print(f'moe_flan.train: stopped by SIGTERM after saving step {result.step}; exit status '
+          f'{preemption.PREEMPTED_EXIT_CODE} (preempted: requeue to resume)', flush=True)
+    return preemption.PREEMPTED_EXIT_CODE
+  print(f'moe_flan.train: finished at step {result.step}', flush=True)
   return 0
 
 

@@ -1,7 +1,7 @@
 """Exact resume across a real SIGKILL, and SIGTERM's final save, with the train CLI in subprocesses.
 
 One uninterrupted run of STEPS steps is the reference. A second run is SIGKILLed mid-way,
-restarted and SIGTERMed mid-way (it must save and exit 0), restarted again and finished; its
+restarted and SIGTERMed mid-way (it must save and exit 75, "preempted: requeue"), restarted again and finished; its
 per-step losses must equal the reference's exactly (CPU, same program, same data positions,
 dropout on so the RNG is part of the state).
 """
@@ -134,7 +134,7 @@ def test_sigkill_then_restart_gives_identical_losses(runs):
 
 def test_sigterm_saves_and_exits_cleanly(runs):
   rc_term = runs['rc'][2]
-  assert rc_term == 0, runs['text']['term'][-3000:]
+  assert rc_term == 75, runs['text']['term'][-3000:]
   assert 'stopped by SIGTERM after saving' in runs['text']['term']
   saved = runs['after_term'][-1]
   assert saved == runs['logged_before_term']             # saved exactly where it stopped

@@ -8,8 +8,6 @@ fails in `_check_inputs`/`_build` before anything is compiled.
 from __future__ import annotations
 
 import dataclasses
-import signal
-import threading
 import time
 from typing import Any, Mapping, Optional, Sequence
 
@@ -25,6 +23,7 @@ from moe_flan.trainer import metrics as metrics_lib
 from moe_flan.trainer import nan_guard
 from moe_flan.trainer import optimizers
 from moe_flan.trainer import plots
+from moe_flan.trainer import preemption
 from moe_flan.trainer import progress as progress_lib
 from moe_flan.trainer import builder
 
@@ -66,27 +65,6 @@ class TrainResult:
   stopped_by_signal: bool = False
 
 
-class _StopFlag:
-  """Set by SIGTERM: the loop saves a final checkpoint and returns cleanly."""
-
-  def __init__(self):
-    self.set = False
-    self._old = None
-
-  def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
-      self._old = signal.signal(signal.SIGTERM, self._handle)
-    return self
-
-  def _handle(self, signum, frame):
-    del signum, frame
-    self.set = True
-
-  def __exit__(self, *exc):
-    if self._old is not None:
-      signal.signal(signal.SIGTERM, self._old)
-
-
 def _log_record(metrics: Mapping[str, Any], step_time: float) -> dict[str, Any]:
   record = dict(metrics)
   record['step_time'] = step_time
@@ -96,21 +74,26 @@ def _log_record(metrics: Mapping[str, Any], step_time: float) -> dict[str, Any]:
 
 def _loop(setup: builder.TrainSetup, state, start: int, run: RunConfig,
           writer: metrics_lib.MetricsWriter, eval_writer: metrics_lib.MetricsWriter,
-          stop: _StopFlag):
-  """Steps from `start` to `run.train_steps`; returns (state, last logged record)."""
+          stop: preemption.StopFlag):
+  """Steps from `start` to `run.train_steps`; returns (state, last logged record, stopped).
+
+  Stops early, on every process after the same step, once any process got SIGTERM.
+  """
   batches = setup.train_batches(start)
   train_step = setup.jit_train_step()
   bar = progress_lib.Progress(start, run.train_steps)
   last: dict[str, Any] = {}
   t_last, last_logged = time.time(), start
+  stopping = preemption.agreed(stop)   # a SIGTERM during set-up: save the start state and stop
   try:
     for step in range(start + 1, run.train_steps + 1):
-      if stop.set:
+      if stopping:
         break
       state, metrics = train_step(state, setup.shard(next(batches)))
       scalars = jax.device_get({k: metrics[k] for k in nan_guard.GUARDED if k in metrics})
       nan_guard.check_finite(step, scalars)
-      if step % run.log_period == 0 or step == run.train_steps or stop.set:
+      stopping = preemption.agreed(stop)
+      if step % run.log_period == 0 or step == run.train_steps or stopping:
         now = time.time()
         step_time = (now - t_last) / (step - last_logged)
         t_last, last_logged = now, step
@@ -122,7 +105,7 @@ def _loop(setup: builder.TrainSetup, state, start: int, run: RunConfig,
     setup.save(state, force=True)   # final (or SIGTERM) save; a no-op if already saved
   finally:
     bar.close()
-  return state, last
+  return state, last, stopping
 
 
 @gin.configurable
@@ -132,7 +115,7 @@ def train(model_dir: str = gin.REQUIRED, model: config_lib.T5Config = gin.REQUIR
           checkpoint: ckpt_lib.CheckpointConfig = ckpt_lib.CheckpointConfig(),
           eval_data: Optional[data_lib.DataConfig] = None) -> TrainResult:
   """Trains `model` on `data` for `run.train_steps` steps, resuming from MODEL_DIR if possible."""
-  with _StopFlag() as stop:   # from the start: a SIGTERM during set-up also exits cleanly
+  with preemption.StopFlag() as stop:   # from the start: a SIGTERM during set-up also exits cleanly
     final_eval.check_mixtures(run.final_eval_mixtures, model.vocab_size)
     setup = builder.build(model_dir, model, data, optimizer, checkpoint, run.frozen_groups,
                           run.seed, eval_data)
@@ -146,8 +129,8 @@ def train(model_dir: str = gin.REQUIRED, model: config_lib.T5Config = gin.REQUIR
       print(f'moe_flan: {"resuming from step " + str(start) if start else "starting at step 0"} '
             f'of {run.train_steps} in {model_dir}', flush=True)
     try:
-      state, last = _loop(setup, state, start, run, writer, eval_writer, stop)
-      if not stop.set:
+      state, last, stopped = _loop(setup, state, start, run, writer, eval_writer, stop)
+      if not stopped:
         final_eval.evaluate_at_end(setup, state.params, int(jax.device_get(state.step)),
                                    run.final_eval_mixtures, run.final_eval_batches)
     finally:
@@ -156,4 +139,4 @@ def train(model_dir: str = gin.REQUIRED, model: config_lib.T5Config = gin.REQUIR
       eval_writer.close()
   if run.write_plots and jax.process_index() == 0:
     plots.plot_all(model_dir, model.sparse_block_paths())
-  return TrainResult(int(jax.device_get(state.step)), last, stop.set)
+  return TrainResult(int(jax.device_get(state.step)), last, stopped)

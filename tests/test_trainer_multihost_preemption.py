@@ -1,0 +1,177 @@
+"""Two-process train CLI runs (2 x 2 CPU devices, gloo, coordinator on 127.0.0.1): preemption and
+a lost process, with real signals.
+
+- SIGTERM to process 1 only: both processes stop after the same step, save one checkpoint of it
+  together and exit 75 ("preempted: requeue") within a bounded time; the run resumed from it
+  logs exactly the losses of an uninterrupted two-process run.
+- SIGKILL to process 1: process 0 exits 1 within a bounded time with one line naming the lost
+  process, without jax.distributed's shutdown-barrier wait and C++ abort.
+"""
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from moe_flan.trainer import metrics
+
+from conftest import JAX_CACHE_DIR
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEPS = 8
+BOUND_S = 150   # signal -> exit, on a loaded 2-core machine
+TINY_GIN = """
+include 'runs/quickstart.gin'
+T5Config.emb_dim = 16
+T5Config.num_heads = 2
+T5Config.head_dim = 8
+T5Config.mlp_dim = 16
+T5Config.num_encoder_layers = 1
+T5Config.num_decoder_layers = 1
+MoeConfig.num_experts = 4
+MoeConfig.expert_mlp_dim = 16
+MoeConfig.group_size = 64
+MoeConfig.encoder_sparse_layout = 'all'
+MoeConfig.decoder_sparse_layout = 'all'
+TASK_FEATURE_LENGTHS = {'inputs': 32, 'targets': 8}
+BATCH_SIZE = 4
+DROPOUT_RATE = 0.1
+LOG_PERIOD = 1
+LEARNING_RATE = 1e-2
+ScheduleConfig.warmup_steps = 0
+DataConfig.truncation_check_examples = 0
+RunConfig.write_plots = False
+RunConfig.final_eval_mixtures = ()
+"""
+
+
+def _port() -> int:
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def _start(gin_file, model_dir, log_prefix):
+  """Both processes of one run; returns their Popen objects and log paths."""
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  env.update(JAX_PLATFORMS='cpu', JAX_NUM_CPU_DEVICES='2', PYTHONPATH=REPO,
+             JAX_CPU_COLLECTIVES_IMPLEMENTATION='gloo', TF_CPP_MIN_LOG_LEVEL='2',
+             JAX_COMPILATION_CACHE_DIR=JAX_CACHE_DIR, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
+  port, procs, logs = _port(), [], []
+  for pid in (0, 1):
+    logs.append(f'{log_prefix}_{pid}.log')
+    with open(logs[-1], 'w') as log:
+      procs.append(subprocess.Popen(
+          [sys.executable, '-m', 'moe_flan.train', f'--gin_file={gin_file}',
+           f"--gin.MODEL_DIR='{model_dir}'", f'--gin.TRAIN_STEPS={STEPS}',
+           '--gin.CHECKPOINT_PERIOD=100', f'--coordinator_address=127.0.0.1:{port}',
+           '--num_processes=2', f'--process_id={pid}'],
+          cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT))
+  return procs, logs
+
+
+def _losses(model_dir):
+  path = os.path.join(model_dir, 'metrics', 'train.jsonl')
+  return {r['step']: r['loss'] for r in metrics.read_jsonl(path)} if os.path.exists(path) else {}
+
+
+def _committed(model_dir):
+  d = os.path.join(model_dir, 'checkpoints')
+  return sorted(int(n) for n in os.listdir(d) if n.isdigit()) if os.path.isdir(d) else []
+
+
+def _signal_after_step(procs, logs, model_dir, sig, step=2, timeout=900):
+  """Sends `sig` to process 1 once step `step` is logged; returns (rcs, seconds to all exits)."""
+  t0 = time.time()
+  while max(_losses(model_dir), default=0) < step:
+    assert all(p.poll() is None for p in procs), [t[-3000:] for t in _read(logs)]
+    assert time.time() - t0 < timeout, 'no step logged in time'
+    time.sleep(0.05)
+  procs[1].send_signal(sig)
+  t_sig = time.time()
+  rcs = [p.wait(timeout=BOUND_S) for p in procs]
+  return rcs, time.time() - t_sig
+
+
+def _read(paths):
+  out = []
+  for path in paths:
+    with open(path) as f:
+      out.append(f.read())
+  return out
+
+
+def _kill_all(procs):
+  for p in procs:
+    if p.poll() is None:
+      p.kill()
+      p.wait()
+
+
+@pytest.fixture(scope='module')
+def root(tmp_path_factory):
+  path = tmp_path_factory.mktemp('multihost_preemption')
+  (path / 'tiny.gin').write_text(TINY_GIN)
+  return path
+
+
+@pytest.fixture(scope='module')
+def runs(root):
+  """An uninterrupted run beside one SIGTERMed at process 1, then resumed."""
+  gin_file, procs = root / 'tiny.gin', []
+  dirs = {name: str(root / name) for name in ('ref', 'term')}
+  try:
+    ref, ref_logs = _start(gin_file, dirs['ref'], root / 'ref')
+    term, term_logs = _start(gin_file, dirs['term'], root / 'term')
+    procs += ref + term
+    rc_term, term_s = _signal_after_step(term, term_logs, dirs['term'], signal.SIGTERM)
+    after_term = _committed(dirs['term'])
+    resume, resume_logs = _start(gin_file, dirs['term'], root / 'resume')
+    procs += resume
+    rc_ref = [p.wait(timeout=900) for p in ref]
+    rc_resume = [p.wait(timeout=900) for p in resume]
+  finally:
+    _kill_all(procs)
+  return dict(ref=_losses(dirs['ref']), got=_losses(dirs['term']), rc_ref=rc_ref,
+              rc_term=rc_term, term_s=term_s, after_term=after_term, rc_resume=rc_resume,
+              text=dict(ref=_read(ref_logs), term=_read(term_logs), resume=_read(resume_logs)))
+
+
+@pytest.fixture(scope='module')
+def killed(root):
+  """A run whose process 1 is SIGKILLed."""
+  procs, logs = _start(root / 'tiny.gin', str(root / 'kill'), root / 'kill')
+  try:
+    rcs, seconds = _signal_after_step(procs, logs, str(root / 'kill'), signal.SIGKILL)
+  finally:
+    _kill_all(procs)
+  return dict(rcs=rcs, seconds=seconds, text=_read(logs))
+
+
+def test_sigterm_to_one_process_stops_both_at_one_step_and_resumes_exactly(runs):
+  text = runs['text']
+  assert runs['rc_ref'] == [0, 0], text['ref'][0][-3000:]
+  assert runs['rc_term'] == [75, 75], (text['term'][0][-3000:], text['term'][1][-3000:])
+  assert runs['term_s'] < BOUND_S
+  saved = runs['after_term'][-1]
+  assert runs['after_term'] == [0, saved] and 2 <= saved < STEPS, runs['after_term']
+  for log in text['term']:   # both processes report the same step
+    assert f'stopped by SIGTERM after saving step {saved}; exit status 75' in log, log[-3000:]
+  assert runs['rc_resume'] == [0, 0], text['resume'][0][-3000:]
+  assert f'resuming from step {saved} ' in text['resume'][0]
+  assert sorted(runs['ref']) == sorted(runs['got']) == list(range(1, STEPS + 1))
+  assert runs['got'] == runs['ref']                       # bit-identical, step by step
+
+
+def test_sigkill_of_one_process_ends_the_other_with_a_named_error(killed):
+  rc0, rc1 = killed['rcs']
+  log0 = killed['text'][0]
+  assert rc1 == -signal.SIGKILL
+  assert rc0 == 1, log0[-3000:]
+  assert killed['seconds'] < BOUND_S
+  assert 'moe_flan.train: error: process 0 of 2 stops: lost process 1 ' in log0, log0[-3000:]
+  for noise in ('Check failed', 'Fatal Python error', 'Aborted', 'core dumped'):
+    assert noise not in log0, log0[-3000:]
