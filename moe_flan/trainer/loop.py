@@ -8,6 +8,7 @@ fails in `_check_inputs`/`_build` before anything is compiled.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import time
 from typing import Any, Mapping, Optional, Sequence
 
@@ -84,6 +85,11 @@ def _loop(setup: builder.TrainSetup, state, start: int, run: RunConfig,
   bar = progress_lib.Progress(start, run.train_steps)
   last: dict[str, Any] = {}
   t_last, last_logged = time.time(), start
+  if start < run.train_steps:
+    # The first batch before the first agreement (a barrier across processes): processes whose
+    # input pipeline starts slower then do not reach the step's collectives late (gloo's CPU
+    # rendezvous gives up after 30 s).
+    batches = itertools.chain([next(batches)], batches)
   stopping = preemption.agreed(stop)   # a SIGTERM during set-up: save the start state and stop
   try:
     for step in range(start + 1, run.train_steps + 1):

@@ -1,15 +1,16 @@
 """Stopping a run on SIGTERM at a step every process agrees on; leaving when a process is lost.
 
 A scheduler preempting a pod may signal one host only. Each process records SIGTERM in a
-`StopFlag`; after every step all processes combine their flags (`agreed`: a tiny all-gather, the
-same result everywhere), so every process leaves the loop after the same step, saves that step's
+`StopFlag`; after every step all processes combine their flags (`agreed`: a barrier and a key
+listing on jax.distributed's coordination service, the same answer everywhere), so every process leaves the loop after the same step, saves that step's
 checkpoint together and exits with PREEMPTED_EXIT_CODE. A process that acted on its own flag would
 stop for the save while the others entered the next step's collectives and waited forever.
 
 JAX's own preemption service (`multihost_utils.reached_preemption_sync_point`) installs a C++
-SIGTERM handler, which a Python handler replaces, and exists only under jax.distributed; the
-flag + all-gather works the same for one process and many, at one host round trip per step,
-which the loop pays anyway to check the loss for NaNs.
+SIGTERM handler, which a Python handler replaces, and exists only under jax.distributed. A device all-gather would open a
+gloo communicator of its own on CPU, whose 30 s rendezvous fails when processes drift apart (a
+slow compile). The barrier costs one round trip to the coordinator per step, which the loop pays
+anyway to check the loss for NaNs.
 
 When another process dies, the survivors' next collective fails; `exit_after_failure` names the
 lost process and exits 1 at once, without jax.distributed's shutdown barrier (which would wait
@@ -25,8 +26,6 @@ import traceback
 from typing import Any, NoReturn, Optional
 
 import jax
-import numpy as np
-from jax.experimental import multihost_utils
 
 # sysexits.h EX_TEMPFAIL: "a temporary failure; the user is invited to retry". Requeue on it
 # (launch/README.md: SLURM, Kubernetes); 0 stays "finished", anything else "failed".
@@ -38,6 +37,7 @@ class StopFlag:
 
   def __init__(self):
     self.set = False
+    self.calls = 0   # `agreed` calls so far: each has its own barrier and keys
     self._old = None
 
   def __enter__(self) -> 'StopFlag':
@@ -54,20 +54,37 @@ class StopFlag:
       signal.signal(signal.SIGTERM, self._old)
 
 
+_AGREEMENT_TIMEOUT_MS = 60 * 60 * 1000   # the slowest process's step, first compile included
+
+
+def _client():
+  from jax._src import distributed  # pylint: disable=g-import-not-at-top  # the runtime client
+  return distributed.global_state.client
+
+
 def agreed(flag: StopFlag) -> bool:
-  """True on every process iff any process's flag is set; all processes must call it together
-  (once per step, in the same order); no collective for a single process."""
+  """True on every process iff any process's flag was set before this call; all processes must
+  call it together (once per step, in the same order); no communication for a single process.
+
+  Through jax.distributed's coordination service: a process whose flag is set writes a key for
+  this call, all wait at this call's barrier, then all list this call's keys.
+  """
   if jax.process_count() == 1:
     return flag.set
-  flags = multihost_utils.process_allgather(np.array([flag.set], np.int32))
-  return bool(np.asarray(flags).any())
+  client = _client()
+  call = flag.calls
+  flag.calls += 1
+  prefix = f'moe_flan/stop_agreement/{call}/'
+  if flag.set:
+    client.key_value_set(prefix + str(jax.process_index()), '1')
+  client.wait_at_barrier(f'moe_flan/stop_agreement_{call}', _AGREEMENT_TIMEOUT_MS)
+  return bool(client.key_value_dir_get(prefix))
 
 
 def _lost_processes(timeout_s: float) -> Optional[list[int]]:
   """Ids of processes the coordinator no longer counts as alive; None if it did not say in time
   (its answer waits on the survivors, which may be stuck in a collective themselves)."""
-  from jax._src import distributed  # pylint: disable=g-import-not-at-top  # the runtime client
-  client = distributed.global_state.client
+  client = _client()
   if client is None:
     return None
   everyone = list(range(jax.process_count()))
