@@ -2,13 +2,14 @@
 
 A scheduler preempting a pod may signal one host only. Each process records SIGTERM in a
 `StopFlag`; after every step all processes combine their flags (`agreed`: a barrier and a key
-listing on jax.distributed's coordination service, the same answer everywhere), so every process leaves the loop after the same step, saves that step's
-checkpoint together and exits with PREEMPTED_EXIT_CODE. A process that acted on its own flag would
+listing on jax.distributed's coordination service, the same answer everywhere), so every process
+leaves the loop after the same step, saves that step's checkpoint together and exits with
+PREEMPTED_EXIT_CODE. A process that acted on its own flag would
 stop for the save while the others entered the next step's collectives and waited forever.
 
 JAX's own preemption service (`multihost_utils.reached_preemption_sync_point`) installs a C++
-SIGTERM handler, which a Python handler replaces, and exists only under jax.distributed. A device all-gather would open a
-gloo communicator of its own on CPU, whose 30 s rendezvous fails when processes drift apart (a
+SIGTERM handler, which a Python handler replaces, and exists only under jax.distributed. A device
+all-gather would open a gloo communicator of its own on CPU, whose 30 s rendezvous fails when processes drift apart (a
 slow compile). The barrier costs one round trip to the coordinator per step, which the loop pays
 anyway to check the loss for NaNs.
 
