@@ -59,7 +59,8 @@ def _start(gin_file, model_dir, log_prefix):
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
   env.update(JAX_PLATFORMS='cpu', JAX_NUM_CPU_DEVICES='2', PYTHONPATH=REPO,
              JAX_CPU_COLLECTIVES_IMPLEMENTATION='gloo', TF_CPP_MIN_LOG_LEVEL='2',
-             JAX_COMPILATION_CACHE_DIR=JAX_CACHE_DIR, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
+             JAX_COMPILATION_CACHE_DIR=JAX_CACHE_DIR,
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
   port, procs, logs = _port(), [], []
   for pid in (0, 1):
     logs.append(f'{log_prefix}_{pid}.log')

@@ -9,8 +9,8 @@ stop for the save while the others entered the next step's collectives and waite
 
 JAX's own preemption service (`multihost_utils.reached_preemption_sync_point`) installs a C++
 SIGTERM handler, which a Python handler replaces, and exists only under jax.distributed. A device
-all-gather would open a gloo communicator of its own on CPU, whose 30 s rendezvous fails when processes drift apart (a
-slow compile). The barrier costs one round trip to the coordinator per step, which the loop pays
+all-gather would open a gloo communicator of its own on CPU, whose 30 s rendezvous fails when
+processes drift apart (a slow compile). The barrier costs one round trip to the coordinator per step, which the loop pays
 anyway to check the loss for NaNs.
 
 When another process dies, the survivors' next collective fails; `exit_after_failure` names the
