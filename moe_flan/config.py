@@ -19,6 +19,9 @@ GROUPED_MATMULS = ('auto', 'expert_loop', 'ragged_dot', 'cpu_ffi', 'mosaic_gpu')
 # How tokens form routing groups (moe_flan/moe/capacity.py): groups of `group_size` tokens of
 # the flattened batch (flaxformer/t5x), or one group per sequence (HF SwitchTransformers).
 ROUTING_GROUPS = ('group_size', 'sequence')
+# Capacity per expert (moe_flan/moe/capacity.py): 'ours' ceil(cf * k * T / E); 'flaxformer'
+# round(cf * T / E) (Python round, no factor k), as the paper's stack.
+CAPACITY_CONVENTIONS = ('ours', 'flaxformer')
 SPARSE_LAYOUTS = ('every', 'hf_every', 'top', 'bottom', 'all', 'none')
 
 
@@ -44,6 +47,7 @@ class MoeConfig:
   train_capacity_factor: float = 1.25
   eval_capacity_factor: float = 2.0
   min_capacity: int = 4
+  capacity_convention: str = 'ours'        # one of CAPACITY_CONVENTIONS
   batch_prioritized_routing: bool = False
   jitter_noise: float = 0.0                # multiplicative router-input noise, training only
   router_init_std: float = 2e-2
@@ -86,6 +90,9 @@ class MoeConfig:
       _fail('MoeConfig.group_size', self.group_size, 'must be >= 1')
     if self.routing_groups not in ROUTING_GROUPS:
       _fail('MoeConfig.routing_groups', self.routing_groups, f'choose one of {ROUTING_GROUPS}')
+    if self.capacity_convention not in CAPACITY_CONVENTIONS:
+      _fail('MoeConfig.capacity_convention', self.capacity_convention,
+            f'choose one of {CAPACITY_CONVENTIONS}')
 
   @property
   def decoder_effective_router_type(self) -> str:

@@ -114,6 +114,15 @@ def test_capacity_formula_and_cap():
   assert capacity_lib.expert_capacity(16, 4, 2, 1.25, 1) == 10
   assert capacity_lib.expert_capacity(16, 8, 1, 0.1, 4) == 4             # min_capacity
   assert capacity_lib.expert_capacity(16, 2, 2, 2.0, 1) == 16            # capped at T
+  ff = dict(convention='flaxformer')
+  assert capacity_lib.expert_capacity(16, 4, 2, 1.25, 1, **ff) == 5      # no factor k
+  assert capacity_lib.expert_capacity(20, 8, 1, 1.0, 1, **ff) == 2       # round(2.5) == 2
+  assert capacity_lib.expert_capacity(28, 8, 1, 1.0, 1, **ff) == 4       # round(3.5) == 4
+  assert capacity_lib.expert_capacity(20, 8, 1, 1.0, 1) == 3             # ours: ceil(2.5)
+  assert capacity_lib.expert_capacity(18, 8, 1, 1.0, 1, **ff) == 2       # round(2.25)
+  assert capacity_lib.expert_capacity(16, 8, 1, 1.0, 4, **ff) == 4       # min_capacity
+  with pytest.raises(ValueError, match='capacity_convention'):
+    capacity_lib.expert_capacity(16, 2, 1, 1.0, 1, convention='gshard')
   with pytest.raises(ValueError, match='capacity_factor=0'):
     capacity_lib.expert_capacity(16, 2, 1, 0, 1)
 

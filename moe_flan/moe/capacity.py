@@ -23,12 +23,15 @@ Capacity per expert and group (C) is
 `max(ceil(capacity_factor * num_selected_experts * T / num_experts), min_capacity)`, capped at T
 because an expert can never receive more than T tokens of one group (tokens choose distinct
 experts; experts choose distinct tokens). The cap changes no routing decision, only buffer sizes.
+This is `MoeConfig.capacity_convention='ours'`; 'flaxformer' (the paper's stack) uses
+`max(int(round(capacity_factor * T / num_experts)), min_capacity)`: Python's round (half to even)
+and no factor k, so a top-2 router there needs twice the capacity factor for the same slots.
 """
 from __future__ import annotations
 
 import math
 
-from moe_flan.config import ROUTING_GROUPS
+from moe_flan.config import CAPACITY_CONVENTIONS, ROUTING_GROUPS
 
 
 def num_groups(num_tokens: int, group_size: int) -> int:
@@ -64,9 +67,17 @@ def token_groups(batch: int, length: int, group_size: int, routing_groups: str,
 
 
 def expert_capacity(tokens_per_group: int, num_experts: int, num_selected_experts: int,
-                    capacity_factor: float, min_capacity: int) -> int:
+                    capacity_factor: float, min_capacity: int,
+                    convention: str = 'ours') -> int:
   """Slots C each expert has per group; see the module docstring."""
   if capacity_factor <= 0:
     raise ValueError(f'Bad config: capacity_factor={capacity_factor!r}: must be > 0')
-  wanted = math.ceil(capacity_factor * num_selected_experts * tokens_per_group / num_experts)
+  if convention == 'ours':
+    wanted = math.ceil(capacity_factor * num_selected_experts * tokens_per_group / num_experts)
+  elif convention == 'flaxformer':
+    # Python's round (half to even: round(2.5) == 2) and no factor k, as flaxformer.
+    wanted = int(round(capacity_factor * tokens_per_group / num_experts))
+  else:
+    raise ValueError(f'Bad config: MoeConfig.capacity_convention={convention!r}: choose one of '
+                     f'{CAPACITY_CONVENTIONS}')
   return int(min(max(wanted, min_capacity), tokens_per_group))

@@ -70,7 +70,7 @@ class MoeLayer(nn.Module):
       return tokens_per_group
     return capacity_lib.expert_capacity(
         tokens_per_group, cfg.num_experts, self.num_selected_experts,
-        cfg.capacity_factor(training), cfg.min_capacity)
+        cfg.capacity_factor(training), cfg.min_capacity, cfg.capacity_convention)
 
   @nn.compact
   def __call__(self, x: jax.Array, padding_mask: Optional[jax.Array] = None,
