@@ -22,6 +22,10 @@ ROUTING_GROUPS = ('group_size', 'sequence')
 # Capacity per expert (moe_flan/moe/capacity.py): 'ours' ceil(cf * k * T / E); 'flaxformer'
 # round(cf * T / E) (Python round, no factor k), as the paper's stack.
 CAPACITY_CONVENTIONS = ('ours', 'flaxformer')
+# Load-balancing loss: 'ours' counts each token's top-1 expert (GShard / Mesh-TF: 1 when
+# balanced); 'flaxformer' counts all k chosen experts (k when balanced) and reports 0 for
+# experts-choose layers, as the paper's stack does (moe/losses.py).
+LOAD_BALANCING_CONVENTIONS = ('ours', 'flaxformer')
 SPARSE_LAYOUTS = ('every', 'hf_every', 'top', 'bottom', 'all', 'none')
 
 
@@ -48,6 +52,7 @@ class MoeConfig:
   eval_capacity_factor: float = 2.0
   min_capacity: int = 4
   capacity_convention: str = 'ours'        # one of CAPACITY_CONVENTIONS
+  load_balancing_convention: str = 'ours'  # one of LOAD_BALANCING_CONVENTIONS
   batch_prioritized_routing: bool = False
   jitter_noise: float = 0.0                # multiplicative router-input noise, training only
   router_init_std: float = 2e-2
@@ -93,6 +98,9 @@ class MoeConfig:
     if self.capacity_convention not in CAPACITY_CONVENTIONS:
       _fail('MoeConfig.capacity_convention', self.capacity_convention,
             f'choose one of {CAPACITY_CONVENTIONS}')
+    if self.load_balancing_convention not in LOAD_BALANCING_CONVENTIONS:
+      _fail('MoeConfig.load_balancing_convention', self.load_balancing_convention,
+            f'choose one of {LOAD_BALANCING_CONVENTIONS}')
 
   @property
   def decoder_effective_router_type(self) -> str:

@@ -157,3 +157,13 @@ def test_expert_choice_decoder_routes_tokens_choose():
   cfg = _config('expert_choice_base.gin')
   assert cfg.moe.router_type == 'experts_choose'
   assert cfg.moe.decoder_effective_router_type == 'tokens_choose'
+
+
+@pytest.mark.parametrize('name', ['switch_base.gin', 'gshard_base.gin', 'expert_choice_base.gin',
+                                  'st_moe_base.gin', 'st_moe_32b.gin', 'flan_moe_tiny.gin'])
+def test_paper_model_files_use_the_paper_stack_conventions(name):
+  """The paper's models follow flaxformer's capacity and top-k load-balancing conventions; the
+  quickstart keeps ours (its load-balancing weight was tuned on the top-1 count)."""
+  moe = _config(name).moe
+  expected = 'ours' if name == 'flan_moe_tiny.gin' else 'flaxformer'
+  assert (moe.capacity_convention, moe.load_balancing_convention) == (expected, expected)

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from moe_flan.config import MoeConfig
 from moe_flan.moe import capacity as capacity_lib
 from moe_flan.moe import collect_moe_metrics, losses, routing as routing_lib
 
@@ -255,3 +256,53 @@ def test_top_k_by_argmax_equals_lax_top_k_including_ties():
       values, index = routing_lib.top_k_by_argmax(p, k)
       np.testing.assert_array_equal(np.asarray(index), np.asarray(want_index))
       np.testing.assert_array_equal(np.asarray(values), np.asarray(want_values))
+
+
+def test_flaxformer_load_balancing_counts_every_chosen_expert():
+  """'flaxformer': a token counts at each of its k top experts (k when balanced); 'ours': top-1."""
+  e, k = 4, 2
+  real = jnp.ones((1, 8), bool)
+  # Token t puts its two largest logits on experts t % e and (t + 1) % e: each expert is chosen
+  # by 4 of 8 tokens (f_e = k / E) and the mean probabilities are uniform (P_e = 1 / E).
+  logits = np.zeros((1, 8, e), np.float32)
+  for t in range(8):
+    logits[0, t, t % e] = 5.0
+    logits[0, t, (t + 1) % e] = 5.0
+  logits = jnp.asarray(logits)
+  np.testing.assert_allclose(losses.load_balancing_loss(logits, real, num_counted=k), k,
+                             rtol=1e-6)
+  np.testing.assert_allclose(losses.load_balancing_loss(logits, real), 1.0, rtol=1e-6)
+  # Every token on experts 0 and 1 with probability 1/2 each: f = (1, 1, 0, 0), P = (.5, .5, 0, 0).
+  collapsed = jnp.zeros((1, 8, e)).at[..., :2].set(50.0)
+  np.testing.assert_allclose(losses.load_balancing_loss(collapsed, real, num_counted=k), e,
+                             rtol=1e-6)
+
+
+def test_flaxformer_load_balancing_matches_numpy_and_zero_for_experts_choose():
+  rng = np.random.RandomState(3)
+  logits = rng.normal(size=(2, 6, 5)).astype(np.float32)
+  real = np.ones((2, 6), bool)
+  real[0, 5] = False
+  per_group = []
+  for g in range(2):
+    flat = logits[g][real[g]].astype(np.float64)
+    probs = np.exp(flat) / np.exp(flat).sum(-1, keepdims=True)
+    top2 = np.argsort(-probs, axis=-1)[:, :2]
+    frac = np.array([np.mean(np.any(top2 == x, axis=-1)) for x in range(5)])
+    per_group.append(5 * np.sum(frac * probs.mean(0)))
+  got = losses.load_balancing_loss(jnp.asarray(logits), jnp.asarray(real), num_counted=2)
+  np.testing.assert_allclose(got, np.mean(per_group), rtol=1e-5)
+  routing = routing_lib.tokens_choose(jnp.asarray(logits), jnp.asarray(real),
+                                      num_selected_experts=2, capacity=6)
+  metrics = losses.router_metrics(jnp.asarray(logits), jnp.asarray(real), routing,
+                                  'flaxformer', 2)
+  np.testing.assert_allclose(metrics['load_balancing_loss'], np.mean(per_group), rtol=1e-5)
+  ec = losses.router_metrics(jnp.asarray(logits), jnp.asarray(real), routing, 'flaxformer', 2,
+                             experts_choose=True)
+  assert float(ec['load_balancing_loss']) == 0.0
+  ours = losses.router_metrics(jnp.asarray(logits), jnp.asarray(real), routing, 'ours', 2,
+                               experts_choose=True)
+  np.testing.assert_allclose(ours['load_balancing_loss'],
+                             losses.load_balancing_loss(jnp.asarray(logits), jnp.asarray(real)))
+  with pytest.raises(ValueError, match='load_balancing_convention'):
+    MoeConfig(load_balancing_convention='gshard')

@@ -114,6 +114,9 @@ class MoeLayer(nn.Module):
     y = dispatch(routing, tokens, ffn)
     y = nn.with_logical_constraint(y.astype(self.dtype), _TOKEN_AXES)
 
-    for name, value in losses.router_metrics(logits, real, routing).items():
+    metrics = losses.router_metrics(
+        logits, real, routing, cfg.load_balancing_convention, self.num_selected_experts,
+        experts_choose=self.router_type == 'experts_choose')
+    for name, value in metrics.items():
       self.sow('moe_metrics', name, value)
     return y.reshape(g * t, d)[:b * l].reshape(b, l, d)

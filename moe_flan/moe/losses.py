@@ -3,13 +3,16 @@
 Both losses are computed over real (non-padding) tokens only, from the router logits, so they
 do not depend on the routing strategy or the dispatch path:
 
-* load balancing (Switch/GShard): `E * sum_e(f_e * P_e)` where f_e is the fraction of tokens
-  whose top-1 (argmax) expert is e and P_e the mean router probability of expert e, computed per
-  routing group and averaged over groups (flaxformer; a dropped token still counts for its
-  argmax expert). It equals 1
-  under perfectly balanced routing and E when every token's top-1 is the same expert with
-  probability 1. (flaxformer reports 0 for experts-choose, which is balanced by construction; we
-  compute the same formula for every router, and a gin file may set its weight to 0.)
+* load balancing (Switch/GShard): `E * sum_e(f_e * P_e)` with P_e the mean router probability
+  of expert e and f_e the fraction of tokens that count for expert e, computed per routing group
+  and averaged over groups (a dropped token still counts). Two conventions
+  (`MoeConfig.load_balancing_convention`):
+  - 'ours' (GShard / Mesh-TF): a token counts for its top-1 (argmax) expert only, so the loss is
+    1 under perfectly balanced routing whatever k is, and E when every token's top-1 is the same
+    expert with probability 1;
+  - 'flaxformer' (the paper's stack, `routing.py: _load_balancing_loss`): a token counts for each
+    of its k highest-probability experts, so the loss is k under perfect balance; experts-choose
+    layers report 0 (they are balanced by construction).
 * router z-loss (ST-MoE): `mean_t(logsumexp_e(logits[t, e]) ** 2)`.
 
 Each MoE layer sows into the 'moe_metrics' collection (see `layer.MoeLayer`):
@@ -36,16 +39,22 @@ def _masked_mean(values: jax.Array, mask: jax.Array, axis=None) -> jax.Array:
   return jnp.sum(values * mask, axis=axis) / jnp.maximum(jnp.sum(mask, axis=axis), 1.0)
 
 
-def load_balancing_loss(logits: jax.Array, padding_mask: jax.Array) -> jax.Array:
+def load_balancing_loss(logits: jax.Array, padding_mask: jax.Array,
+                        num_counted: int = 1) -> jax.Array:
   """logits: <float32>[G, T, E]; padding_mask: <bool>[G, T] -> <float32>[] (see module doc).
 
-  Computed per routing group (as flaxformer), then averaged over groups holding real tokens.
+  num_counted: how many of each token's highest-probability experts count in f_e (1: 'ours';
+  k: 'flaxformer'). Computed per routing group, then averaged over groups holding real tokens.
   """
   num_experts = logits.shape[-1]
   probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
-  top1 = jax.nn.one_hot(jnp.argmax(probs, axis=-1), num_experts, dtype=jnp.float32)
+  if num_counted == 1:
+    chosen = jax.nn.one_hot(jnp.argmax(probs, axis=-1), num_experts, dtype=jnp.float32)
+  else:
+    top = jax.lax.top_k(probs, num_counted)[1]                          # [G, T, k]
+    chosen = jnp.max(jax.nn.one_hot(top, num_experts, dtype=jnp.float32), axis=-2)
   mask = padding_mask.astype(bool)[..., None]
-  tokens_per_expert = _masked_mean(top1, mask, axis=1)               # [G, E]
+  tokens_per_expert = _masked_mean(chosen, mask, axis=1)             # [G, E]
   prob_per_expert = _masked_mean(probs, mask, axis=1)                # [G, E]
   per_group = num_experts * jnp.sum(tokens_per_expert * prob_per_expert, axis=-1)   # [G]
   return _masked_mean(per_group, jnp.any(padding_mask.astype(bool), axis=1))
@@ -57,14 +66,29 @@ def router_z_loss(logits: jax.Array, padding_mask: jax.Array) -> jax.Array:
   return _masked_mean(z ** 2, padding_mask.astype(bool))
 
 
-def router_metrics(logits: jax.Array, padding_mask: jax.Array, routing) -> Dict[str, jax.Array]:
-  """All per-layer metrics (see module doc) from logits and a `routing.Routing`."""
+def _load_balancing_for(logits, padding_mask, convention: str, k: int,
+                        experts_choose: bool) -> jax.Array:
+  if convention == 'ours':
+    return load_balancing_loss(logits, padding_mask)
+  if experts_choose:
+    return jnp.zeros((), jnp.float32)
+  return load_balancing_loss(logits, padding_mask, num_counted=k)
+
+
+def router_metrics(logits: jax.Array, padding_mask: jax.Array, routing,
+                   convention: str = 'ours', num_selected_experts: int = 1,
+                   experts_choose: bool = False) -> Dict[str, jax.Array]:
+  """All per-layer metrics (see module doc) from logits and a `routing.Routing`.
+
+  convention: `MoeConfig.load_balancing_convention`; num_selected_experts: the layer's k.
+  """
   num_experts = logits.shape[-1]
   probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
   routed = jax.nn.one_hot(routing.expert_index, num_experts, dtype=jnp.float32)
   routed = jnp.sum(routed * routing.routed[..., None], axis=(0, 1, 2))        # [E]
   return {
-      'load_balancing_loss': load_balancing_loss(logits, padding_mask),
+      'load_balancing_loss': _load_balancing_for(logits, padding_mask, convention,
+                                                 num_selected_experts, experts_choose),
       'router_z_loss': router_z_loss(logits, padding_mask),
       'fraction_dropped': jnp.asarray(routing.fraction_dropped, jnp.float32),
       'expert_load': routed / jnp.maximum(jnp.sum(routed), 1.0),
