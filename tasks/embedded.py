@@ -29,7 +29,7 @@ import gin
 import seqio
 import tensorflow as tf
 
-from tasks import mixtures, registry, templates, vocab
+from tasks import eval_metrics, eval_prompts, mixtures, registry, templates, vocab
 from tasks.generators import (ALL_TASKS, CLUSTERS, DOWNSTREAM_TASKS, HELDOUT_TASKS,
                               TASKS_BY_NAME, TRAINING_TASKS, Example, TaskSpec)
 
@@ -167,6 +167,8 @@ def rendered_now(spec_name: str, variant: str, split: str) -> Dict[str, List]:
 def _dataset_fn(spec_name: str, variant: str):
   def dataset_fn(split: str, shuffle_files: bool, seed=None) -> tf.data.Dataset:
     cols = rendered_now(spec_name, variant, split)
+    if variant != 'mix':   # an evaluation may ask for the first n examples only
+      cols = {k: v[:eval_prompts.example_limit()] for k, v in cols.items()}
     # Tokenized here, in one batched call, rather than by a per-task tf.data map: tracing ~100
     # tokenizer maps made the first batch of 'flan_embedded' take tens of seconds.
     voc = vocab.default_vocabulary()
@@ -191,12 +193,6 @@ def _num_examples(spec: TaskSpec) -> Dict[str, int]:
   return {'train': spec.train_size, 'validation': spec.eval_size, 'test': spec.eval_size}
 
 
-def exact_match(targets: Sequence[str], predictions: Sequence[str]) -> Dict[str, float]:
-  """Percentage of predictions equal to the target after stripping whitespace."""
-  hits = [str(t).strip() == str(p).strip() for t, p in zip(targets, predictions)]
-  return {'exact_match': 100.0 * sum(hits) / max(len(hits), 1)}
-
-
 def register_task(spec: TaskSpec, variant: str) -> seqio.Task:
   source = seqio.FunctionDataSource(_dataset_fn(spec.name, variant), splits=SPLITS,
                                     num_input_examples=_num_examples(spec))
@@ -204,7 +200,11 @@ def register_task(spec: TaskSpec, variant: str) -> seqio.Task:
       task_name(spec.name, variant), fingerprint=f'embedded:{spec.name}:{variant}',
       source=source, output_features=vocab.output_features(),
       preprocessors=[],  # tokenized (with EOS) by the source, see _dataset_fn
-      postprocess_fn=None, metric_fns=[exact_match], shuffle_buffer_size=SHUFFLE_BUFFER)
+      # CoT: answers read from "So the answer is X." (eval_metrics); others: exact match.
+      postprocess_fn=eval_metrics.cot_answer if variant == 'cot' else eval_metrics.strip_text,
+      metric_fns=list(eval_metrics.COT_METRICS if variant == 'cot'
+                      else eval_metrics.GENERATION_METRICS),
+      shuffle_buffer_size=SHUFFLE_BUFFER)
 
 
 def variants_of(spec_name: str) -> Tuple[str, ...]:

@@ -44,6 +44,17 @@ def add_mixture(name: str, tasks: Sequence, fingerprint: str, **kwargs) -> seqio
   return seqio.MixtureRegistry.get(name)
 
 
+def remove_if_different(name: str, fingerprint: str) -> None:
+  """Unregisters the task or mixture `name` when it was registered here with another
+  definition (e.g. a benchmark task read from another directory), so it can be re-added."""
+  if _FINGERPRINTS.get(name, fingerprint) == fingerprint:
+    return
+  for reg in (seqio.TaskRegistry, seqio.MixtureRegistry):
+    if name in reg.names():
+      reg.remove(name)
+  del _FINGERPRINTS[name]
+
+
 def all_names() -> list[str]:
   return sorted(set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names()))
 
