@@ -1,9 +1,8 @@
-"""Evaluate a checkpoint from gin files (loss/accuracy, rank classification, exact match).
+"""Evaluate a checkpoint on held-out benchmarks through seqio (see gin/runs/eval.gin).
 
   python -m moe_flan.evaluate --gin_file=gin/models/flan_moe_tiny.gin --gin_file=gin/runs/eval.gin \
-    --gin.MODEL_DIR="'/tmp/quickstart'" --gin.MIXTURE_OR_TASK_NAME="'flan_embedded'"
+    --gin.MODEL_DIR="'/tmp/quickstart'" --gin.MIXTURE_OR_TASK_NAME="'flan_embedded_heldout'"
 """
-import json
 import sys
 from typing import Optional, Sequence
 
@@ -13,8 +12,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   flags = cli.parse_flags(sys.argv[1:] if argv is None else argv, prog='moe_flan.evaluate')
   cli.initialize_distributed(flags)
   cli.configure_gin(flags)
-  from moe_flan.trainer import evaluation  # pylint: disable=g-import-not-at-top
-  print(json.dumps(evaluation.evaluate(), indent=1, sort_keys=True), flush=True)
+  from moe_flan.evaluation import run  # pylint: disable=g-import-not-at-top
+  run.evaluate()   # prints the results table; writes EVAL_OUTPUT_DIR
   return 0
 
 

@@ -37,7 +37,8 @@ CONFIGURABLE_MODULES = (
     'moe_flan.config', 'moe_flan.model', 'moe_flan.partitioning.mesh',
     'moe_flan.partitioning.rules', 'moe_flan.trainer.optimizers', 'moe_flan.trainer.data',
     'moe_flan.trainer.checkpoints', 'moe_flan.trainer.loop', 'moe_flan.trainer.evaluation',
-    'moe_flan.trainer.inference', 'tasks')
+    'moe_flan.trainer.inference', 'moe_flan.evaluation.engine', 'moe_flan.evaluation.run',
+    'tasks', 'tasks.benchmarks')
 
 
 @dataclasses.dataclass(frozen=True)

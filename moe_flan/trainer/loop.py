@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import os
 import time
 from typing import Any, Mapping, Optional, Sequence
 
@@ -16,6 +17,7 @@ import gin
 import jax
 
 from moe_flan import config as config_lib
+from moe_flan.evaluation import engine as eval_engine
 from moe_flan.trainer import checkpoints as ckpt_lib
 from moe_flan.trainer import data as data_lib
 from moe_flan.trainer import final_eval
@@ -75,7 +77,7 @@ def _log_record(metrics: Mapping[str, Any], step_time: float) -> dict[str, Any]:
 
 def _loop(setup: builder.TrainSetup, state, start: int, run: RunConfig,
           writer: metrics_lib.MetricsWriter, eval_writer: metrics_lib.MetricsWriter,
-          stop: preemption.StopFlag):
+          stop: preemption.StopFlag, engine: Optional[eval_engine.Engine] = None):
   """Steps from `start` to `run.train_steps`; returns (state, last logged record, stopped).
 
   Stops early, on every process after the same step, once any process got SIGTERM.
@@ -106,7 +108,12 @@ def _loop(setup: builder.TrainSetup, state, start: int, run: RunConfig,
         last = writer.write(step, _log_record(metrics, step_time))
         bar.update(step, {k: last[k] for k in ('loss', 'accuracy') if k in last})
       if run.eval_period and step % run.eval_period == 0:
-        eval_writer.write(step, setup.evaluate(state.params, run.eval_steps))
+        record = setup.evaluate(state.params, run.eval_steps)
+        if engine is not None:   # benchmark scores per task / category / overall
+          record.update(engine.evaluate_and_write(
+              setup.model, state.params, setup.partitioner, step,
+              os.path.join(setup.model_dir, 'eval', str(step))))
+        eval_writer.write(step, record)
       setup.save(state)
     setup.save(state, force=True)   # final (or SIGTERM) save; a no-op if already saved
   finally:
@@ -119,12 +126,19 @@ def train(model_dir: str = gin.REQUIRED, model: config_lib.T5Config = gin.REQUIR
           data: data_lib.DataConfig = gin.REQUIRED, run: RunConfig = RunConfig(),
           optimizer: optimizers.OptimizerConfig = optimizers.OptimizerConfig(),
           checkpoint: ckpt_lib.CheckpointConfig = ckpt_lib.CheckpointConfig(),
-          eval_data: Optional[data_lib.DataConfig] = None) -> TrainResult:
-  """Trains `model` on `data` for `run.train_steps` steps, resuming from MODEL_DIR if possible."""
+          eval_data: Optional[data_lib.DataConfig] = None,
+          eval_settings: Optional[eval_engine.EvalSettings] = None) -> TrainResult:
+  """Trains `model` on `data` for `run.train_steps` steps, resuming from MODEL_DIR if possible.
+
+  With `eval_settings`, every `run.eval_period` steps also runs the evaluation engine on its
+  mixture (as `python -m moe_flan.evaluate` does): scores go to the eval metrics and
+  TensorBoard, results.json and predictions to MODEL_DIR/eval/{step}."""
   with preemption.StopFlag() as stop:   # from the start: a SIGTERM during set-up also exits cleanly
     final_eval.check_mixtures(run.final_eval_mixtures, model.vocab_size)
     setup = builder.build(model_dir, model, data, optimizer, checkpoint, run.frozen_groups,
                           run.seed, eval_data)
+    # Benchmark datasets are read (and bad files rejected) before the first step.
+    engine = eval_engine.Engine(eval_settings) if eval_settings and run.eval_period else None
     state, start = setup.initial_state()
     writer = metrics_lib.MetricsWriter(model_dir, 'train')
     eval_writer = metrics_lib.MetricsWriter(model_dir, 'eval', tensorboard=True)
@@ -135,7 +149,7 @@ def train(model_dir: str = gin.REQUIRED, model: config_lib.T5Config = gin.REQUIR
       print(f'moe_flan: {"resuming from step " + str(start) if start else "starting at step 0"} '
             f'of {run.train_steps} in {model_dir}', flush=True)
     try:
-      state, last, stopped = _loop(setup, state, start, run, writer, eval_writer, stop)
+      state, last, stopped = _loop(setup, state, start, run, writer, eval_writer, stop, engine)
       if not stopped:
         final_eval.evaluate_at_end(setup, state.params, int(jax.device_get(state.step)),
                                    run.final_eval_mixtures, run.final_eval_batches)

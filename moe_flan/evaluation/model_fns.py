@@ -1,0 +1,129 @@
+"""The predict and score functions `seqio.Evaluator` calls (its `PredictFnCallable` and
+`ScoreFnCallable` contract: an enumerated dataset in, `[(index, output)]` out).
+
+Rows are cut into fixed-shape batches of `batch_size` (a short last batch is padded with
+all-zero rows), so each function compiles once per task shape. Every process walks the same
+rows and feeds only its slice of each batch (`Partitioner.shard_batch`); outputs come back
+replicated, so every process holds all results and process 0 can write them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Mapping, Optional
+
+import flax.linen as nn
+import jax
+import numpy as np
+import tensorflow_datasets as tfds
+
+from moe_flan import decoding
+from moe_flan.evaluation import scoring
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeSettings:
+  """Generation: greedy (num_beams 1) or beam search with length penalty `alpha`."""
+  max_decode_length: int = 128
+  num_beams: int = 1
+  alpha: float = 0.6
+  eos_id: int = 1
+
+
+def _round_up(n: int, multiple: int) -> int:
+  return -(-n // multiple) * multiple
+
+
+def _rows(dataset) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+  """(<int64>[N] example indices, feature -> [N, ...]) of an enumerated model dataset."""
+  indices, feats = [], []
+  for index, features in tfds.as_numpy(dataset):
+    indices.append(int(index))
+    feats.append(features)
+  if not feats:
+    return np.zeros((0,), np.int64), {}
+  return np.asarray(indices), {k: np.stack([f[k] for f in feats]) for k in feats[0]}
+
+
+class ModelFns:
+  """predict_fn / score_fn of one model and parameter set on a partitioner's mesh."""
+
+  def __init__(self, model: nn.Module, params: Any, partitioner, batch_size: int,
+               decode: DecodeSettings = DecodeSettings()):
+    partitioner.check_batch_size(batch_size)
+    self.model, self.params, self.partitioner = model, params, partitioner
+    self.batch_size, self.decode = batch_size, decode
+    self.parts = partitioner.num_batch_partitions
+    repl = partitioner.replicated
+    self._score = jax.jit(functools.partial(scoring.score_rows, model), out_shardings=repl)
+    self._generate = jax.jit(self._generate_fn, out_shardings=repl)
+
+  def _generate_fn(self, params, tokens):
+    d = self.decode
+    if d.num_beams > 1:
+      return decoding.beam_search(self.model, params, tokens, d.max_decode_length,
+                                  beam_size=d.num_beams, alpha=d.alpha, eos_id=d.eos_id)[0][:, 0]
+    return decoding.temperature_sample(self.model, params, tokens, d.max_decode_length, None,
+                                       temperature=0.0, eos_id=d.eos_id)
+
+  def _shard(self, arrays: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
+    """This process's slice of each global array (leading dims divisible by the shards)."""
+    shard_id, num_shards = self.partitioner.data_shard_info()
+    local = {}
+    for k, v in arrays.items():
+      n = v.shape[0] // num_shards
+      local[k] = v[shard_id * n:(shard_id + 1) * n]
+    return {k: self.partitioner.shard_batch({k: v}, arrays[k].shape[0])[k]
+            for k, v in local.items()}
+
+  # ---- score -----------------------------------------------------------------------------------
+  def score_fn(self, dataset, model_feature_shapes: Optional[Mapping] = None
+               ) -> list[tuple[int, float]]:
+    """log p(decoder_target_tokens | encoder_input_tokens) per row; consecutive rows with the
+    same prompt (a question's options) share one encoding."""
+    del model_feature_shapes
+    indices, feats = _rows(dataset)
+    if not len(indices):
+      return []
+    enc, tgt = feats['encoder_input_tokens'], feats['decoder_target_tokens']
+    batches = scoring.pack_groups(scoring.group_rows(enc), self.batch_size)
+    num_prompts = _round_up(max(len(b) for b in batches), self.parts)
+    scores = np.zeros((len(indices),), np.float64)
+    for batch in batches:
+      prompts = np.zeros((num_prompts, enc.shape[1]), np.int32)
+      prompt_index = np.zeros((self.batch_size,), np.int32)
+      targets = np.zeros((self.batch_size, tgt.shape[1]), np.int32)
+      rows, r = [], 0
+      for p, (start, count) in enumerate(batch):
+        prompts[p] = enc[start]
+        prompt_index[r:r + count] = p
+        targets[r:r + count] = tgt[start:start + count]
+        rows.extend(range(start, start + count))
+        r += count
+      arrays = self._shard({'prompts': prompts, 'prompt_index': prompt_index,
+                            'targets': targets})
+      with self.partitioner.activate():
+        ll, _ = self._score(self.params, arrays['prompts'], arrays['prompt_index'],
+                            arrays['targets'])
+      scores[rows] = np.asarray(jax.device_get(ll))[:len(rows)]
+    return [(int(i), float(s)) for i, s in zip(indices, scores)]
+
+  # ---- predict ---------------------------------------------------------------------------------
+  def predict_fn(self, dataset, model_feature_shapes: Optional[Mapping] = None
+                 ) -> list[tuple[int, list[int]]]:
+    """Decoded token ids (up to, without, EOS) per row: greedy or beam search."""
+    del model_feature_shapes
+    indices, feats = _rows(dataset)
+    out = []
+    for start in range(0, len(indices), self.batch_size):
+      chunk = feats['encoder_input_tokens'][start:start + self.batch_size]
+      tokens = np.zeros((self.batch_size, chunk.shape[1]), np.int32)
+      tokens[:len(chunk)] = chunk
+      arrays = self._shard({'tokens': tokens})
+      with self.partitioner.activate():
+        decoded = np.asarray(jax.device_get(self._generate(self.params, arrays['tokens'])))
+      for i, row in zip(indices[start:start + len(chunk)], decoded):
+        ids = row.tolist()
+        ids = ids[:ids.index(self.decode.eos_id)] if self.decode.eos_id in ids else ids
+        out.append((int(i), [t for t in ids if t > 0]))
+    return out

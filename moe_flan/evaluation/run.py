@@ -1,0 +1,82 @@
+"""`python -m moe_flan.evaluate`: restore a checkpoint, run the engine, write the outputs.
+
+    python -m moe_flan.evaluate --gin_file=gin/models/flan_moe_tiny.gin \\
+      --gin_file=gin/runs/eval.gin --gin.MODEL_DIR="'/tmp/run'" \\
+      --gin.MIXTURE_OR_TASK_NAME="'mmlu_5shot'" --gin.MMLU_DIR="'/data/mmlu'" \\
+      --gin.SPLIT="'test'" --gin.EVAL_OUTPUT_DIR="'/tmp/run/eval_mmlu'"
+
+Datasets are read and checked first (bad benchmark files fail before the checkpoint is
+loaded); then the params are restored sharded over the mesh and every task is scored.
+Process 0 writes EVAL_OUTPUT_DIR/results.json, predictions/{task}.jsonl and TensorBoard events,
+and prints the markdown table.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Optional
+
+import flax.linen as nn
+import gin
+import jax
+
+from moe_flan import config as config_lib
+from moe_flan.evaluation import engine as engine_lib
+from moe_flan.evaluation import report
+
+
+def check_vocabulary(model: config_lib.T5Config, vocab_size: int) -> None:
+  if vocab_size > model.vocab_size:
+    raise ValueError(f'the tasks\' vocabulary has {vocab_size} ids but the model\'s embedding '
+                     f'has {model.vocab_size} (T5Config.vocab_size); the vocabulary must follow '
+                     'the checkpoint (tasks.vocab.default_vocabulary.spm_path)')
+
+
+def restore_params(model: nn.Module, path: str, partitioner, lengths) -> Any:
+  """The checkpoint's params (latest step under `path`), sharded by the logical-axis rules."""
+  # pylint: disable=g-import-not-at-top
+  from moe_flan.trainer import checkpoints, train_state as ts
+  checkpoints.resolve_step_dir(path)
+  with partitioner.activate():
+    boxed = ts.abstract_params(model, dict(lengths))
+    shardings = partitioner.shardings(boxed)
+  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                          nn.meta.unbox(boxed), shardings)
+  return checkpoints.restore_initial_params(
+      checkpoints.CheckpointConfig(initial_checkpoint_path=path), abstract)
+
+
+def checkpoint_step(path: str) -> int:
+  from moe_flan.trainer import checkpoints  # pylint: disable=g-import-not-at-top
+  name = os.path.basename(checkpoints.resolve_step_dir(path).rstrip('/'))
+  return int(name) if name.isdigit() else 0
+
+
+@gin.configurable
+def evaluate(model_dir: str = gin.REQUIRED, model: config_lib.T5Config = gin.REQUIRED,
+             checkpoint_path: Optional[str] = None,
+             settings: engine_lib.EvalSettings = engine_lib.EvalSettings(),
+             output_dir: Optional[str] = None, partitioner=None) -> dict[str, Any]:
+  """Evaluates the checkpoint (default: latest in MODEL_DIR) on `settings`; writes results.json,
+  predictions and TensorBoard events to `output_dir` (default MODEL_DIR/eval/{mixture}) and
+  returns the results dict."""
+  # pylint: disable=g-import-not-at-top
+  from moe_flan.model import EncoderDecoder
+  from moe_flan.partitioning import partitioner as part_lib
+  engine = engine_lib.Engine(settings)
+  check_vocabulary(model, engine.vocab_size())
+  partitioner = partitioner or part_lib.create_partitioner()
+  path = checkpoint_path or model_dir
+  net = EncoderDecoder(model)
+  params = restore_params(net, path, partitioner, settings.task_feature_lengths)
+  step = checkpoint_step(path)
+  result = engine.evaluate(net, params, partitioner, step)
+  from tasks import benchmarks
+  results = report.build_results(
+      result.metrics, result.records, benchmarks.category, step, gin.config_str(),
+      {**dataclasses.asdict(settings), 'checkpoint_path': os.path.abspath(path)})
+  output_dir = output_dir or os.path.join(model_dir, 'eval', settings.mixture_or_task_name)
+  if jax.process_index() == 0:
+    report.write_all(output_dir, results, result.records)
+    print(report.markdown_table(results), flush=True)
+  return results
