@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from typing import Optional, Sequence
 
 from moe_flan.convert import checkpoint_dir, gin_config, hf_checkpoint, retarget, safetensors_io
+from moe_flan.convert import vocabulary
 
 
 def _positive_int(text: str) -> int:
@@ -82,10 +82,12 @@ def run_import(args: argparse.Namespace) -> str:
     config = target
     how = 'upcycled to the gin model' if upcycled else 'fitted to the gin model'
   header = f'Imported from the HF checkpoint {args.src} ({how}) by moe_flan.convert.'
-  spm = os.path.join(args.src, checkpoint_dir.SPM)
-  checkpoint_dir.save(args.out, params, config, hf_config, header,
-                      spm_path=spm if os.path.isfile(spm) else None)
-  return f'wrote {args.out} ({how}); model bindings in {args.out}/{checkpoint_dir.MODEL_GIN}'
+  spm = vocabulary.find(args.src)
+  if spm:   # refused before anything is written
+    vocabulary.check_fits(spm, config.vocab_size)
+  checkpoint_dir.save(args.out, params, config, hf_config, header, spm_path=spm)
+  vocab = f'; vocabulary {vocabulary.bind(args.out)}' if spm else ''
+  return f'wrote {args.out} ({how}); model bindings in {args.out}/{checkpoint_dir.MODEL_GIN}{vocab}'
 
 
 def run_export(args: argparse.Namespace) -> str:
