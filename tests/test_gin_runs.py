@@ -7,7 +7,8 @@ import os
 import gin
 import pytest
 
-from moe_flan.trainer import builder, cli, evaluation, inference, loop
+from moe_flan.evaluation import run as eval_run
+from moe_flan.trainer import builder, cli, inference, loop
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUNS = os.path.join(REPO, 'gin', 'runs')
@@ -81,18 +82,22 @@ def test_quickstart_ends_with_its_final_evaluation(trained_dirs):
     assert record['cross_entropy'] > 0 and 0 <= record['accuracy'] <= 1
 
 
-def test_eval_and_infer_run_files(trained_dirs):
+def test_eval_and_infer_run_files(trained_dirs, tmp_path):
   model_dir = trained_dirs['quickstart.gin'][0]
+  out = str(tmp_path / 'eval')
   _configure([MODEL, os.path.join(RUNS, 'eval.gin')],
-             TINY + [f"MODEL_DIR = '{model_dir}'", 'NUM_EXAMPLES = 4',
-                     "MIXTURE_OR_TASK_NAME = 'emb_nli'", 'EvalConfig.num_batches = 1',
+             TINY + [f"MODEL_DIR = '{model_dir}'", 'NUM_EXAMPLES = 4', f"EVAL_OUTPUT_DIR = '{out}'",
+                     "MIXTURE_OR_TASK_NAME = 'emb_nli_scoring'",
                      # Whole prompts, so their option blocks survive for rank classification.
-                     "TASK_FEATURE_LENGTHS = {'inputs': 128, 'targets': 8}",
-                     'EvalConfig.max_decode_length = 4'])
-  metrics = evaluation.evaluate()
-  for key in ('loss', 'accuracy', 'exact_match', 'rank_classification_accuracy'):
-    assert 0 <= metrics[key] and (key == 'loss' or metrics[key] <= 1), key
-  assert metrics['num_examples'] == 4
+                     "TASK_FEATURE_LENGTHS = {'inputs': 128, 'targets': 8}"])
+  results = eval_run.evaluate()
+  accuracy = results['tasks']['emb_nli_scoring']['metrics']['accuracy']
+  assert 0 <= accuracy['value'] <= 100 and accuracy['n'] == 4
+  assert results['checkpoint_step'] == 1
+  with open(os.path.join(out, 'results.json')) as f:
+    assert json.load(f)['tasks'].keys() == {'emb_nli_scoring'}
+  with open(os.path.join(out, 'predictions', 'emb_nli_scoring.jsonl')) as f:
+    assert len(f.readlines()) == 4
   model_only = [b for b in TINY if not b.startswith(('TASK_FEATURE_LENGTHS', 'BATCH_SIZE'))]
   _configure([MODEL, os.path.join(RUNS, 'infer.gin')],   # infer.gin has no data macros
              model_only + [f"MODEL_DIR = '{model_dir}'", 'InferConfig.max_decode_length = 4',
