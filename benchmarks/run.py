@@ -15,7 +15,7 @@ import traceback
 
 SUITES = {
     'cpu': ('moe_layer', 'train_step', 'input_pipeline', 'memory', 'hf_switch', 'grouped_matmul',
-            'step_buffers'),
+            'step_buffers', 'eval_rank'),
     'gpu': ('train_step', 'moe_layer', 'memory'),
 }
 _PEAK_SIZE = {('cpu', False): 2048, ('cpu', True): 256, ('gpu', False): 8192, ('gpu', True): 1024}

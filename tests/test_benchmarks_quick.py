@@ -14,6 +14,7 @@ EXPECTED = {
     'hf_switch': {'moe_flan', 'hf_torch'},
     'grouped_matmul': {'dense', 'kernel', 'kernel_routed', 'xla_batched'},
     'step_buffers': {'kept step buffers', 'donated state'},
+    'eval_rank': {'moe_flan', 'hf_torch'},
 }
 
 
