@@ -199,4 +199,5 @@ def register(name: str, load: Callable[[str], Sequence[Prompted]], splits: Seque
   return registry.add_task(
       name, fingerprint=fingerprint, source=source,
       output_features=vocab.output_features(), preprocessors=preprocessors,
-      postprocess_fn=postprocess, metric_fns=list(metrics), shuffle_buffer_size=None)
+      postprocess_fn=postprocess, metric_fns=list(metrics),
+      shuffle_buffer_size=1024)   # evaluation reads in file order; a data check may shuffle

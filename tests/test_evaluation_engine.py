@@ -22,6 +22,8 @@ from moe_flan.partitioning import mesh as mesh_lib
 from moe_flan.partitioning import partitioner as part_lib
 from tasks import benchmarks, vocab
 
+pytestmark = pytest.mark.usefixtures('persistent_compilation_cache')
+
 CONFIG = T5Config(vocab_size=3072, emb_dim=16, num_heads=2, head_dim=8, num_encoder_layers=1,
                   num_decoder_layers=1, mlp_dim=32, dropout_rate=0.0)
 LENGTHS = {'inputs': 512, 'targets': 8}
@@ -276,8 +278,8 @@ def test_eval_period_runs_the_same_engine_as_evaluate(dirs, tmp_path):
   model = T5Config(vocab_size=3072, emb_dim=16, num_heads=2, head_dim=8, num_encoder_layers=1,
                    num_decoder_layers=1, mlp_dim=16)
   model_dir = str(tmp_path / 'run')
-  loop.train(model_dir, model, data_lib.DataConfig('flan_embedded', {'inputs': 32, 'targets': 8},
-                                                   batch_size=8),
+  loop.train(model_dir, model, data_lib.DataConfig('emb_nli', {'inputs': 32, 'targets': 8},
+                                                   batch_size=8, truncation_check_examples=0),
              loop.RunConfig(train_steps=2, log_period=1, eval_period=2, eval_steps=1,
                             write_plots=False),
              optimizers.OptimizerConfig(), ck.CheckpointConfig(period=2), eval_settings=settings)

@@ -69,24 +69,24 @@ def step0_model_dir(tmp_path_factory):
   return model_dir
 
 
-def test_evaluate_says_what_it_evaluated_and_nothing_alarming(step0_model_dir):
+def test_evaluate_says_what_it_evaluated_and_nothing_alarming(step0_model_dir, tmp_path):
+  out = str(tmp_path / 'eval')
   proc = _run('moe_flan.evaluate', '--gin_file=models/flan_moe_tiny.gin',
               '--gin_file=runs/eval.gin', *[f'--gin.{b.replace(" ", "")}' for b in TINY],
               f"--gin.MODEL_DIR='{step0_model_dir}'", "--gin.MIXTURE_OR_TASK_NAME='emb_nli'",
               "--gin.TASK_FEATURE_LENGTHS={'inputs':128,'targets':2}", '--gin.BATCH_SIZE=4',
-              '--gin.NUM_EXAMPLES=4', '--gin.EvalConfig.num_batches=1',
-              '--gin.EvalConfig.max_decode_length=2')
+              '--gin.NUM_EXAMPLES=4', f"--gin.EVAL_OUTPUT_DIR='{out}'")
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert not NOISE.search(proc.stderr), proc.stderr
   step_dir = os.path.join(step0_model_dir, 'checkpoints', '0')
   lines = proc.stdout.splitlines()
   assert lines[0] == (f"moe_flan.evaluate: checkpoint step 0 ({step_dir}) on 'emb_nli' "
                       "(split 'validation')")
-  tokens = re.fullmatch(r'  loss, accuracy: (\d+) target tokens in 1 batch of 4', lines[1])
-  assert tokens and int(tokens.group(1)) > 0
-  assert lines[2] == '  exact_match: 4 examples'
-  ranked = re.fullmatch(r'  rank_classification_accuracy: (\d) examples with options', lines[3])
-  assert ranked and 1 <= int(ranked.group(1)) <= 4
+  # The results table: one row for the task with its 4 examples, then category and overall.
+  assert lines[1] == '| task | category | n | exact_match |'
+  assert re.fullmatch(r'\| emb_nli \| embedded/classification \| 4 \| \d+\.\d ± \d+\.\d \|',
+                      lines[3]), lines
+  assert os.path.isfile(os.path.join(out, 'results.json'))
   # The truncation check ran on the evaluated split and warned (2 target tokens cut answers).
   assert re.search(r"TASK_FEATURE_LENGTHS=\{'inputs': 128, 'targets': 2\} cut more than 1% of the "
                    r"first examples of emb_nli \(validation split\): .*emb_nli targets \d+\.\d%",

@@ -32,8 +32,9 @@ def check_vocabulary(model: config_lib.T5Config, vocab_size: int) -> None:
                      'the checkpoint (tasks.vocab.default_vocabulary.spm_path)')
 
 
-def restore_params(model: nn.Module, path: str, partitioner, lengths) -> Any:
-  """The checkpoint's params (latest step under `path`), sharded by the logical-axis rules."""
+def restore_params(model: nn.Module, path: str, partitioner, lengths) -> tuple[Any, str]:
+  """(params of the newest intact step under `path`, sharded by the logical-axis rules, that
+  step's directory)."""
   # pylint: disable=g-import-not-at-top
   from moe_flan.trainer import checkpoints, train_state as ts
   checkpoints.resolve_step_dir(path)
@@ -42,14 +43,21 @@ def restore_params(model: nn.Module, path: str, partitioner, lengths) -> Any:
     shardings = partitioner.shardings(boxed)
   abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           nn.meta.unbox(boxed), shardings)
-  return checkpoints.restore_initial_params(
+  return checkpoints.restore_params(
       checkpoints.CheckpointConfig(initial_checkpoint_path=path), abstract)
 
 
-def checkpoint_step(path: str) -> int:
-  from moe_flan.trainer import checkpoints  # pylint: disable=g-import-not-at-top
-  name = os.path.basename(checkpoints.resolve_step_dir(path).rstrip('/'))
+def step_of(step_dir: str) -> int:
+  name = os.path.basename(os.path.normpath(step_dir))
   return int(name) if name.isdigit() else 0
+
+
+def headline(step_dir: str, settings: engine_lib.EvalSettings) -> str:
+  """What was evaluated, for the console."""
+  name = os.path.basename(os.path.normpath(step_dir))
+  which = f'step {name} ({step_dir})' if name.isdigit() else step_dir
+  return (f'moe_flan.evaluate: checkpoint {which} on {settings.mixture_or_task_name!r} '
+          f'(split {settings.split!r})')
 
 
 @gin.configurable
@@ -63,18 +71,24 @@ def evaluate(model_dir: str = gin.REQUIRED, model: config_lib.T5Config = gin.REQ
   # pylint: disable=g-import-not-at-top
   from moe_flan.model import EncoderDecoder
   from moe_flan.partitioning import partitioner as part_lib
+  from moe_flan.trainer import data as data_lib
+  from tasks import benchmarks
   engine = engine_lib.Engine(settings)
   check_vocabulary(model, engine.vocab_size())
+  data_lib.report_truncation(data_lib.DataConfig(   # warns when the lengths cut many targets
+      settings.mixture_or_task_name, settings.task_feature_lengths,
+      batch_size=settings.batch_size, split=settings.split))
   partitioner = partitioner or part_lib.create_partitioner()
   path = checkpoint_path or model_dir
   net = EncoderDecoder(model)
-  params = restore_params(net, path, partitioner, settings.task_feature_lengths)
-  step = checkpoint_step(path)
+  params, step_dir = restore_params(net, path, partitioner, settings.task_feature_lengths)
+  step = step_of(step_dir)
+  if jax.process_index() == 0:
+    print(headline(step_dir, settings), flush=True)
   result = engine.evaluate(net, params, partitioner, step)
-  from tasks import benchmarks
   results = report.build_results(
       result.metrics, result.records, benchmarks.category, step, gin.config_str(),
-      {**dataclasses.asdict(settings), 'checkpoint_path': os.path.abspath(path)})
+      {**dataclasses.asdict(settings), 'checkpoint_path': os.path.abspath(step_dir)})
   output_dir = output_dir or os.path.join(model_dir, 'eval', settings.mixture_or_task_name)
   if jax.process_index() == 0:
     report.write_all(output_dir, results, result.records)
