@@ -295,3 +295,19 @@ def test_eval_period_runs_the_same_engine_as_evaluate(dirs, tmp_path):
     assert logged[f'eval/category/{cat}/accuracy'] == pytest.approx(
         pooled['macro']['accuracy']['value'])
   assert logged['step'] == 2 and 'loss' in logged
+
+
+def test_predictions_have_one_fixed_length(model_and_params):
+  """seqio stacks every task's predictions into one array: rows must share their length, the
+  decode length (EOS then padding), whatever step each row stopped at."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from moe_flan.evaluation import model_fns  # pylint: disable=g-import-not-at-top
+  net, params = model_and_params
+  tokens = np.random.default_rng(0).integers(2, 3000, (5, 12)).astype(np.int32)
+  dataset = tf.data.Dataset.from_tensor_slices({'encoder_input_tokens': tokens}).enumerate()
+  fns = model_fns.ModelFns(net, params, part_lib.create_partitioner((8, 1, 1)), 8,
+                           model_fns.DecodeSettings(max_decode_length=6))
+  out = fns.predict_fn(dataset)
+  assert [i for i, _ in out] == list(range(5)) and {len(t) for _, t in out} == {6}
+  want = np.asarray(decoding.greedy_decode(net, params, tokens, 6))
+  np.testing.assert_array_equal(np.array([t for _, t in out]), want)

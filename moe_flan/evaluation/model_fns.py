@@ -111,7 +111,7 @@ class ModelFns:
   # ---- predict ---------------------------------------------------------------------------------
   def predict_fn(self, dataset, model_feature_shapes: Optional[Mapping] = None
                  ) -> list[tuple[int, list[int]]]:
-    """Decoded token ids (up to, without, EOS) per row: greedy or beam search."""
+    """Decoded token ids <int32>[max_decode_length] per row: greedy or beam search."""
     del model_feature_shapes
     indices, feats = _rows(dataset)
     out = []
@@ -122,8 +122,7 @@ class ModelFns:
       arrays = self._shard({'tokens': tokens})
       with self.partitioner.activate():
         decoded = np.asarray(jax.device_get(self._generate(self.params, arrays['tokens'])))
-      for i, row in zip(indices[start:start + len(chunk)], decoded):
-        ids = row.tolist()
-        ids = ids[:ids.index(self.decode.eos_id)] if self.decode.eos_id in ids else ids
-        out.append((int(i), [t for t in ids if t > 0]))
+      # Whole rows (EOS, then 0s): seqio stacks the outputs into one array and its
+      # vocabulary decodes up to the first EOS.
+      out += [(int(i), row.tolist()) for i, row in zip(indices[start:start + len(chunk)], decoded)]
     return out
