@@ -17,7 +17,6 @@ Modules (import by name, e.g. `from moe_flan.trainer import loop`):
                 a damaged step to the newest intact one
   checkpoint_integrity  per-step checksums.json: names a truncated or overwritten file
   data          DataConfig, batches (tasks.pipeline), check_task_exists, report_truncation
-  evaluation    EvalConfig, evaluate (loss/accuracy, rank classification, exact match)
   final_eval    the end-of-run evaluation on named mixtures (RunConfig.final_eval_mixtures)
   inference     InferConfig, infer (greedy / sampling / beam search)
   cli           flags shared by the entry points; gin_checks (missing gin files, unused
