@@ -16,7 +16,6 @@ import dataclasses
 import os
 from typing import Any, Optional
 
-import flax.linen as nn
 import gin
 import jax
 
@@ -30,21 +29,6 @@ def check_vocabulary(model: config_lib.T5Config, vocab_size: int) -> None:
     raise ValueError(f'the tasks\' vocabulary has {vocab_size} ids but the model\'s embedding '
                      f'has {model.vocab_size} (T5Config.vocab_size); the vocabulary must follow '
                      'the checkpoint (tasks.vocab.default_vocabulary.spm_path)')
-
-
-def restore_params(model: nn.Module, path: str, partitioner, lengths) -> tuple[Any, str]:
-  """(params of the newest intact step under `path`, sharded by the logical-axis rules, that
-  step's directory)."""
-  # pylint: disable=g-import-not-at-top
-  from moe_flan.trainer import checkpoints, train_state as ts
-  checkpoints.resolve_step_dir(path)
-  with partitioner.activate():
-    boxed = ts.abstract_params(model, dict(lengths))
-    shardings = partitioner.shardings(boxed)
-  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                          nn.meta.unbox(boxed), shardings)
-  return checkpoints.restore_params(
-      checkpoints.CheckpointConfig(initial_checkpoint_path=path), abstract)
 
 
 def step_of(step_dir: str) -> int:
@@ -69,23 +53,20 @@ def evaluate(model_dir: str = gin.REQUIRED, model: config_lib.T5Config = gin.REQ
   predictions and TensorBoard events to `output_dir` (default MODEL_DIR/eval/{mixture}) and
   returns the results dict."""
   # pylint: disable=g-import-not-at-top
-  from moe_flan.model import EncoderDecoder
-  from moe_flan.partitioning import partitioner as part_lib
-  from moe_flan.trainer import data as data_lib
+  from moe_flan.trainer import data as data_lib, model_setup
   from tasks import benchmarks
   engine = engine_lib.Engine(settings)
   check_vocabulary(model, engine.vocab_size())
   data_lib.report_truncation(data_lib.DataConfig(   # warns when the lengths cut many targets
       settings.mixture_or_task_name, settings.task_feature_lengths,
       batch_size=settings.batch_size, split=settings.split))
-  partitioner = partitioner or part_lib.create_partitioner()
+  setup = model_setup.build_model_setup(model, partitioner)
   path = checkpoint_path or model_dir
-  net = EncoderDecoder(model)
-  params, step_dir = restore_params(net, path, partitioner, settings.task_feature_lengths)
+  params, step_dir = setup.restore_params(path)
   step = step_of(step_dir)
   if jax.process_index() == 0:
     print(headline(step_dir, settings), flush=True)
-  result = engine.evaluate(net, params, partitioner, step)
+  result = engine.evaluate(setup.model, params, setup.partitioner, step)
   results = report.build_results(
       result.metrics, result.records, benchmarks.category, step, gin.config_str(),
       {**dataclasses.asdict(settings), 'checkpoint_path': os.path.abspath(step_dir)})
