@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 import flax.linen as nn
+import gin
 import jax
 import numpy as np
 import pytest
@@ -119,6 +120,15 @@ def test_command_writes_json_and_batch_changes_compiled_temporaries(tmp_path):
           > small['memory_per_chip']['temporaries'] + 4 * 2 ** 20)
   assert big['flops']['model_flops_per_step'] == pytest.approx(
       64 * small['flops']['model_flops_per_step'])
+
+
+@pytest.fixture(autouse=True)
+def _clear_gin():
+  """A plan parses gin files into gin's global config (as the entry points do); later tests in
+  the same process must not inherit their bindings (e.g. instruction_tune.gin's expert dropout
+  on every MoeConfig())."""
+  yield
+  gin.clear_config()
 
 
 @pytest.fixture
