@@ -111,6 +111,7 @@ def run(ctx: ctx_lib.Context) -> list[dict]:
   from moe_flan.evaluation import engine as engine_lib
   from moe_flan.model import EncoderDecoder
   from moe_flan.partitioning import partitioner as part_lib
+  from tasks import benchmarks as _  # noqa: F401  (defines the gin configurable bound below)
   from tasks import vocab as vocab_lib
   s = QUICK if ctx.quick else FULL
   voc = vocab_lib.default_vocabulary()
