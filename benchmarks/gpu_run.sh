@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The GPU checks in one command, for a machine that already has JAX for CUDA, flax and optax
-# (a lent accelerator has no network): the Hopper-kernel tests, then `--suite gpu`.
+# The GPU checks in one command, for a GPU machine without network access that already has JAX
+# for CUDA, flax and optax: the Hopper-kernel tests, then `--suite gpu`.
 #
 #   bash benchmarks/gpu_run.sh OUT_DIR [SUITE_SECONDS]
 #
