@@ -19,30 +19,13 @@ import pytest
 from moe_flan.trainer import metrics
 
 from conftest import JAX_CACHE_DIR
+from test_trainer_resume import TINY_GIN as RESUME_GIN
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 8
 BOUND_S = 150   # signal -> exit, on a loaded 2-core machine
-TINY_GIN = """
-include 'runs/quickstart.gin'
-T5Config.emb_dim = 16
-T5Config.num_heads = 2
-T5Config.head_dim = 8
-T5Config.mlp_dim = 16
-T5Config.num_encoder_layers = 1
-T5Config.num_decoder_layers = 1
-MoeConfig.num_experts = 4
-MoeConfig.expert_mlp_dim = 16
-MoeConfig.group_size = 64
-MoeConfig.encoder_sparse_layout = 'all'
-MoeConfig.decoder_sparse_layout = 'all'
-TASK_FEATURE_LENGTHS = {'inputs': 32, 'targets': 8}
-BATCH_SIZE = 4
-DROPOUT_RATE = 0.1
-LOG_PERIOD = 1
-LEARNING_RATE = 1e-2
-ScheduleConfig.warmup_steps = 0
-DataConfig.truncation_check_examples = 0
+# The resume test's tiny model and run, without plots or a final evaluation.
+TINY_GIN = RESUME_GIN + """
 RunConfig.write_plots = False
 RunConfig.final_eval_mixtures = ()
 """
