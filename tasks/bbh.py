@@ -16,7 +16,6 @@ Mixtures `bbh_3shot`, `bbh_3shot_cot`. Categories: the BBH paper's NLP / algorit
 from __future__ import annotations
 
 import functools
-import json
 import os
 import re
 
@@ -39,17 +38,8 @@ def category(task: str) -> str:
 @functools.lru_cache(maxsize=None)
 def read_examples(path: str) -> tuple[tuple[str, str], ...]:
   """(input, target) pairs of a bbh/{task}.json; ValueError naming the file."""
-  if not os.path.isfile(path):
-    raise ValueError(f'BBH file {path!r} does not exist')
-  with open(path, encoding='utf-8') as f:
-    try:
-      data = json.load(f)
-    except json.JSONDecodeError as e:
-      raise ValueError(f'{path}: not valid JSON ({e})') from None
-  examples = data.get('examples') if isinstance(data, dict) else None
-  if not examples:
-    raise ValueError(f'{path}: no "examples" list (BBH files are {{"examples": [{{"input", '
-                     '"target"}, ...]}})')
+  examples = eval_prompts.read_json_examples(
+      path, 'BBH', ' (BBH files are {"examples": [{"input", "target"}, ...]})')['examples']
   out = []
   for i, ex in enumerate(examples):
     if not isinstance(ex, dict) or not isinstance(ex.get('input'), str) or \

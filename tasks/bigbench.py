@@ -15,7 +15,6 @@ against the first target (a file must be all one kind). Mixtures `bigbench_{k}sh
 from __future__ import annotations
 
 import functools
-import json
 import os
 from typing import Sequence
 
@@ -34,16 +33,8 @@ def bigbench_settings(shots: Sequence[int] = (0, 3)) -> tuple[int, ...]:
 @functools.lru_cache(maxsize=None)
 def read_task(path: str) -> tuple[dict, str]:
   """(task json, kind 'rank' | 'generate'); ValueError naming the file and example."""
-  if not os.path.isfile(path):
-    raise ValueError(f'BIG-bench file {path!r} does not exist')
-  with open(path, encoding='utf-8') as f:
-    try:
-      data = json.load(f)
-    except json.JSONDecodeError as e:
-      raise ValueError(f'{path}: not valid JSON ({e})') from None
-  examples = data.get('examples') if isinstance(data, dict) else None
-  if not examples:
-    raise ValueError(f'{path}: no "examples" list')
+  data = eval_prompts.read_json_examples(path, 'BIG-bench')
+  examples = data['examples']
   kinds = set()
   for i, ex in enumerate(examples):
     if not isinstance(ex, dict) or not isinstance(ex.get('input'), str):

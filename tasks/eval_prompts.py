@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
+import os
 from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
@@ -23,6 +25,22 @@ import seqio
 import tensorflow as tf
 
 from tasks import eval_metrics, registry, vocab
+
+
+def read_json_examples(path: str, benchmark: str, layout: str = '') -> dict:
+  """A benchmark's JSON file (BBH, BIG-bench) with a non-empty "examples" list; ValueError naming
+  the file when it is missing, not JSON or has no examples (`layout` describes the expected form)."""
+  if not os.path.isfile(path):
+    raise ValueError(f'{benchmark} file {path!r} does not exist')
+  with open(path, encoding='utf-8') as f:
+    try:
+      data = json.load(f)
+    except json.JSONDecodeError as e:
+      raise ValueError(f'{path}: not valid JSON ({e})') from None
+  examples = data.get('examples') if isinstance(data, dict) else None
+  if not examples:
+    raise ValueError(f'{path}: no "examples" list{layout}')
+  return data
 
 KINDS = ('rank', 'generate', 'cot')
 # Joins a row's options in its `options_pretokenized` string (the ASCII unit separator).
