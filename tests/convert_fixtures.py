@@ -39,3 +39,15 @@ def flat(tree, prefix=''):
     else:
       out[f'{prefix}{k}'] = np.asarray(v)
   return out
+
+
+def randomise_hf(model):
+  """Well-spread random weights for a Hugging Face model, in eval mode (HF's init leaves e.g.
+  layer norms at exactly 1). Imports torch only when called."""
+  import torch  # pylint: disable=g-import-not-at-top
+  gen = torch.Generator().manual_seed(0)
+  with torch.no_grad():
+    for name, p in model.named_parameters():
+      noise = torch.randn(p.shape, generator=gen)
+      p.copy_(1.0 + 0.1 * noise if 'layer_norm' in name else 0.5 * noise)
+  return model.eval()

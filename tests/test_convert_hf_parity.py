@@ -20,6 +20,7 @@ from moe_flan.convert import hf_checkpoint  # pylint: disable=g-import-not-at-to
 from moe_flan.model import EncoderDecoder
 from moe_flan.model.losses import cross_entropy_with_z_loss
 
+import convert_fixtures  # pylint: disable=g-bad-import-order  (tests/convert_fixtures.py)
 import hf_switch_losses  # pylint: disable=g-bad-import-order  (tests/hf_switch_losses.py)
 
 B, L, V = 2, 8, 64
@@ -55,14 +56,7 @@ CASES = {
 }
 
 
-def _randomise(model):
-  """Well-spread random weights (HF's init leaves e.g. layer norms at exactly 1)."""
-  gen = torch.Generator().manual_seed(0)
-  with torch.no_grad():
-    for name, p in model.named_parameters():
-      noise = torch.randn(p.shape, generator=gen)
-      p.copy_(1.0 + 0.1 * noise if 'layer_norm' in name else 0.5 * noise)
-  return model.eval()
+_randomise = convert_fixtures.randomise_hf
 
 
 def _hf_model(kind, kwargs):

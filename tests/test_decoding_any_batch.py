@@ -12,6 +12,7 @@ from moe_flan import decoding
 from moe_flan.config import MoeConfig
 from moe_flan.model import EncoderDecoder
 from t5_fixtures import random_params, tiny_config
+import convert_fixtures
 
 GROUP = 48       # tokens per routing group: most batch * length products below are not multiples
 PROMPTS = ['What is 3 plus 4?', 'Write the number 12 in words.', 'Is 7 greater than 3?',
@@ -105,7 +106,7 @@ def test_training_keeps_the_strict_group_check():
 
 def _hf_switch(expert_capacity: int = 2):
   transformers = pytest.importorskip('transformers')
-  torch = pytest.importorskip('torch')
+  pytest.importorskip('torch')
   cfg = transformers.SwitchTransformersConfig(
       vocab_size=64, d_model=16, d_kv=4, num_heads=4, relative_attention_num_buckets=8,
       relative_attention_max_distance=16, decoder_start_token_id=0, dropout_rate=0.0, d_ff=32,
@@ -113,12 +114,7 @@ def _hf_switch(expert_capacity: int = 2):
       num_sparse_decoder_layers=2, num_experts=4, expert_capacity=expert_capacity,
       router_jitter_noise=0.0)
   model = transformers.SwitchTransformersForConditionalGeneration(cfg)
-  gen = torch.Generator().manual_seed(0)
-  with torch.no_grad():
-    for name, p in model.named_parameters():
-      noise = torch.randn(p.shape, generator=gen)
-      p.copy_(1.0 + 0.1 * noise if 'layer_norm' in name else 0.5 * noise)
-  return model.eval()
+  return convert_fixtures.randomise_hf(model)
 
 
 @pytest.fixture(scope='module')

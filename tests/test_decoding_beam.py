@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from moe_flan import decoding
+import convert_fixtures
 
 EOS = 1
 
@@ -173,18 +174,13 @@ def test_random_tables_match_the_reference(alpha):
 
 # --- A tiny imported T5 against Hugging Face `generate` -----------------------------------------
 
-def _hf_t5(transformers, torch):
+def _hf_t5(transformers):
   cfg = transformers.T5Config(
       vocab_size=64, d_model=16, d_kv=4, num_heads=4, relative_attention_num_buckets=8,
       relative_attention_max_distance=16, decoder_start_token_id=0, dropout_rate=0.0, d_ff=32,
       num_layers=2, feed_forward_proj='gated-gelu', tie_word_embeddings=False)
   model = transformers.T5ForConditionalGeneration(cfg)
-  gen = torch.Generator().manual_seed(0)
-  with torch.no_grad():
-    for name, p in model.named_parameters():
-      noise = torch.randn(p.shape, generator=gen)
-      p.copy_(1.0 + 0.1 * noise if 'layer_norm' in name else 0.5 * noise)
-  return model.eval()
+  return convert_fixtures.randomise_hf(model)
 
 
 def test_imported_t5_matches_hf_generate_where_both_rules_agree():
@@ -197,7 +193,7 @@ def test_imported_t5_matches_hf_generate_where_both_rules_agree():
   from moe_flan.convert import hf_checkpoint  # pylint: disable=g-import-not-at-top
   from moe_flan.model import EncoderDecoder  # pylint: disable=g-import-not-at-top
   beams, length = 4, 5
-  hf = _hf_t5(transformers, torch)
+  hf = _hf_t5(transformers)
   config, params = hf_checkpoint.import_hf(hf)
   model = EncoderDecoder(config)
   enc = np.random.default_rng(0).integers(2, 64, (6, 7))

@@ -18,6 +18,7 @@ sentencepiece = pytest.importorskip('sentencepiece')
 import benchmark_fixtures as bf  # pylint: disable=g-import-not-at-top
 from moe_flan import evaluate  # pylint: disable=g-import-not-at-top
 from moe_flan.convert import cli as convert_cli  # pylint: disable=g-import-not-at-top
+import convert_fixtures
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SUBJECTS = ('anatomy', 'philosophy')
@@ -50,12 +51,7 @@ def _hf_model(vocab_size):
       relative_attention_max_distance=16, feed_forward_proj='gated-gelu',
       tie_word_embeddings=False, decoder_start_token_id=0, dropout_rate=0.0)
   model = transformers.T5ForConditionalGeneration(cfg)
-  gen = torch.Generator().manual_seed(0)
-  with torch.no_grad():
-    for name, p in model.named_parameters():
-      noise = torch.randn(p.shape, generator=gen)
-      p.copy_(1.0 + 0.1 * noise if 'layer_norm' in name else 0.5 * noise)
-  return model.eval()
+  return convert_fixtures.randomise_hf(model)
 
 
 @pytest.fixture(scope='module')
