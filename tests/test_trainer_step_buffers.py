@@ -112,8 +112,8 @@ def _trainer_run(model_dir, reuse):
     state, metrics = step(state, setup.shard(next(batches)))
     if len(_Recording.instances) > count:
       grads = _Recording.instances[-1]._grads   # pylint: disable=protected-access
-      assert jax.tree.map(lambda g: g.sharding, grads) == setup.state_shardings.params
-      assert jax.tree.map(lambda a: a.sharding, state) == setup.state_shardings
+      assert jax.tree.map(lambda g: g.sharding, grads) == setup.parts.state_shardings.params
+      assert jax.tree.map(lambda a: a.sharding, state) == setup.parts.state_shardings
       history.append((state, _pointers(grads), _pointers(state)))
   setup.close()
   return jax.device_get(metrics), jax.device_get(state.params), history or None

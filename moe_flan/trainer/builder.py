@@ -95,48 +95,33 @@ class StepParts:
 
 @dataclasses.dataclass
 class TrainSetup:
-  """The pieces of one run, built and checked; methods do the work the loop needs."""
+  """The pieces of one run, built and checked: the train step's parts (`parts`: model side,
+  optimizer, abstract sharded state) and what the run adds on disk and in data; methods do the
+  work the loop needs."""
   model_dir: str
-  model_side: model_setup_lib.ModelSetup
+  parts: StepParts
   data: data_lib.DataConfig
   eval_data: Optional[data_lib.DataConfig]
   checkpoint: ckpt_lib.CheckpointConfig
-  optimizer: optimizers.OptimizerConfig
-  tx: optax.GradientTransformation
-  schedule: Callable
-  frozen: Any
-  abstract_state: ts.TrainState      # ShapeDtypeStructs with shardings
-  state_shardings: ts.TrainState
   checkpointer: ckpt_lib.Checkpointer
   seed: int
-
-  @property
-  def model_config(self) -> config_lib.T5Config:
-    return self.model_side.config
-
-  @property
-  def partitioner(self) -> Any:
-    return self.model_side.partitioner
-
-  @property
-  def model(self) -> nn.Module:
-    return self.model_side.model
 
   # ---- state ------------------------------------------------------------------------------------
   def initial_state(self) -> tuple[ts.TrainState, int]:
     """(state, data position): resumed from MODEL_DIR, else fresh (+ initial checkpoint)."""
     if self.checkpointer.latest_step() is not None:
-      state, meta = self.checkpointer.restore(self.abstract_state)
+      state, meta = self.checkpointer.restore(self.parts.abstract_state)
       return state, int(meta['data_position'])
-    init = ts.init_params_fn(self.model, self.data.task_feature_lengths)
-    tx = self.tx
+    init = ts.init_params_fn(self.parts.model, self.data.task_feature_lengths)
+    tx = self.parts.tx
 
     def fresh(rng):
       params = nn.meta.unbox(init(rng))
       return ts.new_state(params, tx, rng)
 
-    with self.partitioner.activate():
-      state = jax.jit(fresh, out_shardings=self.state_shardings)(jax.random.PRNGKey(self.seed))
+    with self.parts.partitioner.activate():
+      state = jax.jit(fresh, out_shardings=self.parts.state_shardings)(
+          jax.random.PRNGKey(self.seed))
     if self.checkpoint.initial_checkpoint_path:
       params = ckpt_lib.restore_initial_params(self.checkpoint, state.params)
       state = state.replace(params=params)
@@ -155,33 +140,29 @@ class TrainSetup:
 
   # ---- data -------------------------------------------------------------------------------------
   def train_batches(self, start_batch: int) -> Iterator[dict[str, np.ndarray]]:
-    shard_id, num_shards = self.partitioner.data_shard_info()
+    shard_id, num_shards = self.parts.partitioner.data_shard_info()
     return data_lib.batches(self.data, shard_id, num_shards, start_batch=start_batch)
 
   def shard(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-    return self.partitioner.shard_batch(batch, self.data.batch_size)
+    return self.parts.partitioner.shard_batch(batch, self.data.batch_size)
 
   # ---- steps ------------------------------------------------------------------------------------
   def jit_train_step(self) -> Callable:
     """(state, batch) -> (state, metrics), jitted with the state donated (or, with
     OptimizerConfig.reuse_step_buffers, step_buffers.jit_train_step's kept buffers)."""
-    jitted = self.step_parts().jit_train_step()
+    jitted = self.parts.jit_train_step()
 
     def run(state, batch):
-      with self.partitioner.activate():
+      with self.parts.partitioner.activate():
         return jitted(state, batch)
     return run
-
-  def step_parts(self) -> StepParts:
-    return StepParts(self.model_side, self.optimizer, self.tx, self.schedule, self.frozen,
-                     self.abstract_state, self.state_shardings)
 
   def evaluate(self, params: Any, num_batches: int,
                cfg: Optional[data_lib.DataConfig] = None) -> dict[str, Any]:
     """Mean eval metrics over `num_batches` batches of `cfg` (default: eval data, else the
     train mixture's validation split)."""
     cfg = cfg or self.eval_data or dataclasses.replace(self.data, split='validation')
-    return self.model_side.mean_metrics(params, cfg, num_batches)
+    return self.parts.model_side.mean_metrics(params, cfg, num_batches)
 
 
 def check_inputs(model_dir: str, data: data_lib.DataConfig,
@@ -213,9 +194,7 @@ def build(model_dir: str, model_config: config_lib.T5Config, data: data_lib.Data
   checkpointer.check_compatible(ts.param_shapes(parts.abstract_state.params))
   if jax.process_index() == 0:
     config_gin.write_model_gin(model_dir, model_config)
-  return TrainSetup(model_dir, parts.model_side, data, eval_data, checkpoint, optimizer,
-                    parts.tx, parts.schedule, parts.frozen, parts.abstract_state,
-                    parts.state_shardings, checkpointer, seed)
+  return TrainSetup(model_dir, parts, data, eval_data, checkpoint, checkpointer, seed)
 
 
 def build_step(model_config: config_lib.T5Config, data: data_lib.DataConfig,

@@ -111,7 +111,7 @@ def _loop(setup: builder.TrainSetup, state, start: int, run: RunConfig,
         record = setup.evaluate(state.params, run.eval_steps)
         if engine is not None:   # benchmark scores per task / category / overall
           record.update(engine.evaluate_and_write(
-              setup.model, state.params, setup.partitioner, step,
+              setup.parts.model, state.params, setup.parts.partitioner, step,
               os.path.join(setup.model_dir, 'eval', str(step))))
         eval_writer.write(step, record)
       setup.save(state)
