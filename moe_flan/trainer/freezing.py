@@ -7,6 +7,8 @@ Every parameter belongs to exactly one group, decided by its path in the paramet
   non_expert   everything else (attention, dense MLPs, layer norms, relative position biases)
 Frozen groups get `optax.set_to_zero()` (no optimizer state) and the train step additionally keeps
 their old values, so frozen params stay bit-identical (even -0.0 stays -0.0).
+A group that selects no parameter is an error, not a no-op: freezing 'router' or 'experts' of a
+dense model would otherwise train everything while the run claims a freezing ablation.
 """
 from __future__ import annotations
 
@@ -40,6 +42,10 @@ def _group_at(key_path) -> str:
 
 
 def check_groups(frozen_groups: Sequence[str]) -> tuple[str, ...]:
+  """`frozen_groups` as a tuple; a one-line error names an unknown group."""
+  if isinstance(frozen_groups, str):   # 'router' would otherwise be read as six letters
+    raise ValueError(f'frozen_groups={frozen_groups!r}: give a list of groups, e.g. '
+                     f'[{frozen_groups!r}]')
   for g in frozen_groups:
     if g not in GROUPS:
       raise ValueError(f'frozen_groups: unknown group {g!r}; choose from {GROUPS}')
@@ -49,6 +55,11 @@ def check_groups(frozen_groups: Sequence[str]) -> tuple[str, ...]:
 def frozen_mask(params: Any, frozen_groups: Sequence[str]) -> Any:
   """Tree of bools like `params`: True where the param is frozen."""
   frozen_groups = check_groups(frozen_groups)
+  present = {_group_at(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)}
+  for g in frozen_groups:
+    if g not in present:
+      raise ValueError(f'frozen_groups: {g!r} selects no parameter of this model (a dense model '
+                       'has no router or experts); drop it from FROZEN_GROUPS')
   return jax.tree_util.tree_map_with_path(
       lambda p, _: _group_at(p) in frozen_groups, params)
 

@@ -36,7 +36,8 @@ from moe_flan.trainer import builder
 class RunConfig:
   """How long to train and how often to log/evaluate.
 
-  eval_period 0 = no periodic eval; frozen_groups: any of freezing.GROUPS; final_eval_mixtures:
+  eval_period 0 = no periodic eval; frozen_groups: any of freezing.GROUPS (each must select
+  some parameter: a dense model has no 'router' or 'experts'); final_eval_mixtures:
   mixtures whose validation split the final params are evaluated on (`final_eval`), each on
   `final_eval_batches` batches.
   """
