@@ -12,8 +12,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   flags = cli.parse_flags(sys.argv[1:] if argv is None else argv, prog='moe_flan.evaluate')
   cli.initialize_distributed(flags)
   cli.configure_gin(flags)
-  from moe_flan.evaluation import run  # pylint: disable=g-import-not-at-top
-  run.evaluate()   # prints the results table; writes EVAL_OUTPUT_DIR
+  from moe_flan.trainer import checkpoint_eval  # pylint: disable=g-import-not-at-top
+  checkpoint_eval.evaluate()   # prints the results table; writes EVAL_OUTPUT_DIR
   return 0
 
 

@@ -266,10 +266,10 @@ def test_unregistered_benchmark_names_its_directory_macro():
 
 def test_eval_period_runs_the_same_engine_as_evaluate(dirs, tmp_path):
   """Training with eval_settings logs the engine's scores at each EVAL_PERIOD; they equal what
-  `moe_flan.evaluate` (run.evaluate) reports for the checkpoint of that step."""
+  `moe_flan.evaluate` (checkpoint_eval.evaluate) reports for the checkpoint of that step."""
   # pylint: disable=g-import-not-at-top
-  from moe_flan.evaluation import run
-  from moe_flan.trainer import checkpoints as ck, data as data_lib, loop, optimizers
+  from moe_flan.trainer import checkpoint_eval, checkpoints as ck, data as data_lib, loop
+  from moe_flan.trainer import optimizers
   gin.clear_config()
   gin.bind_parameter('tasks.benchmarks.register_benchmarks.mmlu_dir', dirs['mmlu'])
   settings = engine_lib.EvalSettings(mixture_or_task_name='mmlu_0shot', split='test',
@@ -287,7 +287,8 @@ def test_eval_period_runs_the_same_engine_as_evaluate(dirs, tmp_path):
     logged = json.loads(f.readline())
   with open(os.path.join(model_dir, 'eval', '2', 'results.json')) as f:
     during = json.load(f)
-  after = run.evaluate(model_dir, model, settings=settings, output_dir=str(tmp_path / 'after'))
+  after = checkpoint_eval.evaluate(model_dir, model, settings=settings,
+                                   output_dir=str(tmp_path / 'after'))
   assert during['tasks'].keys() == after['tasks'].keys() and len(after['tasks']) == 4
   for task, entry in after['tasks'].items():
     assert during['tasks'][task]['metrics'] == entry['metrics']

@@ -7,8 +7,7 @@ import os
 import gin
 import pytest
 
-from moe_flan.evaluation import run as eval_run
-from moe_flan.trainer import builder, cli, inference, loop
+from moe_flan.trainer import builder, checkpoint_eval, cli, inference, loop
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUNS = os.path.join(REPO, 'gin', 'runs')
@@ -90,7 +89,7 @@ def test_eval_and_infer_run_files(trained_dirs, tmp_path):
                      "MIXTURE_OR_TASK_NAME = 'emb_nli_scoring'",
                      # Whole prompts, so their option blocks survive for rank classification.
                      "TASK_FEATURE_LENGTHS = {'inputs': 128, 'targets': 8}"])
-  results = eval_run.evaluate()
+  results = checkpoint_eval.evaluate()
   accuracy = results['tasks']['emb_nli_scoring']['metrics']['accuracy']
   assert 0 <= accuracy['value'] <= 100 and accuracy['n'] == 4
   assert results['checkpoint_step'] == 1

@@ -1,12 +1,13 @@
-"""Dependencies run one way: no module of moe_flan imports a layer above its own, and no two
-modules import each other (directly or through others), counting imports inside functions too.
+"""Dependencies run one way: no module of moe_flan imports a layer above its own, no two
+modules import each other (directly or through others), and no two packages of moe_flan
+(moe_flan/<name>) do either, counting imports inside functions too.
 
 Layers, bottom to top (moe_flan/<name>, the first component after `moe_flan.`):
   config, axes, config_gin  ->  layers, kernels  ->  moe  ->  model  ->  partitioning  ->
-  trainer, decoding, evaluation  ->  convert  ->  entry points (train, evaluate, infer,
+  decoding  ->  evaluation  ->  trainer  ->  convert  ->  entry points (train, evaluate, infer,
   list_shardings, loading, aot, and the package itself).
 `tasks` (SeqIO tasks) stands beside the model stack: it imports nothing of moe_flan, and only
-the trainer's layer and above import it.
+the evaluation layer and above import it.
 """
 import ast
 import os
@@ -20,12 +21,14 @@ LAYERS = [
     {'moe'},
     {'model'},
     {'partitioning'},
-    {'trainer', 'decoding', 'evaluation'},
+    {'decoding'},
+    {'evaluation'},
+    {'trainer'},
     {'convert'},
     {'train', 'evaluate', 'infer', 'list_shardings', 'loading', 'aot', '__init__', '__main__'},
 ]
 RANK = {name: i for i, names in enumerate(LAYERS) for name in names}
-TASKS_MIN_RANK = RANK['trainer']
+TASKS_MIN_RANK = RANK['evaluation']
 
 
 def module_files(root: str, package: str) -> dict[str, str]:
@@ -128,14 +131,30 @@ def violations(root: str) -> list[str]:
     for t in sorted(targets):
       if t.split('.')[0] == 'tasks':
         if layer_of(name) < TASKS_MIN_RANK:
-          problems.append(f'{name} imports {t}: below the trainer, nothing imports tasks')
+          problems.append(f'{name} imports {t}: below evaluation, nothing imports tasks')
       elif len(t.split('.')) > 1 and t.split('.')[1] in RANK and layer_of(t) > layer_of(name):
         problems.append(f'{name} (layer {layer_of(name)}) imports {t} (layer {layer_of(t)}): '
                         'an upward import')
   for graph_node in graph.values():
     graph_node.intersection_update(graph)
   problems += [f'import cycle: {" <-> ".join(c)}' for c in cycles(graph)]
+  problems += [f'package import cycle: {" <-> ".join(c)}' for c in cycles(package_graph(graph))]
   return problems
+
+
+def package_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+  """The module graph with each module replaced by its package moe_flan.<name> (top-level
+  modules stand for themselves): two packages whose modules import each other form a cycle
+  even when no module does."""
+  def package(module):
+    return '.'.join(module.split('.')[:2])
+  out: dict[str, set[str]] = {}
+  for name, targets in graph.items():
+    out.setdefault(package(name), set()).update(package(t) for t in targets)
+  for name, targets in out.items():
+    targets.discard(name)
+    targets.intersection_update(out)
+  return out
 
 
 def test_the_package_imports_one_way_only():
@@ -153,10 +172,10 @@ def _write(root, rel, text):
 @pytest.mark.parametrize('files,expected', [
     # Upward, inside a function (how lazy imports used to hide them).
     ({'moe_flan/moe/layer.py': 'def f():\n  from moe_flan.trainer import checkpoints\n'},
-     'moe_flan.moe.layer (layer 2) imports moe_flan.trainer.checkpoints (layer 5)'),
+     'moe_flan.moe.layer (layer 2) imports moe_flan.trainer.checkpoints (layer 7)'),
     # Upward, relative, to a package's __init__.
     ({'moe_flan/partitioning/__init__.py': 'from ..trainer import evaluation\n'},
-     'moe_flan.partitioning (layer 4) imports moe_flan.trainer.evaluation (layer 5)'),
+     'moe_flan.partitioning (layer 4) imports moe_flan.trainer.evaluation (layer 7)'),
     # A package's __init__ importing a module below that imports back into the package.
     ({'moe_flan/partitioning/__init__.py': 'from moe_flan.moe import layer\n',
       'moe_flan/partitioning/mesh.py': '',
@@ -166,8 +185,16 @@ def _write(root, rel, text):
     ({'moe_flan/trainer/builder.py': 'from moe_flan.trainer import evaluation\n',
       'moe_flan/trainer/evaluation.py': 'def g():\n  import moe_flan.trainer.builder\n'},
      'import cycle: moe_flan.trainer.builder <-> moe_flan.trainer.evaluation'),
+    # Packages in one layer importing each other through different modules: no module cycle.
+    ({'moe_flan/layers/mlp.py': 'from moe_flan.kernels import grouped\n',
+      'moe_flan/kernels/grouped.py': '', 'moe_flan/layers/norm.py': '',
+      'moe_flan/kernels/tiles.py': 'import moe_flan.layers.norm\n'},
+     'package import cycle: moe_flan.kernels <-> moe_flan.layers'),
+    # Evaluation restoring params through the trainer, which runs the evaluation engine.
+    ({'moe_flan/evaluation/run.py': 'def f():\n  from moe_flan.trainer import checkpoints\n'},
+     'moe_flan.evaluation.run (layer 6) imports moe_flan.trainer.checkpoints (layer 7)'),
     ({'moe_flan/model/losses.py': 'import tasks.vocab\n'},
-     'moe_flan.model.losses imports tasks.vocab: below the trainer, nothing imports tasks'),
+     'moe_flan.model.losses imports tasks.vocab: below evaluation, nothing imports tasks'),
     ({'tasks/vocab.py': 'from moe_flan import config\n'},
      'tasks.vocab imports moe_flan.config: tasks import nothing of moe_flan'),
     ({'moe_flan/utils/misc.py': ''}, 'moe_flan.utils.misc: not in any layer'),

@@ -8,7 +8,8 @@ Modules (import by name, e.g. `from moe_flan.evaluation import engine`):
   records    per-example records (predictions/{task}.jsonl)
   report     results.json (task / category / overall, with n and standard errors), TensorBoard
              scalars, the markdown table
-  run        evaluate(): the gin entry of `python -m moe_flan.evaluate`
 Tasks declare their postprocessors and metrics in `tasks/eval_metrics.py`; benchmarks a user
-brings (MMLU, BBH, BIG-bench) are registered by `tasks/benchmarks.py`.
+brings (MMLU, BBH, BIG-bench) are registered by `tasks/benchmarks.py`. The package sits below
+the trainer and takes a model, params and a partitioner; restoring a checkpoint to evaluate it
+(`python -m moe_flan.evaluate`) is `moe_flan.trainer.checkpoint_eval`.
 """

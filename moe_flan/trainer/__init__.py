@@ -19,6 +19,8 @@ Modules (import by name, e.g. `from moe_flan.trainer import loop`):
   data          DataConfig, batches (tasks.pipeline), check_task_exists, report_truncation
   final_eval    the end-of-run evaluation on named mixtures (RunConfig.final_eval_mixtures)
   inference     InferConfig, infer (greedy / sampling / beam search)
+  checkpoint_eval  evaluate(): restores a checkpoint and runs the evaluation engine
+                (moe_flan.evaluation) on it -- the gin entry of `python -m moe_flan.evaluate`
   cli           flags shared by the entry points; gin_checks (missing gin files, unused
                 command-line macros) and tf_startup (TensorFlow without accelerators) serve it
   metrics, progress, plots, nan_guard

@@ -22,6 +22,9 @@ import jax
 from moe_flan import config as config_lib
 from moe_flan.evaluation import engine as engine_lib
 from moe_flan.evaluation import report
+from moe_flan.trainer import data as data_lib
+from moe_flan.trainer import model_setup
+from tasks import benchmarks
 
 
 def check_vocabulary(model: config_lib.T5Config, vocab_size: int) -> None:
@@ -52,9 +55,6 @@ def evaluate(model_dir: str = gin.REQUIRED, model: config_lib.T5Config = gin.REQ
   """Evaluates the checkpoint (default: latest in MODEL_DIR) on `settings`; writes results.json,
   predictions and TensorBoard events to `output_dir` (default MODEL_DIR/eval/{mixture}) and
   returns the results dict."""
-  # pylint: disable=g-import-not-at-top
-  from moe_flan.trainer import data as data_lib, model_setup
-  from tasks import benchmarks
   engine = engine_lib.Engine(settings)
   check_vocabulary(model, engine.vocab_size())
   data_lib.report_truncation(data_lib.DataConfig(   # warns when the lengths cut many targets
