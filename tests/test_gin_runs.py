@@ -141,3 +141,24 @@ def test_flags():
     cli.parse_flags(["--gin.MODEL_DIR='/m'"])            # no --gin_file
   with pytest.raises(SystemExit):
     cli.parse_flags(['--gin_file=a.gin', '--bogus=1'])
+
+
+def test_every_command_reads_gin_flags_alike(capsys):
+  """Train/evaluate/infer, moe_flan.aot and moe_flan.convert share one gin flag parser."""
+  # pylint: disable=g-import-not-at-top
+  from moe_flan.aot import cli as aot_cli
+  from moe_flan.convert import cli as convert_cli
+  argv = ['--gin_file=a.gin,b.gin', "--gin.MODEL_DIR='/m'", '--gin_bindings=X = 1', '--gin.Y=2']
+  aot = ['--topology=v5e:2x2']
+  convert = ['--from', 'hf', '--src', 's', '--out', 'o']
+  flags = cli.parse_flags(argv)
+  aot_args, aot_bindings = aot_cli.parse_args(argv + aot)
+  convert_args = convert_cli.parse_args(argv + convert)
+  want = ('X = 1', "MODEL_DIR = '/m'", 'Y = 2')
+  assert flags.gin_bindings == tuple(aot_bindings) == tuple(convert_args.gin_bindings) == want
+  assert flags.gin_files == tuple(convert_args.gin_file) == cli.split_commas(aot_args.gin_file)
+  for parse, extra in ((cli.parse_flags, []), (aot_cli.parse_args, aot),
+                       (convert_cli.parse_args, convert)):
+    with pytest.raises(SystemExit):
+      parse(['--gin_file=a.gin', '--gin.MODEL_DIR'] + extra)
+    assert '--gin.MODEL_DIR: expected --gin.NAME=VALUE' in capsys.readouterr().err

@@ -22,35 +22,27 @@ GIB = 1024 ** 3
 
 def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
   """(flags, gin bindings) from `argv`; --gin.NAME=VALUE flags become bindings."""
+  # Imported here, not at the top: it imports JAX, which reads JAX_PLATFORMS (set by `main`).
+  from moe_flan.trainer import cli as train_cli  # pylint: disable=g-import-not-at-top
   parser = argparse.ArgumentParser(prog='moe_flan.aot', description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--gin_file', action='append', default=[])
-  parser.add_argument('--gin_bindings', action='append', default=[])
-  parser.add_argument('--gin_search_paths', action='append', default=[])
+  train_cli.add_gin_flags(parser)
   parser.add_argument('--topology', required=True, help='e.g. v5e:2x2, v5p:4x4x8, v6e:16x16')
   parser.add_argument('--num_slices', type=int, default=1,
                       help='slices joined by DCN; the data axis spans them')
   parser.add_argument('--out', default=None, help='also write the report as JSON here')
-  dotted = [a for a in argv if a.startswith('--gin.')]
-  args = parser.parse_args([a for a in argv if not a.startswith('--gin.')])
-  bindings = list(args.gin_bindings)
-  for arg in dotted:
-    name, sep, value = arg[len('--gin.'):].partition('=')
-    if not sep:
-      parser.error(f'{arg}: expected --gin.NAME=VALUE')
-    bindings.append(f'{name} = {value}')
-  if not args.gin_file:
-    parser.error('at least one --gin_file is required (model, train run, partitioning overlay)')
-  return args, bindings
+  return train_cli.parse_with_gin(
+      parser, argv,
+      'at least one --gin_file is required (model, train run, partitioning overlay)')
 
 
 def configure(gin_files: Sequence[str], bindings: Sequence[str],
               search_paths: Sequence[str] = ()) -> None:
   """Parses gin as the trainer does; MODEL_DIR gets a placeholder (nothing is written)."""
   from moe_flan.trainer import cli as train_cli  # pylint: disable=g-import-not-at-top
-  files = tuple(f for v in gin_files for f in v.split(',') if f)
-  train_cli.configure_gin(train_cli.Flags(files, ("MODEL_DIR = 'unused-by-moe_flan.aot'",)
-                                          + tuple(bindings), tuple(search_paths)))
+  train_cli.configure_gin(train_cli.Flags(
+      train_cli.split_commas(gin_files),
+      ("MODEL_DIR = 'unused-by-moe_flan.aot'",) + tuple(bindings), tuple(search_paths)))
 
 
 def plan(gin_files: Sequence[str], bindings: Sequence[str], topology_name: str,

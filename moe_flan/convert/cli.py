@@ -25,6 +25,7 @@ from typing import Optional, Sequence
 
 from moe_flan.convert import checkpoint_dir, gin_config, hf_checkpoint, retarget, safetensors_io
 from moe_flan.convert import vocabulary
+from moe_flan.trainer import cli as trainer_cli
 
 
 def _positive_int(text: str) -> int:
@@ -48,24 +49,15 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                          help='export to a Hugging Face checkpoint directory')
   parser.add_argument('--src', required=True, help='directory to read')
   parser.add_argument('--out', required=True, help='directory to write')
-  parser.add_argument('--gin_file', action='append', default=[],
-                      help='model gin file(s) (repeatable or comma-separated)')
-  parser.add_argument('--gin_bindings', action='append', default=[], help='raw gin binding')
-  parser.add_argument('--gin_search_paths', action='append', default=[])
+  trainer_cli.add_gin_flags(parser)     # the model config (see above)
   parser.add_argument('--group_size', type=_positive_int, default=None,
                       help='Switch import: route groups of N tokens spanning sequences '
                            '(default: one group per sequence, exactly as HF)')
   parser.add_argument('--seed', type=int, default=0, help='router init seed when upcycling')
   parser.add_argument('--max_shard_size_mb', type=int, default=5120,
                       help='export: safetensors shard size limit')
-  gin_dotted = [a for a in argv if a.startswith('--gin.')]
-  args = parser.parse_args([a for a in argv if not a.startswith('--gin.')])
-  for arg in gin_dotted:
-    name, sep, value = arg[len('--gin.'):].partition('=')
-    if not sep:
-      parser.error(f'{arg}: expected --gin.NAME=VALUE')
-    args.gin_bindings.append(f'{name} = {value}')
-  args.gin_file = [f for value in args.gin_file for f in value.split(',') if f]
+  args, args.gin_bindings = trainer_cli.parse_with_gin(parser, argv)
+  args.gin_file = list(trainer_cli.split_commas(args.gin_file))
   return args
 
 

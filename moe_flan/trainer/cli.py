@@ -1,4 +1,5 @@
-"""Command-line flags shared by the train / evaluate / infer entry points (t5x conventions).
+"""Command-line flags shared by the train / evaluate / infer entry points (t5x conventions); the
+gin flags (`add_gin_flags`, `parse_with_gin`) also serve `moe_flan.aot` and `moe_flan.convert`.
 
   --gin_file=F            (repeatable, or comma-separated) gin files; the repo's gin/ is searched
   --gin_search_paths=P,Q  extra directories to search for gin files and includes
@@ -53,29 +54,48 @@ class Flags:
   distributed_timeout_s: int = distributed.DEFAULT_TIMEOUT_S
 
 
-def _split(values: Sequence[str]) -> tuple[str, ...]:
+def split_commas(values: Sequence[str]) -> tuple[str, ...]:
+  """Repeated flag values, each possibly comma-separated, as one flat tuple."""
   return tuple(v for value in values for v in value.split(',') if v)
+
+
+def add_gin_flags(parser: argparse.ArgumentParser) -> None:
+  """Adds --gin_file, --gin_bindings and --gin_search_paths (each repeatable); `parse_with_gin`
+  adds --gin.NAME=VALUE."""
+  parser.add_argument('--gin_file', action='append', default=[],
+                      help='gin file (repeatable or comma-separated); the repo\'s gin/ is searched')
+  parser.add_argument('--gin_bindings', action='append', default=[],
+                      help='a raw gin binding line (repeatable)')
+  parser.add_argument('--gin_search_paths', action='append', default=[],
+                      help='extra directories to search for gin files and includes')
+
+
+def parse_with_gin(parser: argparse.ArgumentParser, argv: Sequence[str],
+                   no_gin_file: Optional[str] = None) -> tuple[argparse.Namespace, list[str]]:
+  """(flags, gin bindings) from `argv` for a parser with `add_gin_flags`: the bindings are the
+  --gin_bindings, then each --gin.NAME=VALUE as `NAME = VALUE`. Exits with usage on an unknown
+  flag, a --gin. flag without `=`, or (the error `no_gin_file`, when given) no --gin_file."""
+  dotted = [a for a in argv if a.startswith('--gin.')]
+  args = parser.parse_args([a for a in argv if not a.startswith('--gin.')])
+  bindings = list(args.gin_bindings)
+  for arg in dotted:
+    name, sep, value = arg[len('--gin.'):].partition('=')
+    if not sep:
+      parser.error(f'{arg}: expected --gin.NAME=VALUE')
+    bindings.append(f'{name} = {value}')
+  if no_gin_file is not None and not args.gin_file:
+    parser.error(no_gin_file)
+  return args, bindings
 
 
 def parse_flags(argv: Sequence[str], prog: str = 'moe_flan') -> Flags:
   """Flags from `argv` (without the program name). Unknown flags -> SystemExit with usage."""
   parser = argparse.ArgumentParser(prog=prog, description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--gin_file', action='append', default=[])
-  parser.add_argument('--gin_bindings', action='append', default=[])
-  parser.add_argument('--gin_search_paths', action='append', default=[])
+  add_gin_flags(parser)
   distributed.add_flags(parser)
-  gin_dotted = [a for a in argv if a.startswith('--gin.')]
-  args = parser.parse_args([a for a in argv if not a.startswith('--gin.')])
-  bindings = list(args.gin_bindings)
-  for arg in gin_dotted:
-    name, sep, value = arg[len('--gin.'):].partition('=')
-    if not sep:
-      parser.error(f'{arg}: expected --gin.NAME=VALUE')
-    bindings.append(f'{name} = {value}')
-  if not args.gin_file:
-    parser.error('at least one --gin_file is required')
-  return Flags(_split(args.gin_file), tuple(bindings), _split(args.gin_search_paths),
+  args, bindings = parse_with_gin(parser, argv, 'at least one --gin_file is required')
+  return Flags(split_commas(args.gin_file), tuple(bindings), split_commas(args.gin_search_paths),
                args.coordinator_address, args.num_processes, args.process_id,
                args.distributed_auto_detect, args.distributed_timeout_s)
 
