@@ -3,15 +3,12 @@
   python -m moe_flan.evaluate --gin_file=gin/models/flan_moe_tiny.gin --gin_file=gin/runs/eval.gin \
     --gin.MODEL_DIR="'/tmp/quickstart'" --gin.MIXTURE_OR_TASK_NAME="'flan_embedded_heldout'"
 """
-import sys
 from typing import Optional, Sequence
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   from moe_flan.trainer import cli  # pylint: disable=g-import-not-at-top
-  flags = cli.parse_flags(sys.argv[1:] if argv is None else argv, prog='moe_flan.evaluate')
-  cli.initialize_distributed(flags)
-  cli.configure_gin(flags)
+  cli.start(argv, 'moe_flan.evaluate')
   from moe_flan.trainer import checkpoint_eval  # pylint: disable=g-import-not-at-top
   checkpoint_eval.evaluate()   # prints the results table; writes EVAL_OUTPUT_DIR
   return 0

@@ -4,15 +4,12 @@
     --gin.MODEL_DIR="'/tmp/quickstart'" --gin.PROMPTS="['What is the capital of France?']"
 """
 import json
-import sys
 from typing import Optional, Sequence
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   from moe_flan.trainer import cli  # pylint: disable=g-import-not-at-top
-  flags = cli.parse_flags(sys.argv[1:] if argv is None else argv, prog='moe_flan.infer')
-  cli.initialize_distributed(flags)
-  cli.configure_gin(flags)
+  cli.start(argv, 'moe_flan.infer')
   # Imported after jax.distributed is initialized: no module may start a JAX backend first.
   from moe_flan.trainer import inference  # pylint: disable=g-import-not-at-top
   for row in inference.infer():

@@ -5,15 +5,12 @@
 Exit status: 0 finished, 75 stopped by SIGTERM after saving (requeue), 2 bad input.
 Flags: see `moe_flan.trainer.cli`. Everything else is `moe_flan.trainer.loop.train`, bound by gin.
 """
-import sys
 from typing import Optional, Sequence
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   from moe_flan.trainer import cli  # pylint: disable=g-import-not-at-top
-  flags = cli.parse_flags(sys.argv[1:] if argv is None else argv, prog='moe_flan.train')
-  cli.initialize_distributed(flags)
-  cli.configure_gin(flags)
+  cli.start(argv, 'moe_flan.train')
   # Imported after jax.distributed is initialized: no module may start a JAX backend first.
   from moe_flan.trainer import loop  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top

@@ -155,6 +155,16 @@ def initialize_distributed(flags: Flags) -> None:
                          timeout_s=flags.distributed_timeout_s)
 
 
+def start(argv: Optional[Sequence[str]], prog: str) -> Flags:
+  """What train / evaluate / infer do first: parse `argv` (default: sys.argv[1:]), start
+  jax.distributed, parse and finalize gin. Import modules that may start a JAX backend only
+  after this."""
+  flags = parse_flags(sys.argv[1:] if argv is None else argv, prog=prog)
+  initialize_distributed(flags)
+  configure_gin(flags)
+  return flags
+
+
 def console_entry(main: Callable[[], int], prog: str) -> None:
   """Runs an entry point's `main`; bad input (ValueError, whose message names the setting)
   exits 2 with the message instead of a traceback."""
