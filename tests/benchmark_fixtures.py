@@ -23,51 +23,36 @@ def write_mmlu(root: str, subjects=MMLU_SUBJECTS, test_rows: int = 3, dev: bool 
   return root
 
 
-BBH_COT = """-----
-Answer questions about which option is the largest number.
+def largest_question(*numbers: int) -> str:
+  """A BBH-style multiple-choice question: which option is the largest number."""
+  options = '\n'.join(f'({"ABC"[i]}) {n}' for i, n in enumerate(numbers))
+  return f'Which is largest?\nOptions:\n{options}'
 
-Q: Which is largest?
-Options:
-(A) 3
-(B) 9
-A: Let's think step by step.
-9 is more than 3. So the answer is (B).
 
-Q: Which is largest?
-Options:
-(A) 7
-(B) 2
-A: Let's think step by step.
-7 is more than 2. So the answer is (A).
+def cot_prompt(description: str, shots, header: str = '') -> str:
+  """A cot-prompts/{task}.txt file: `header` (some published files open with a '-----' line),
+  the task description, then each (question, reasoning, answer) shot."""
+  return header + description + '\n' + ''.join(
+      f"\nQ: {q}\nA: Let's think step by step.\n{why} So the answer is {answer}.\n"
+      for q, why, answer in shots)
 
-Q: Which is largest?
-Options:
-(A) 1
-(B) 5
-A: Let's think step by step.
-5 is more than 1. So the answer is (B).
-"""
 
-BBH_ARITH_COT = """Add the numbers.
+BBH_COT = cot_prompt(
+    'Answer questions about which option is the largest number.',
+    [(largest_question(a, b), f'{max(a, b)} is more than {min(a, b)}.', '(' + 'AB'[b > a] + ')')
+     for a, b in ((3, 9), (7, 2), (1, 5))],
+    header='-----\n')
 
-Q: 2 + 3 =
-A: Let's think step by step.
-2 plus 3 is 5. So the answer is 5.
-
-Q: 1 + 1 =
-A: Let's think step by step.
-1 plus 1 is 2. So the answer is 2.
-
-Q: 4 + 4 =
-A: Let's think step by step.
-4 plus 4 is 8. So the answer is 8.
-"""
+BBH_ARITH_COT = cot_prompt(
+    'Add the numbers.',
+    [(f'{a} + {b} =', f'{a} plus {b} is {a + b}.', str(a + b))
+     for a, b in ((2, 3), (1, 1), (4, 4))])
 
 
 def write_bbh(root: str) -> str:
   os.makedirs(os.path.join(root, 'bbh'), exist_ok=True)
   os.makedirs(os.path.join(root, 'cot-prompts'), exist_ok=True)
-  mc = [{'input': f'Which is largest?\nOptions:\n(A) {a}\n(B) {b}\n(C) {c}',
+  mc = [{'input': largest_question(a, b, c),
          'target': '(' + 'ABC'[[a, b, c].index(max(a, b, c))] + ')'}
         for a, b, c in ((1, 8, 3), (9, 2, 4), (5, 6, 7))]
   gen = [{'input': f'{a} + {b} =', 'target': str(a + b)} for a, b in ((1, 2), (3, 3))]
