@@ -11,6 +11,15 @@ import numpy as np
 from moe_flan.config import MoeConfig, T5Config
 
 
+# Gin bindings that shrink any gin model file to test size (every block sparse when it has MoE).
+TINY_GIN_MODEL = [
+    'T5Config.emb_dim = 16', 'T5Config.num_heads = 2', 'T5Config.head_dim = 8',
+    'T5Config.mlp_dim = 16', 'T5Config.num_encoder_layers = 1', 'T5Config.num_decoder_layers = 1',
+    'MoeConfig.num_experts = 4', 'MoeConfig.expert_mlp_dim = 16', 'MoeConfig.group_size = 64',
+    "MoeConfig.encoder_sparse_layout = 'all'", "MoeConfig.decoder_sparse_layout = 'all'",
+]
+
+
 def tiny_config(moe: bool = False, **overrides) -> T5Config:
   fields = dict(vocab_size=32, emb_dim=16, num_heads=2, head_dim=8, num_encoder_layers=2,
                 num_decoder_layers=2, mlp_dim=24)

@@ -8,18 +8,13 @@ import gin
 import pytest
 
 from moe_flan.trainer import builder, checkpoint_eval, cli, inference, loop
+from t5_fixtures import TINY_GIN_MODEL
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUNS = os.path.join(REPO, 'gin', 'runs')
 MODEL = os.path.join(REPO, 'gin', 'models', 'flan_moe_tiny.gin')
 # Shrinks any run file's model and data to test size (8 simulated devices: batch 8).
-TINY = [
-    'T5Config.emb_dim = 16', 'T5Config.num_heads = 2', 'T5Config.head_dim = 8',
-    'T5Config.mlp_dim = 16', 'T5Config.num_encoder_layers = 1', 'T5Config.num_decoder_layers = 1',
-    'MoeConfig.num_experts = 4', 'MoeConfig.expert_mlp_dim = 16', 'MoeConfig.group_size = 64',
-    "MoeConfig.encoder_sparse_layout = 'all'", "MoeConfig.decoder_sparse_layout = 'all'",
-    "TASK_FEATURE_LENGTHS = {'inputs': 32, 'targets': 8}", 'BATCH_SIZE = 8',
-]
+TINY = TINY_GIN_MODEL + ["TASK_FEATURE_LENGTHS = {'inputs': 32, 'targets': 8}", 'BATCH_SIZE = 8']
 TRAIN_RUNS = {'quickstart.gin': [], 'instruction_tune.gin': [MODEL], 'pretrain.gin': [MODEL],
               'finetune.gin': [MODEL]}
 
@@ -97,10 +92,9 @@ def test_eval_and_infer_run_files(trained_dirs, tmp_path):
     assert json.load(f)['tasks'].keys() == {'emb_nli_scoring'}
   with open(os.path.join(out, 'predictions', 'emb_nli_scoring.jsonl')) as f:
     assert len(f.readlines()) == 4
-  model_only = [b for b in TINY if not b.startswith(('TASK_FEATURE_LENGTHS', 'BATCH_SIZE'))]
   _configure([MODEL, os.path.join(RUNS, 'infer.gin')],   # infer.gin has no data macros
-             model_only + [f"MODEL_DIR = '{model_dir}'", 'InferConfig.max_decode_length = 4',
-                     'InferConfig.input_length = 32'])
+             TINY_GIN_MODEL + [f"MODEL_DIR = '{model_dir}'", 'InferConfig.max_decode_length = 4',
+                               'InferConfig.input_length = 32'])
   rows = inference.infer()
   assert [r['input'] for r in rows] == ['Write the number 12 in words.', 'What is 3 plus 4?']
   with open(os.path.join(model_dir, 'inference.jsonl')) as f:

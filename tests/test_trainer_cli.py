@@ -12,14 +12,10 @@ import gin
 import pytest
 
 from moe_flan.trainer import cli, data as data_lib, loop
+from t5_fixtures import TINY_GIN_MODEL
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = [
-    'T5Config.emb_dim = 16', 'T5Config.num_heads = 2', 'T5Config.head_dim = 8',
-    'T5Config.mlp_dim = 16', 'T5Config.num_encoder_layers = 1', 'T5Config.num_decoder_layers = 1',
-    'MoeConfig.num_experts = 4', 'MoeConfig.expert_mlp_dim = 16', 'MoeConfig.group_size = 64',
-    "MoeConfig.encoder_sparse_layout = 'all'", "MoeConfig.decoder_sparse_layout = 'all'",
-]
+TINY = TINY_GIN_MODEL
 # Lines that must never reach a user's terminal on a successful CPU run.
 NOISE = re.compile(r'cuInit|cuda|Path not found|Metadata file does not exist|Traceback|^E\d{4}|'
                    r'^ERROR', re.MULTILINE | re.IGNORECASE)
