@@ -14,7 +14,6 @@ from __future__ import annotations
 import sys
 from typing import Any, Optional, Sequence
 
-import gin
 import jax
 import numpy as np
 
@@ -50,13 +49,11 @@ def describe(boxed_params: Any, partitioner: part_lib.Partitioner) -> str:
 
 def model_listing(gin_files: Sequence[str], bindings: Sequence[str] = (),
                   search_paths: Sequence[str] = ()) -> str:
-  """Parses the gin files (model + partitioning overlay) and lists the param shardings."""
-  for path in (cli.REPO_GIN_DIR,) + tuple(search_paths):
-    gin.add_config_file_search_path(path)
-  with gin.unlock_config():
-    gin.parse_config_files_and_bindings(list(gin_files), list(bindings), finalize_config=False)
-    config = config_lib.T5Config()
-    partitioner = part_lib.Partitioner(mesh_lib.make_mesh(), rules_lib.logical_axis_rules())
+  """Parses the gin files (model + partitioning overlay; found as the trainer finds them) and
+  lists the param shardings."""
+  cli.parse_gin(gin_files, bindings, search_paths)
+  config = config_lib.T5Config()
+  partitioner = part_lib.Partitioner(mesh_lib.make_mesh(), rules_lib.logical_axis_rules())
   return describe(abstract_params(config), partitioner)
 
 

@@ -122,23 +122,33 @@ class _QuietGinProbes(logging.Filter):
     return not str(record.msg).startswith('Path not found:')
 
 
-def configure_gin(flags: Flags) -> None:
-  """Parses the gin files and bindings, checks REQUIRED macros, finalizes the config."""
-  search_paths = (REPO_GIN_DIR,) + flags.gin_search_paths
-  gin_checks.check_gin_files(flags.gin_files, search_paths)
-  import_configurables()
+def parse_gin(gin_files: Sequence[str], gin_bindings: Sequence[str],
+              search_paths: Sequence[str] = (), skip_unknown: bool = False) -> None:
+  """Clears gin and parses the files and bindings (not finalized). Files are found as given,
+  else under the repository's gin/ and `search_paths`; one that is nowhere, or a missing
+  include, is a one-line ValueError naming it and the search paths."""
+  search_paths = (REPO_GIN_DIR,) + tuple(search_paths)
+  gin_checks.check_gin_files(gin_files, search_paths)
   gin.clear_config()
   for path in search_paths:
     gin.add_config_file_search_path(path)
   quiet = _QuietGinProbes()
   logging.getLogger().addFilter(quiet)
   try:
-    gin.parse_config_files_and_bindings(list(flags.gin_files), list(flags.gin_bindings),
-                                        finalize_config=False)
+    gin.parse_config_files_and_bindings(list(gin_files), list(gin_bindings),
+                                        finalize_config=False, skip_unknown=skip_unknown)
   except OSError as e:     # an include that is nowhere to be found: gin's message, one line
     raise ValueError(' '.join(line.strip() for line in str(e).splitlines())) from e
   finally:
     logging.getLogger().removeFilter(quiet)
+
+
+def configure_gin(flags: Flags) -> None:
+  """Parses the gin files and bindings, checks REQUIRED macros, finalizes the config."""
+  # Missing files are named before TensorFlow starts (import_configurables takes seconds).
+  gin_checks.check_gin_files(flags.gin_files, (REPO_GIN_DIR,) + flags.gin_search_paths)
+  import_configurables()
+  parse_gin(flags.gin_files, flags.gin_bindings, flags.gin_search_paths)
   gin_checks.check_macros_used(flags.gin_bindings)
   missing = required_macros_unset()
   if missing:
