@@ -7,6 +7,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.special
 
 from moe_flan.config import MoeConfig, T5Config
 
@@ -66,3 +67,8 @@ def random_params(model: nn.Module, *args, seed: int = 0, **kwargs):
 def random_tokens(rng: np.random.RandomState, shape, vocab: int, low: int = 2) -> np.ndarray:
   """Token ids in [low, vocab) (0 = padding, 1 = EOS are left out by default)."""
   return rng.randint(low, vocab, size=shape).astype(np.int32)
+
+
+def log_softmax64(x) -> np.ndarray:
+  """float64 log-probabilities over the last axis: the reference the decoding tests compare to."""
+  return scipy.special.log_softmax(np.asarray(x, np.float64), axis=-1)

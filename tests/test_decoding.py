@@ -10,17 +10,11 @@ import pytest
 
 from moe_flan import decoding
 from moe_flan.model import EncoderDecoder
-from t5_fixtures import random_params, random_tokens, tiny_config
+from t5_fixtures import log_softmax64, random_params, random_tokens, tiny_config
 
 
 def _shift_right(targets):
   return np.pad(np.asarray(targets), ((0, 0), (1, 0)))[:, :-1]
-
-
-def _log_softmax(x):
-  x = np.asarray(x, np.float64)
-  x = x - x.max(-1, keepdims=True)
-  return x - np.log(np.exp(x).sum(-1, keepdims=True))
 
 
 @functools.lru_cache(maxsize=None)
@@ -104,7 +98,7 @@ def test_beam_search_is_exact_when_beams_cover_everything():
   for n in range(1, length + 1):
     for prefix in itertools.product([0, 2, 3], repeat=n - 1):
       seq = np.array(list(prefix) + [1] + [0] * (length - n), np.int32)[None]
-      logp = _log_softmax(forward(params, enc, _shift_right(seq)))[0]
+      logp = log_softmax64(forward(params, enc, _shift_right(seq)))[0]
       total = sum(logp[i, seq[0, i]] for i in range(n))
       want.append((total / ((5 + n) / 6) ** alpha, tuple(seq[0])))
   want.sort(reverse=True)
@@ -131,7 +125,7 @@ def test_score_targets_matches_numpy():
                                                'decoder_target_tokens': targets})
   # Row 1's padding: with targets given, padded queries are masked but real ones are not
   # affected, so the forward pass without targets gives the same real-token logits.
-  logp = _log_softmax(forward(params, enc, _shift_right(targets)))
+  logp = log_softmax64(forward(params, enc, _shift_right(targets)))
   want = [sum(logp[b, i, targets[b, i]] for i in range(4) if targets[b, i] > 0)
           for b in range(2)]
   np.testing.assert_allclose(got, want, rtol=1e-4)

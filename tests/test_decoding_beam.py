@@ -10,14 +10,9 @@ import pytest
 
 from moe_flan import decoding
 import convert_fixtures
+from t5_fixtures import log_softmax64
 
 EOS = 1
-
-
-def _log_softmax(x):
-  x = np.asarray(x, np.float64)
-  x = x - x.max(-1, keepdims=True)
-  return x - np.log(np.exp(x).sum(-1, keepdims=True))
 
 
 def _penalty(length, alpha):
@@ -77,7 +72,7 @@ def _table_beam_search(table, length, beams, alpha, eos):
 
 def _table_oracle(table):
   table = np.asarray(table, np.float64)
-  return lambda seq: _log_softmax(table[len(seq), seq[-1] if seq else 0])
+  return lambda seq: log_softmax64(table[len(seq), seq[-1] if seq else 0])
 
 
 def _table(first, then, length=3, vocab=8):
@@ -204,7 +199,7 @@ def test_imported_t5_matches_hf_generate_where_both_rules_agree():
     with torch.no_grad():
       logits = hf(input_ids=torch.tensor(enc[b:b + 1]), attention_mask=torch.tensor(enc[b:b + 1] > 0),
                   decoder_input_ids=torch.tensor([[0, *seq]])).logits[0, -1].numpy()
-    return _log_softmax(logits)
+    return log_softmax64(logits)
 
   agreed = disagreed = agreed_finished = 0
   for eos in (3, 7):
