@@ -32,6 +32,10 @@ TEST_REQUIRES = [
     # that 2.13.0 acceptable, so pip installs no other (CUDA) build beside it.
     'torch>=2.13.0,<2.14',
     'transformers>=4.57.6,<5',   # 5.x drops classic Switch capacity routing and ties T5 heads
+    # tests/test_notebooks.py executes notebooks/ headlessly in a Python kernel.
+    'nbclient>=0.10,<0.12',
+    'nbformat>=5.9,<6',
+    'ipykernel>=6.29,<8',
 ]
 
 # libtpu: moe_flan.aot compiles train steps for TPU topologies on any Linux host (no TPU
