@@ -33,8 +33,9 @@ def percentiles(lengths: Sequence[int]) -> str:
 
 
 def describe(name: str, split: str = 'train', samples: int = 2, max_examples: int = 500,
-             lengths: Dict[str, int] = None, out=sys.stdout) -> Dict[str, Dict[str, float]]:
+             lengths: Dict[str, int] = None, out=None) -> Dict[str, Dict[str, float]]:
   """Prints the report; returns {task: {'rate', 'examples', 'inputs_p50', 'targets_p50', ...}}."""
+  out = out or sys.stdout   # looked up per call, so redirected output is followed
   import seqio  # pylint: disable=g-import-not-at-top
   from tasks import registry  # pylint: disable=g-import-not-at-top
   provider = registry.get(name)
@@ -68,8 +69,9 @@ def describe(name: str, split: str = 'train', samples: int = 2, max_examples: in
   return summary
 
 
-def print_rates(name: str, out=sys.stdout) -> Dict[str, float]:
+def print_rates(name: str, out=None) -> Dict[str, float]:
   """Prints and returns each task's normalised mixing rate, without reading any data."""
+  out = out or sys.stdout   # looked up per call, so redirected output is followed
   import seqio  # pylint: disable=g-import-not-at-top
   from tasks import registry  # pylint: disable=g-import-not-at-top
   provider = registry.get(name)
@@ -96,6 +98,13 @@ def main(argv=None):
   parser.add_argument('--data_dir', help='a prepared FLAN Collection to register first')
   parser.add_argument('--rates', action='store_true', help='only print per-task mixing rates')
   args = parser.parse_args(argv)
+  try:
+    _run(args)
+  except ValueError as e:   # unknown names, bad DATA_DIR, bad --lengths: one line, exit 2
+    parser.error(str(e))
+
+
+def _run(args: argparse.Namespace) -> None:
   import tasks  # pylint: disable=g-import-not-at-top,unused-import  (registers everything)
   from tasks import registry  # pylint: disable=g-import-not-at-top
   if args.data_dir:
@@ -111,7 +120,10 @@ def main(argv=None):
   if args.list or not args.mixture:
     print('\n'.join(registry.all_names()))
     return
-  lengths = {k: int(v) for k, v in (kv.split('=') for kv in args.lengths.split(','))}
+  try:
+    lengths = {k: int(v) for k, v in (kv.split('=') for kv in args.lengths.split(','))}
+  except ValueError:
+    raise ValueError(f'--lengths={args.lengths!r}: expected inputs=N,targets=M') from None
   describe(args.mixture, args.split, args.samples, args.max_examples, lengths)
 
 

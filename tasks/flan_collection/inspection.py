@@ -28,10 +28,11 @@ def percentiles(lengths: List[int]) -> Dict[str, int]:
   return {'p50': int(p[0]), 'p90': int(p[1]), 'p99': int(p[2]), 'max': int(max(lengths))}
 
 
-def describe(data_dir: str, samples: int = 2, max_examples: int = 500, out=sys.stdout
+def describe(data_dir: str, samples: int = 2, max_examples: int = 500, out=None
              ) -> Dict[str, Any]:
   """Prints the report; returns {source: {'examples', 'template_types', 'inputs_tokens',
   'targets_tokens'}} (token percentiles over up to `max_examples` train rows per source)."""
+  out = out or sys.stdout   # looked up per call, so redirected output is followed
   index = index_lib.load(data_dir)
   voc = vocab.default_vocabulary()
   print(f'== {data_dir}: {len(index["units"])} units (task x template type), '

@@ -18,7 +18,8 @@ rates renormalised over what remains):
   flan2022_heldout     only the held-out tasks (examples-proportional; for evaluation)
   flan2022_{source}    one source
 Held-out entries are task-name globs ('anli_r*') or 'cluster:NAME' (`clusters`, by default the
-FLAN 2021 clusters); a task matches with or without a ':version' suffix, case-insensitively.
+17 FLAN 2021 clusters, `FLAN2021_CLUSTERS`); a task matches with or without a ':version' suffix,
+case-insensitively.
 Everything is gin-configurable through `flan2022_settings`, and applies when the collection is
 registered.
 """
@@ -34,19 +35,59 @@ from tasks import mixtures as base_mixtures
 from tasks import registry
 from tasks.flan_collection import sources
 
-# FLAN 2021 task clusters (Wei et al. 2021) by the task names of the FLAN 2021 exports.
+# FLAN 2021 task clusters (Wei et al. 2021, arXiv 2109.01652, Figure 3), as the FLAN authors'
+# code defines them: google-research/FLAN, flan/task_splits.py `_DEFAULT_TASK_CLUSTERS_ABBREV`
+# (cluster names from there; the paper's names are accepted too, see CLUSTER_ALIASES). Each task
+# is listed under its FLAN 2021 name and under the name the FLAN 2022 exports give it: the TFDS
+# dataset of flan/v2/task_configs_v1.py with '/' written '_' (e.g. 'super_glue/rte:1.0.2' is
+# exported as 'super_glue_rte:1.0.2'; matching ignores the ':version').
 FLAN2021_CLUSTERS: Dict[str, Sequence[str]] = {
-    'nli': ('anli_r1', 'anli_r2', 'anli_r3', 'cb', 'mnli_matched', 'mnli_mismatched', 'qnli',
-            'rte', 'snli', 'wnli'),
-    'commonsense': ('copa', 'hellaswag', 'piqa', 'story_cloze'),
-    'sentiment': ('imdb_reviews', 'sentiment140', 'sst2', 'yelp_polarity_reviews'),
-    'paraphrase': ('glue_mrpc', 'glue_qqp', 'paws_wiki', 'stsb'),
-    'closed_book_qa': ('arc_challenge', 'arc_easy', 'natural_questions', 'trivia_qa'),
-    'reading_comprehension': ('bool_q', 'drop', 'multirc', 'openbookqa', 'squad_v1',
-                              'squad_v2'),
-    'coreference': ('definite_pronoun_resolution', 'winogrande', 'wsc'),
-    'struct_to_text': ('common_gen', 'dart', 'e2e_nlg', 'web_nlg_en'),
+    'summarization': ('aeslc', 'cnn_dailymail', 'gigaword', 'multi_news', 'newsroom', 'samsum',
+                      'xsum', 'huggingface:xsum', 'ag_news_subset',
+                      'opinion_abstracts_rotten_tomatoes', 'opinion_abstracts_idebate',
+                      'wiki_lingua_english_en', 'gem_wiki_lingua_english_en'),
+    'structure_to_text': ('web_nlg_en', 'common_gen', 'e2e_nlg', 'dart', 'gem_web_nlg_en',
+                          'gem_common_gen', 'gem_e2e_nlg', 'gem_dart'),
+    'reading_comprehension': ('squad_v1', 'squad_v2', 'drop', 'multirc', 'openbookqa', 'bool_q',
+                              'squad_v1.1', 'squad_v2.0', 'super_glue_multirc'),
+    'open_domain_qa': ('trivia_qa', 'natural_questions', 'arc_challenge', 'arc_easy',
+                       'trivia_qa_rc', 'natural_questions_open', 'ai2_arc_arc-challenge',
+                       'ai2_arc_arc-easy'),
+    'paraphrase': ('glue_mrpc', 'glue_qqp', 'paws_wiki', 'stsb', 'glue_stsb'),
+    'sentiment': ('imdb_reviews', 'sentiment140', 'yelp_polarity_reviews', 'sst2',
+                  'imdb_reviews_plain_text', 'glue_sst2'),
+    # The three text-formatting tasks are all built from para_crawl/enda, so their exports share
+    # one name.
+    'text_formatting': ('true_case', 'fix_punct', 'word_segment', 'para_crawl_enda'),
+    'common_sense': ('copa', 'hellaswag', 'story_cloze', 'piqa', 'super_glue_copa',
+                     'story_cloze_2016'),
+    'translation': ('para_crawl_enes', 'wmt14_enfr', 'wmt16_translate_deen', 'wmt16_translate_tren',
+                    'wmt16_translate_csen', 'wmt16_translate_fien', 'wmt16_translate_roen',
+                    'wmt16_translate_ruen', 'wmt14_translate_fr-en', 'wmt16_translate_de-en',
+                    'wmt16_translate_tr-en', 'wmt16_translate_cs-en', 'wmt16_translate_fi-en',
+                    'wmt16_translate_ro-en', 'wmt16_translate_ru-en'),
+    'coreference': ('definite_pronoun_resolution', 'winogrande', 'wsc', 'super_glue_wsc.fixed'),
+    'entailment': ('anli_r1', 'anli_r2', 'anli_r3', 'cb', 'rte', 'mnli_matched',
+                   'mnli_mismatched', 'qnli', 'wnli', 'snli', 'super_glue_cb', 'super_glue_rte',
+                   'glue_mnli', 'glue_qnli', 'glue_wnli'),
+    'math': ('math_dataset', 'math_dataset_algebra__linear_1d'),
+    'conversational_qa': ('quac', 'coqa'),
+    'word_disambiguation': ('wic', 'super_glue_wic'),
+    'linguistic_acceptability': ('cola', 'glue_cola'),
+    'question_classification': ('trec',),
+    'read_comp_and_common_sense': ('record', 'cosmos_qa', 'super_glue_record'),
 }
+# The FLAN 2021 paper's names for the clusters whose code name differs.
+CLUSTER_ALIASES: Dict[str, str] = {
+    'nli': 'entailment', 'natural_language_inference': 'entailment',
+    'commonsense': 'common_sense', 'closed_book_qa': 'open_domain_qa',
+    'struct_to_text': 'structure_to_text',
+}
+# FLAN 2022 evaluates on benchmarks outside the collection (MMLU, BBH: Longpre et al. 2023,
+# arXiv 2301.13688, Figure 1 and Appendix A.3; Flan-MoE, arXiv 2305.14705, the same suites), so
+# its own training mixture `flan2022` excludes nothing. `flan2022_no_heldout` is the FLAN 2021
+# protocol on top of it (hold out whole clusters, evaluate on them), by default with the natural
+# language inference cluster held out, one of the FLAN 2021 paper's evaluation clusters.
 DEFAULT_HELDOUT = ('cluster:nli',)
 
 
@@ -62,6 +103,8 @@ def flan2022_settings(source_weights: Optional[Mapping[str, float]] = None,
   if bad:
     raise ValueError(f'flan2022_settings.source_weights has negative entries {bad}')
   clusters = dict(FLAN2021_CLUSTERS, **dict(clusters or {}))
+  heldout = tuple(f'cluster:{CLUSTER_ALIASES.get(h[8:], h[8:])}' if h.startswith('cluster:')
+                  and h[8:] not in clusters else h for h in heldout)
   unknown = [h for h in heldout if h.startswith('cluster:') and h[8:] not in clusters]
   if unknown:
     raise ValueError(f'flan2022_settings.heldout: unknown clusters {unknown}; known: '
