@@ -19,7 +19,6 @@ import logging
 import os
 from typing import Any, Iterator, Optional
 
-from moe_flan import config_gin
 from moe_flan.config import T5Config
 from moe_flan.convert import checkpoint_dir, gin_config
 from moe_flan.partitioning import partitioner as part_lib
@@ -46,22 +45,7 @@ class LoadedModel:
     return iter((self.config, self.params, self.vocabulary))
 
 
-def find_model_gin(path: str) -> str:
-  """The `model.gin` of a MODEL_DIR, a step directory in it, or a converted directory."""
-  path = os.path.abspath(path)
-  candidates = [path]
-  parent = os.path.dirname(path)
-  if os.path.basename(path) == ckpt_lib.CHECKPOINT_SUBDIR:                  # MODEL_DIR/checkpoints
-    candidates.append(parent)
-  elif os.path.basename(parent) == ckpt_lib.CHECKPOINT_SUBDIR:              # .../checkpoints/N
-    candidates.append(os.path.dirname(parent))
-  for directory in candidates:
-    found = os.path.join(directory, config_gin.MODEL_GIN)
-    if os.path.isfile(found):
-      return found
-  raise ValueError(f'moe_flan.load: {path!r} holds no {config_gin.MODEL_GIN} (looked in '
-                   f'{candidates}); training (moe_flan.train) and conversion (moe_flan.convert) '
-                   'write one beside the checkpoints')
+find_model_gin = ckpt_lib.find_model_gin   # the model.gin of a path `load` accepts
 
 
 def vocabulary_for(directory: str, config: T5Config) -> Any:

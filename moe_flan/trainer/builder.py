@@ -19,8 +19,10 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from moe_flan import config as config_lib
 from moe_flan import config_gin
+from moe_flan.partitioning import partitioner as part_lib
 from moe_flan.trainer import checkpoints as ckpt_lib
 from moe_flan.trainer import data as data_lib
+from moe_flan.trainer import distill as distill_lib
 from moe_flan.trainer import freezing
 from moe_flan.trainer import model_setup as model_setup_lib
 from moe_flan.trainer import nan_guard
@@ -66,6 +68,7 @@ class StepParts:
   frozen: Any
   abstract_state: ts.TrainState      # ShapeDtypeStructs with shardings
   state_shardings: ts.TrainState
+  teacher: Optional[distill_lib.Teacher] = None   # a distillation run's frozen teacher
 
   @property
   def model_config(self) -> config_lib.T5Config:
@@ -81,14 +84,19 @@ class StepParts:
 
   def jit_train_step(self, reuse: Optional[bool] = None) -> Callable:
     """(state, batch) -> (state, metrics), jitted; call or `.lower` it inside
-    `partitioner.activate()`. reuse: the opt-in step buffers (None:
-    OptimizerConfig.reuse_step_buffers, off by default; see step_buffers.jit_train_step)."""
+    `partitioner.activate()`. With a teacher: (state, batch, teacher_params). reuse: the
+    opt-in step buffers (None: OptimizerConfig.reuse_step_buffers, off by default; see
+    step_buffers.jit_train_step)."""
+    forward, constants = None, ()
+    if self.teacher is not None:
+      forward = self.teacher.train_forward(self.model, self.model_config)
+      constants = (self.teacher.param_shardings,)
     return step_buffers.jit_train_step(
         lambda return_grads: step_lib.make_train_step(
             self.model, self.model_config, self.tx, self.schedule, self.frozen,
-            self.optimizer.num_microbatches, return_grads=return_grads),
+            self.optimizer.num_microbatches, return_grads=return_grads, forward=forward),
         self.optimizer.reuse_step_buffers if reuse is None else reuse,
-        in_shardings=(self.state_shardings, self.partitioner.data_sharding),
+        in_shardings=(self.state_shardings, self.partitioner.data_sharding) + constants,
         out_shardings=(self.state_shardings, self.partitioner.replicated),
         grad_shardings=self.state_shardings.params)
 
@@ -105,6 +113,7 @@ class TrainSetup:
   checkpoint: ckpt_lib.CheckpointConfig
   checkpointer: ckpt_lib.Checkpointer
   seed: int
+  teacher_params: Any = None     # a distillation run's teacher params (parts.teacher), on the mesh
 
   # ---- state ------------------------------------------------------------------------------------
   def initial_state(self) -> tuple[ts.TrainState, int]:
@@ -151,10 +160,11 @@ class TrainSetup:
     """(state, batch) -> (state, metrics), jitted with the state donated (or, with
     OptimizerConfig.reuse_step_buffers, step_buffers.jit_train_step's kept buffers)."""
     jitted = self.parts.jit_train_step()
+    constants = () if self.parts.teacher is None else (self.teacher_params,)
 
     def run(state, batch):
       with self.parts.partitioner.activate():
-        return jitted(state, batch)
+        return jitted(state, batch, *constants)
     return run
 
   def evaluate(self, params: Any, num_batches: int,
@@ -182,27 +192,37 @@ def check_inputs(model_dir: str, data: data_lib.DataConfig,
 def build(model_dir: str, model_config: config_lib.T5Config, data: data_lib.DataConfig,
           optimizer: optimizers.OptimizerConfig, checkpoint: ckpt_lib.CheckpointConfig,
           frozen_groups: Sequence[str], seed: int,
-          eval_data: Optional[data_lib.DataConfig] = None, partitioner=None) -> TrainSetup:
+          eval_data: Optional[data_lib.DataConfig] = None, partitioner=None,
+          distill: Optional[distill_lib.DistillConfig] = None) -> TrainSetup:
   """Checks inputs and builds a TrainSetup (no compilation). Writes MODEL_DIR/model.gin (the
-  model's bindings, which `moe_flan.load` reads)."""
+  model's bindings, which `moe_flan.load` reads). With `distill`, the run distils a frozen
+  teacher into the model (`distill.build_teacher`; its params are restored here)."""
   check_inputs(model_dir, data, checkpoint, eval_data, model_config.vocab_size)
+  teacher = None
+  if distill is not None:
+    partitioner = partitioner or part_lib.create_partitioner()
+    teacher = distill_lib.build_teacher(distill, model_config, partitioner)
   if jax.process_index() == 0:
     data_lib.report_truncation(data)    # warns when TASK_FEATURE_LENGTHS cut many examples
   os.makedirs(model_dir, exist_ok=True)
-  parts = build_step(model_config, data, optimizer, frozen_groups, seed, partitioner)
+  parts = build_step(model_config, data, optimizer, frozen_groups, seed, partitioner, teacher)
   checkpointer = ckpt_lib.Checkpointer(model_dir, checkpoint)
   checkpointer.check_compatible(ts.param_shapes(parts.abstract_state.params))
   if jax.process_index() == 0:
     config_gin.write_model_gin(model_dir, model_config)
-  return TrainSetup(model_dir, parts, data, eval_data, checkpoint, checkpointer, seed)
+    if teacher is not None:
+      teacher.write_gin(model_dir)
+  teacher_params = teacher.restore_params() if teacher is not None else None
+  return TrainSetup(model_dir, parts, data, eval_data, checkpoint, checkpointer, seed,
+                    teacher_params)
 
 
 def build_step(model_config: config_lib.T5Config, data: data_lib.DataConfig,
                optimizer: optimizers.OptimizerConfig, frozen_groups: Sequence[str], seed: int,
-               partitioner=None) -> StepParts:
+               partitioner=None, teacher: Optional[distill_lib.Teacher] = None) -> StepParts:
   """The model side (`model_setup.build_model_setup`) and on it the optimizer and abstract
   sharded train state (no I/O, nothing allocated). `seed` is the run's; shapes do not depend
-  on it."""
+  on it. `teacher` (built on the same partitioner) makes the step a distillation step."""
   del seed
   side = model_setup_lib.build_model_setup(model_config, partitioner)
   partitioner = side.partitioner
@@ -226,4 +246,4 @@ def build_step(model_config: config_lib.T5Config, data: data_lib.DataConfig,
                            opt_state=abstract_opt, rng=rng)
   abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           abstract, shardings)
-  return StepParts(side, optimizer, tx, schedule, frozen, abstract, shardings)
+  return StepParts(side, optimizer, tx, schedule, frozen, abstract, shardings, teacher)

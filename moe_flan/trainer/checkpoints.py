@@ -24,6 +24,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from moe_flan import config_gin
 from moe_flan.model import upcycling
 from moe_flan.trainer import checkpoint_integrity as integrity
 from moe_flan.trainer import train_state as ts
@@ -83,6 +84,25 @@ def step_dirs(path: str) -> list[str]:
     if steps:
       return [os.path.join(base, str(s)) for s in sorted(steps, reverse=True)]
   raise ValueError(f'checkpoint path {path!r} holds no checkpoint (no state/ or step directories)')
+
+
+def find_model_gin(path: str, who: str = 'moe_flan.load') -> str:
+  """The `model.gin` of a MODEL_DIR, its checkpoints/ directory, a step directory in it, or a
+  converted checkpoint's directory; `who` opens the error message."""
+  path = os.path.abspath(path)
+  candidates = [path]
+  parent = os.path.dirname(path)
+  if os.path.basename(path) == CHECKPOINT_SUBDIR:                  # MODEL_DIR/checkpoints
+    candidates.append(parent)
+  elif os.path.basename(parent) == CHECKPOINT_SUBDIR:              # .../checkpoints/N
+    candidates.append(os.path.dirname(parent))
+  for directory in candidates:
+    found = os.path.join(directory, config_gin.MODEL_GIN)
+    if os.path.isfile(found):
+      return found
+  raise ValueError(f'{who}: {path!r} holds no {config_gin.MODEL_GIN} (looked in '
+                   f'{candidates}); training (moe_flan.train) and conversion (moe_flan.convert) '
+                   'write one beside the checkpoints')
 
 
 def resolve_step_dir(path: str) -> str:

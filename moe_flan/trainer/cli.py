@@ -37,7 +37,7 @@ REPO_GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
 CONFIGURABLE_MODULES = (
     'moe_flan.config', 'moe_flan.model', 'moe_flan.partitioning.mesh',
     'moe_flan.partitioning.rules', 'moe_flan.trainer.optimizers', 'moe_flan.trainer.data',
-    'moe_flan.trainer.checkpoints', 'moe_flan.trainer.loop',
+    'moe_flan.trainer.checkpoints', 'moe_flan.trainer.loop', 'moe_flan.trainer.distill',
     'moe_flan.trainer.inference', 'moe_flan.trainer.checkpoint_eval', 'moe_flan.evaluation.engine',
     'tasks', 'tasks.benchmarks')
 

@@ -20,6 +20,7 @@ from moe_flan import config as config_lib
 from moe_flan.evaluation import engine as eval_engine
 from moe_flan.trainer import checkpoints as ckpt_lib
 from moe_flan.trainer import data as data_lib
+from moe_flan.trainer import distill as distill_lib
 from moe_flan.trainer import final_eval
 from moe_flan.trainer import freezing
 from moe_flan.trainer import metrics as metrics_lib
@@ -128,16 +129,18 @@ def train(model_dir: str = gin.REQUIRED, model: config_lib.T5Config = gin.REQUIR
           optimizer: optimizers.OptimizerConfig = optimizers.OptimizerConfig(),
           checkpoint: ckpt_lib.CheckpointConfig = ckpt_lib.CheckpointConfig(),
           eval_data: Optional[data_lib.DataConfig] = None,
-          eval_settings: Optional[eval_engine.EvalSettings] = None) -> TrainResult:
+          eval_settings: Optional[eval_engine.EvalSettings] = None,
+          distill: Optional[distill_lib.DistillConfig] = None) -> TrainResult:
   """Trains `model` on `data` for `run.train_steps` steps, resuming from MODEL_DIR if possible.
 
   With `eval_settings`, every `run.eval_period` steps also runs the evaluation engine on its
   mixture (as `python -m moe_flan.evaluate` does): scores go to the eval metrics and
-  TensorBoard, results.json and predictions to MODEL_DIR/eval/{step}."""
+  TensorBoard, results.json and predictions to MODEL_DIR/eval/{step}. With `distill`
+  (gin/runs/distill.gin), `model` is the student of a frozen teacher (`trainer.distill`)."""
   with preemption.StopFlag() as stop:   # from the start: a SIGTERM during set-up also exits cleanly
     final_eval.check_mixtures(run.final_eval_mixtures, model.vocab_size)
     setup = builder.build(model_dir, model, data, optimizer, checkpoint, run.frozen_groups,
-                          run.seed, eval_data)
+                          run.seed, eval_data, distill=distill)
     # Benchmark datasets are read (and bad files rejected) before the first step.
     engine = eval_engine.Engine(eval_settings) if eval_settings and run.eval_period else None
     state, start = setup.initial_state()

@@ -91,11 +91,12 @@ class ReusedGradientBuffers:
 def jit_train_step(make_step: Callable[[bool], Callable], reuse: bool = False,
                    in_shardings: Optional[Any] = None, out_shardings: Optional[Any] = None,
                    grad_shardings: Optional[Any] = None) -> Callable:
-  """(state, batch) -> (state, metrics), jitted.
+  """(state, batch, *constants) -> (state, metrics), jitted.
 
   make_step(return_grads): the unjitted step (`train_step.make_train_step`); with return_grads
-  it returns ((state, metrics), grads). Shardings as for `jax.jit` of (state, batch) ->
-  (state, metrics); grad_shardings: the params'.
+  it returns ((state, metrics), grads). Shardings as for `jax.jit` of (state, batch,
+  *constants) -> (state, metrics); grad_shardings: the params'. `constants` (a distillation
+  teacher's params) are read, never donated.
 
   reuse False (the default): one jitted call, the state donated. reuse True: the new state goes
   into the buffers of the state before last and the gradients into the previous step's (module
@@ -108,9 +109,9 @@ def jit_train_step(make_step: Callable[[bool], Callable], reuse: bool = False,
     return jax.jit(make_step(False), donate_argnums=(0,), **shardings)
   step_with_grads = make_step(True)
 
-  def into_spare(spare_state, state, batch):
+  def into_spare(spare_state, state, batch, *constants):
     del spare_state   # donated: its buffers receive the new state
-    return step_with_grads(state, batch)
+    return step_with_grads(state, batch, *constants)
 
   state_shardings = None if in_shardings is None else in_shardings[0]
   buffered = ReusedGradientBuffers(
@@ -118,13 +119,13 @@ def jit_train_step(make_step: Callable[[bool], Callable], reuse: bool = False,
       out_shardings, grad_shardings, donate_argnums=(0,))
   spare = []
 
-  def step(state, batch):
+  def step(state, batch, *constants):
     if not spare:
       spare.append(_zeros_like(state, state_shardings))
-    (new_state, metrics), _ = buffered(spare.pop(), state, batch)
+    (new_state, metrics), _ = buffered(spare.pop(), state, batch, *constants)
     spare.append(state)
     return new_state, metrics
   # What jax.jit(...).lower gives for the other branch: the compiled call of one step, whose
   # memory analysis counts the spare state and kept gradients it is handed.
-  step.lower = lambda state, batch: buffered.lower(state, state, batch)
+  step.lower = lambda state, batch, *constants: buffered.lower(state, state, batch, *constants)
   return step

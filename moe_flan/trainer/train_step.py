@@ -7,7 +7,7 @@ an uninterrupted one. Metrics are scalars except the per-layer MoE arrays
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import flax.linen as nn
 import jax
@@ -32,13 +32,18 @@ def token_accuracy(logits: jax.Array, batch: Batch) -> tuple[jax.Array, jax.Arra
 
 
 def forward_metrics(model: nn.Module, config: config_lib.T5Config, params: Any, batch: Batch,
-                    rng: jax.Array | None, train: bool) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """Loss and metrics of one (micro)batch."""
+                    rng: jax.Array | None, train: bool, loss_fn: Optional[Callable] = None
+                    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Loss and metrics of one (micro)batch. loss_fn(logits, moe_metrics) -> (loss, metrics);
+  default `compute_loss` (a distillation run's adds the teacher's logits)."""
   rngs = {'dropout': rng} if train else {}
   logits, variables = model.apply({'params': params}, **ts.model_inputs(batch),
                                   enable_dropout=train, rngs=rngs, mutable=['moe_metrics'])
   moe_tree = variables.get('moe_metrics', {})
-  loss, metrics = compute_loss(config, logits, batch, moe_tree)
+  if loss_fn is None:
+    loss, metrics = compute_loss(config, logits, batch, moe_tree)
+  else:
+    loss, metrics = loss_fn(logits, moe_tree)
   metrics = {k: jnp.asarray(v, jnp.float32) for k, v in dict(metrics).items()}
   correct, count = token_accuracy(logits, batch)
   metrics.setdefault('accuracy', correct / jnp.maximum(count, 1.0))
@@ -57,17 +62,22 @@ def _split_microbatches(batch: Batch, n: int) -> Batch:
 
 def make_train_step(model: nn.Module, config: config_lib.T5Config,
                     tx: optax.GradientTransformation, schedule: Callable,
-                    frozen: Any, num_microbatches: int = 1, return_grads: bool = False
-                    ) -> Callable:
-  """(state, batch) -> (state, metrics). `frozen` is the bool tree from freezing.frozen_mask.
+                    frozen: Any, num_microbatches: int = 1, return_grads: bool = False,
+                    forward: Optional[Callable] = None) -> Callable:
+  """(state, batch, *constants) -> (state, metrics). `frozen` is the bool tree from
+  freezing.frozen_mask.
 
   return_grads: the step returns ((state, metrics), grads) instead, grads shaped like the params
   (zero where frozen), for `step_buffers.jit_train_step`.
+  forward: (params, batch, rng, *constants) -> (loss, metrics) of one (micro)batch in train
+  mode; default `forward_metrics`. `constants` (e.g. a distillation teacher's params) are
+  passed through unchanged and never differentiated.
   """
+  if forward is None:
+    forward = lambda p, b, r: forward_metrics(model, config, p, b, r, True)
 
-  def grads_and_metrics(params, batch, rng):
-    grad_fn = jax.value_and_grad(
-        lambda p, b, r: forward_metrics(model, config, p, b, r, True), has_aux=True)
+  def grads_and_metrics(params, batch, rng, constants):
+    grad_fn = jax.value_and_grad(lambda p, b, r: forward(p, b, r, *constants), has_aux=True)
     if num_microbatches == 1:
       (_, metrics), grads = grad_fn(params, batch, rng)
       return grads, metrics
@@ -88,9 +98,9 @@ def make_train_step(model: nn.Module, config: config_lib.T5Config,
     metrics['num_tokens'] = m['num_tokens']
     return scale(g), metrics
 
-  def step(state: ts.TrainState, batch: Batch):
+  def step(state: ts.TrainState, batch: Batch, *constants):
     rng = jax.random.fold_in(state.rng, state.step)
-    grads, metrics = grads_and_metrics(state.params, batch, rng)
+    grads, metrics = grads_and_metrics(state.params, batch, rng, constants)
     grads = jax.tree.map(lambda f, g: jnp.zeros_like(g) if f else g, frozen, grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = freezing.keep_frozen(state.params, optax.apply_updates(state.params, updates),

