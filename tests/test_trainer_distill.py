@@ -6,6 +6,7 @@ import dataclasses
 import json
 import os
 
+import flax
 import gin
 import jax
 import jax.numpy as jnp
@@ -14,16 +15,19 @@ import pytest
 
 from moe_flan import config as config_lib
 from moe_flan import partitioning
+from moe_flan.convert import checkpoint_dir
 from moe_flan.model import distillation
 from moe_flan.trainer import builder, checkpoints as ck, cli, data as data_lib, distill, loop
-from moe_flan.trainer import optimizers, train_step as step_lib
+from moe_flan.trainer import model_setup, optimizers, train_state as ts
+from moe_flan.trainer import train_step as step_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.usefixtures('persistent_compilation_cache')
 
 DATA = data_lib.DataConfig('flan_embedded', {'inputs': 32, 'targets': 8}, batch_size=8,
                            truncation_check_examples=0)
-# The student: dense, tiny. The teacher: sparse, 8 experts (one per device of the 8-device mesh).
+# The student: dense, tiny. The teacher: a sparse encoder with 8 experts (one per device of the
+# 8-device expert-parallel mesh).
 STUDENT_BINDINGS = [
     'T5Config.emb_dim = 16', 'T5Config.num_heads = 2', 'T5Config.head_dim = 8',
     'T5Config.mlp_dim = 16', 'T5Config.num_encoder_layers = 1', 'T5Config.num_decoder_layers = 1',
@@ -39,7 +43,7 @@ def student_model(**kw) -> config_lib.T5Config:
 def teacher_model(**kw) -> config_lib.T5Config:
   moe = config_lib.MoeConfig(num_experts=8, num_selected_experts=2, expert_mlp_dim=16,
                              group_size=64, encoder_sparse_layout='all',
-                             decoder_sparse_layout='all', load_balancing_loss_weight=0.01)
+                             decoder_sparse_layout='none', load_balancing_loss_weight=0.01)
   return config_lib.T5Config(**{**dict(vocab_size=3072, emb_dim=24, num_heads=2, head_dim=8,
                                        num_encoder_layers=1, num_decoder_layers=1, mlp_dim=16,
                                        moe=moe), **kw})
@@ -49,13 +53,29 @@ def _optimizer(lr=1e-2):
   return optimizers.OptimizerConfig(schedule=optimizers.ScheduleConfig(base_learning_rate=lr))
 
 
+def _partitioner(mesh_shape=(1, 1, 1)):
+  devices = jax.devices()[:int(np.prod(mesh_shape))]
+  return partitioning.Partitioner(partitioning.make_mesh(mesh_shape, devices),
+                                  partitioning.logical_axis_rules())
+
+
+def _save_random(directory, config, seed, params=None):
+  """A converted-checkpoint directory (state/ and model.gin) with random params of `config`
+  (drawn in NumPy: no init to compile), or `params`; returns (directory, params)."""
+  if params is None:
+    rng = np.random.default_rng(seed)
+    abstract = model_setup.build_model_setup(config, _partitioner()).abstract_params
+    params = jax.tree.map(
+        lambda a: (rng.normal(size=a.shape) / np.sqrt(a.shape[0] if a.ndim > 1 else 1.0)
+                   ).astype(np.float32), abstract)
+  checkpoint_dir.save(str(directory), params, config)
+  return str(directory), params
+
+
 @pytest.fixture(scope='module')
 def teacher_dir(tmp_path_factory):
-  """A teacher MODEL_DIR (model.gin and a checkpoint) trained for 2 steps."""
-  model_dir = str(tmp_path_factory.mktemp('teacher'))
-  loop.train(model_dir, teacher_model(), DATA, loop.RunConfig(train_steps=2, write_plots=False),
-             _optimizer(), ck.CheckpointConfig(period=2))
-  return model_dir
+  """The sparse teacher's params and model.gin, as `moe_flan.convert` leaves them."""
+  return _save_random(tmp_path_factory.mktemp('teacher'), teacher_model(), seed=1)[0]
 
 
 # ---- the loss -----------------------------------------------------------------------------------
@@ -128,10 +148,11 @@ def _batch(seed=0, b=8):
 def _setup(model_dir, student, teacher_path, partitioner=None, **distill_kw):
   cfg = distill.DistillConfig(teacher_path, **distill_kw)
   return builder.build(str(model_dir), student, DATA, _optimizer(), ck.CheckpointConfig(period=100),
-                       (), 0, partitioner=partitioner, distill=cfg)
+                       (), 0, partitioner=partitioner or _partitioner(), distill=cfg)
 
 
-def test_alpha_one_is_the_plain_train_step(teacher_dir, tmp_path):
+def test_alpha_one_is_the_plain_train_step_and_the_teacher_stays_bit_identical(teacher_dir,
+                                                                               tmp_path):
   student = teacher_model(emb_dim=16)        # sparse: its aux losses are part of both steps
   setup = _setup(tmp_path, student, teacher_dir, alpha=1.0, temperature=3.0)
   state, _ = setup.initial_state()
@@ -140,9 +161,68 @@ def test_alpha_one_is_the_plain_train_step(teacher_dir, tmp_path):
                                            setup.parts.schedule, setup.parts.frozen))
   with setup.parts.partitioner.activate():
     want_state, want = plain(state, batch)
-  got_state, got = setup.jit_train_step()(state, batch)
+  step = setup.jit_train_step()
+  got_state, got = step(state, batch)
   for k, v in want.items():
     np.testing.assert_array_equal(got[k], v, err_msg=k)
-  assert float(got['distill/kl']) > 0
+  assert float(got['distill/kl']) > 0 and float(got['distill/teacher_cross_entropy']) > 0
   for a, b in zip(jax.tree.leaves(got_state.params), jax.tree.leaves(want_state.params)):
     np.testing.assert_array_equal(a, b)
+  for i in range(2):                          # more steps: the teacher never changes
+    got_state, _ = step(got_state, setup.shard(_batch(i + 1)))
+  saved = ck.load_params(teacher_dir)
+  held = {k: np.asarray(v) for k, v in
+          flax.traverse_util.flatten_dict(setup.teacher_params, sep='/').items()}
+  assert held.keys() == saved.keys()
+  for k, v in saved.items():
+    assert held[k].dtype == v.dtype and held[k].tobytes() == v.tobytes(), k
+  setup.close()
+
+
+def test_a_teacher_identical_to_the_student_gives_zero_kl_and_no_kl_gradient(tmp_path):
+  student = student_model()                  # dense, no dropout: train mode == eval mode
+  path, params = _save_random(tmp_path / 'twin', student, seed=2)
+  setup = _setup(tmp_path / 'run', student, path, alpha=0.0, temperature=2.0)
+  forward = setup.parts.teacher.train_forward(setup.parts.model, student)
+  batch = setup.shard(_batch())
+  metric = lambda name: lambda p: forward(p, batch, jax.random.PRNGKey(0),
+                                          setup.teacher_params)[1][name]
+  with setup.parts.partitioner.activate():
+    kl, kl_grads = jax.jit(jax.value_and_grad(metric('distill/kl')))(setup.teacher_params)
+    ce_grads = jax.jit(jax.grad(metric('cross_entropy')))(setup.teacher_params)
+  largest = lambda tree: max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(tree))
+  # The two forwards are compiled apart, so their logits may differ in the last bits: zero up to
+  # float32 rounding (the loss-level test above checks exact zeros on identical logits).
+  assert abs(float(kl)) < 1e-7
+  assert largest(kl_grads) < 1e-5 * largest(ce_grads)
+  setup.close()
+
+
+def test_8_devices_teacher_expert_parallel_equals_1_device(teacher_dir, tmp_path):
+  """Mesh (1, 8, 1): the teacher's 8 experts one per device, the dense student's batch split
+  8 ways (data parallel) -- against one device, over two steps."""
+  student = student_model()
+  results = []
+  for name, shape in (('one', (1, 1, 1)), ('eight', (1, 8, 1))):
+    setup = _setup(tmp_path / name, student, teacher_dir, _partitioner(shape), alpha=0.5,
+                   temperature=2.0)
+    if not results:
+      state, _ = setup.initial_state()
+      start = jax.device_get(state)           # host copy: the steps donate the state
+    else:
+      state = jax.device_put(start, setup.parts.state_shardings)
+      experts = [v for k, v in jax.tree_util.tree_leaves_with_path(setup.teacher_params)
+                 if 'experts' in jax.tree_util.keystr(k)]
+      assert experts and all(v.sharding.spec[0] == 'expert' for v in experts)
+    step, metrics = setup.jit_train_step(), []
+    for i in range(2):
+      state, m = step(state, setup.shard(_batch(i)))
+      metrics.append(jax.device_get(m))
+    results.append((metrics, jax.device_get(state.params)))
+    setup.close()
+  (m1, p1), (m8, p8) = results
+  for a, b in zip(m1, m8):
+    for k in ('loss', 'cross_entropy', 'distill/kl', 'distill/teacher_cross_entropy'):
+      np.testing.assert_allclose(b[k], a[k], rtol=2e-5, err_msg=k)
+  for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p8)):
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
