@@ -5,6 +5,7 @@ equal 1, and bad input fails before anything compiles."""
 import dataclasses
 import json
 import os
+import re
 
 import flax
 import gin
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 
 from moe_flan import config as config_lib
-from moe_flan import partitioning
+from moe_flan import config_gin, partitioning
 from moe_flan.convert import checkpoint_dir
 from moe_flan.model import distillation
 from moe_flan.trainer import builder, checkpoints as ck, cli, data as data_lib, distill, loop
@@ -226,3 +227,106 @@ def test_8_devices_teacher_expert_parallel_equals_1_device(teacher_dir, tmp_path
       np.testing.assert_allclose(b[k], a[k], rtol=2e-5, err_msg=k)
   for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p8)):
     np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
+
+
+# ---- the run type -------------------------------------------------------------------------------
+def _configure(bindings):
+  files = [os.path.join(REPO, 'gin', 'models', 't5_1_1_tiny.gin'),
+           os.path.join(REPO, 'gin', 'runs', 'distill.gin'),
+           os.path.join(REPO, 'gin', 'partitioning', 'expert_parallel.gin')]
+  cli.configure_gin(cli.Flags(tuple(files), tuple(bindings), ()))
+
+
+def _distill_run(model_dir, teacher_dir, steps, plots=True):
+  _configure(STUDENT_BINDINGS + [f'RunConfig.write_plots = {plots}',
+      f"MODEL_DIR = '{model_dir}'", f"TEACHER_CHECKPOINT_PATH = '{teacher_dir}'",
+      f'TRAIN_STEPS = {steps}', "TASK_FEATURE_LENGTHS = {'inputs': 32, 'targets': 8}",
+      'BATCH_SIZE = 8', 'DROPOUT_RATE = 0.1', 'LOG_PERIOD = 1', 'CHECKPOINT_PERIOD = 2',
+      'EVAL_PERIOD = 0', 'LEARNING_RATE = 3e-2', 'DataConfig.truncation_check_examples = 0'])
+  try:
+    return loop.train()
+  finally:
+    gin.clear_config()
+
+
+def _records(model_dir):
+  with open(os.path.join(model_dir, 'metrics', 'train.jsonl')) as f:
+    return [json.loads(line) for line in f]
+
+
+def test_distill_run_lowers_the_kl_and_resumes_exactly(teacher_dir, tmp_path):
+  """gin/runs/distill.gin on 8 devices (expert_parallel.gin), the teacher's config from the
+  model.gin beside its checkpoint; dropout on, so the resumed run must replay the same keys."""
+  ref, resumed = str(tmp_path / 'ref'), str(tmp_path / 'resumed')
+  _distill_run(ref, teacher_dir, 6)
+  _distill_run(resumed, teacher_dir, 2, plots=False)
+  assert _distill_run(resumed, teacher_dir, 6, plots=False).step == 6
+  want, got = _records(ref), _records(resumed)
+  assert [r['step'] for r in got] == list(range(1, 7))
+  for key in ('loss', 'cross_entropy', 'distill/kl', 'distill/teacher_cross_entropy'):
+    assert [r[key] for r in got] == [r[key] for r in want], key
+  kl = [r['distill/kl'] for r in want]
+  assert kl[-1] < 0.8 * kl[0], kl
+  assert os.path.isfile(os.path.join(ref, 'loss_curves.png'))
+  with open(os.path.join(ref, distill.TEACHER_GIN)) as f:
+    assert 'MoeConfig.num_experts = 8' in f.read()
+  with open(os.path.join(ref, 'model.gin')) as f:
+    assert 'T5Config.moe = None' in f.read()            # moe_flan.load gives the student
+
+
+# ---- bad input ----------------------------------------------------------------------------------
+@pytest.fixture
+def no_compiling(monkeypatch):
+  monkeypatch.setattr(builder.TrainSetup, 'initial_state',
+                      lambda self: pytest.fail('reached state initialisation'))
+  monkeypatch.setattr(builder.StepParts, 'jit_train_step',
+                      lambda self, reuse=None: pytest.fail('reached the train step'))
+
+
+def _one_line_error(match, fn, *args, **kw):
+  """The error's first line matches `match`; nothing else but what gin appends (the
+  configurable it was calling) follows it."""
+  with pytest.raises(ValueError) as e:
+    fn(*args, **kw)
+  first, *rest = str(e.value).splitlines()
+  assert re.search(match, first), first
+  assert all('In call to configurable' in line for line in rest), rest
+
+
+def test_different_vocabularies_are_named(teacher_dir, tmp_path, no_compiling):
+  _one_line_error(r'teacher T5Config.vocab_size=3072 \(.*model.gin\) vs student '
+                  r'T5Config.vocab_size=3200', _setup, tmp_path, student_model(vocab_size=3200),
+                  teacher_dir)
+
+
+def test_a_checkpoint_of_another_teacher_is_named(teacher_dir, tmp_path, no_compiling):
+  other = tmp_path / 'other.gin'
+  other.write_text(config_gin.config_to_gin(teacher_model(emb_dim=32)))
+  _one_line_error(r'teacher checkpoint .*teacher.* does not match the teacher config .*other.gin '
+                  r'\(28 params differ\): decoder/decoder_norm/scale: model \(32,\) vs '
+                  r'checkpoint \(24,\); .*; and 22 more', _setup, tmp_path / 'run', student_model(),
+                  teacher_dir, teacher_gin=str(other))
+
+
+def test_a_missing_teacher_checkpoint_is_named(tmp_path, no_compiling):
+  _one_line_error(r"TEACHER_CHECKPOINT_PATH: .*'/no/such/teacher' does not exist", _setup,
+                  tmp_path, student_model(), '/no/such/teacher')
+
+
+def test_bad_settings_through_gin_fail_before_building(teacher_dir, tmp_path, monkeypatch):
+  monkeypatch.setattr(builder, 'build', lambda *a, **k: pytest.fail('reached the build'))
+  for binding, match in (('DISTILL_ALPHA = 1.5', r'alpha=1.5 must be in \[0, 1\]'),
+                         ('DISTILL_TEMPERATURE = 0.0', r'temperature=0.0 must be > 0')):
+    _configure(STUDENT_BINDINGS + [f"MODEL_DIR = '{tmp_path}'", binding,
+                                   f"TEACHER_CHECKPOINT_PATH = '{teacher_dir}'"])
+    try:
+      _one_line_error(match, loop.train)
+    finally:
+      gin.clear_config()
+
+
+def test_teacher_params_held_in_a_lower_dtype(teacher_dir, tmp_path):
+  setup = _setup(tmp_path, student_model(), teacher_dir, teacher_param_dtype='bfloat16')
+  dtypes = {v.dtype for v in jax.tree.leaves(setup.teacher_params)}
+  assert dtypes == {jnp.dtype('bfloat16')}
+  setup.close()
