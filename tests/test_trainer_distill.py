@@ -249,6 +249,21 @@ def _distill_run(model_dir, teacher_dir, steps, plots=True):
     gin.clear_config()
 
 
+def test_the_teacher_gin_is_parsed_apart_from_the_run(tmp_path):
+  _configure(STUDENT_BINDINGS + [f"MODEL_DIR = '{tmp_path}'", "TEACHER_CHECKPOINT_PATH = '/t'"])
+  try:
+    before = config_lib.T5Config()
+    teacher = distill.model_config_from_gin('models/flan_moe_tiny.gin',   # under gin/, as --gin_file
+                                            ['MoeConfig.num_experts = 4'])
+    assert teacher.emb_dim == 128 and teacher.moe.num_experts == 4
+    assert teacher.dropout_rate == 0.0            # its own macros, not the run's DROPOUT_RATE
+    assert config_lib.T5Config() == before and before.moe is None and before.emb_dim == 16
+    assert gin.config_is_locked()
+    assert gin.query_parameter('DistillConfig.teacher_checkpoint_path') is not None
+  finally:
+    gin.clear_config()
+
+
 def _records(model_dir):
   with open(os.path.join(model_dir, 'metrics', 'train.jsonl')) as f:
     return [json.loads(line) for line in f]

@@ -35,7 +35,6 @@ from moe_flan.model import distillation
 from moe_flan.partitioning import partitioner as part_lib
 from moe_flan.trainer import checkpoints as ckpt_lib
 from moe_flan.trainer import cli
-from moe_flan.trainer import gin_checks
 from moe_flan.trainer import model_setup as model_setup_lib
 from moe_flan.trainer import train_state as ts
 from moe_flan.trainer import train_step as step_lib
@@ -81,12 +80,13 @@ class DistillConfig:
 @contextlib.contextmanager
 def _gin_set_aside() -> Iterator[None]:
   """Runs the block on an empty gin configuration and puts the run's back afterwards
-  (bindings, imports, lock), so a second model's gin files can be parsed mid-run without
-  their bindings (VOCAB_SIZE, T5Config.*) reaching the student or theirs the teacher."""
+  (bindings, imports, search paths, lock), so a second model's gin files can be parsed mid-run
+  without their bindings (VOCAB_SIZE, T5Config.*) reaching the student or the run's the
+  teacher."""
   g = gin.config
   # pylint: disable=protected-access
   saved = (dict(g._CONFIG), set(g._IMPORTS), dict(g._OPERATIVE_CONFIG), dict(g._SINGLETONS),
-           g._CONFIG_IS_LOCKED)
+           list(g._LOCATION_PREFIXES), g._CONFIG_IS_LOCKED)
   gin.clear_config()
   try:
     yield
@@ -96,22 +96,17 @@ def _gin_set_aside() -> Iterator[None]:
     g._IMPORTS.update(saved[1])
     g._OPERATIVE_CONFIG.update(saved[2])
     g._SINGLETONS.update(saved[3])
-    g._set_config_is_locked(saved[4])
+    g._LOCATION_PREFIXES[:] = saved[4]
+    g._set_config_is_locked(saved[5])
   # pylint: enable=protected-access
 
 
 def model_config_from_gin(gin_file: str, bindings: Sequence[str] = ()) -> config_lib.T5Config:
-  """The T5Config that `gin_file` (+ `bindings`) describes, parsed on its own; files are found
-  as the run's --gin_file are (as given, or under the run's gin search paths)."""
+  """The T5Config that `gin_file` (+ `bindings`) describes, parsed on its own; found as the
+  run's --gin_file are (as given, or under the run's gin search paths)."""
   search_paths = [p for p in gin.config._LOCATION_PREFIXES if p]  # pylint: disable=protected-access
-  search_paths = list(dict.fromkeys(search_paths + [cli.REPO_GIN_DIR]))
-  gin_checks.check_gin_files([gin_file], search_paths)
   with _gin_set_aside():
-    try:
-      gin.parse_config_files_and_bindings([gin_file], list(bindings), finalize_config=False,
-                                          skip_unknown=True)
-    except OSError as e:   # a missing include: gin's message, on one line
-      raise ValueError(' '.join(line.strip() for line in str(e).splitlines())) from e
+    cli.parse_gin([gin_file], bindings, search_paths, skip_unknown=True)
     return config_lib.T5Config()
 
 
