@@ -8,6 +8,8 @@ Modules (import by name, e.g. `from moe_flan.trainer import loop`):
   builder       build(...) -> TrainSetup: the training side on top of a ModelSetup: input
                 checks, optimizer, train-state shardings, checkpointer, jitted train step
   train_step    make_train_step / make_eval_step (loss via moe_flan.model.compute_loss)
+  distill       DistillConfig, build_teacher -> Teacher: a frozen teacher inside the train step
+                (gin/runs/distill.gin; loss in moe_flan.model.distillation)
   step_buffers  jit_train_step: donated state, or (opt-in, XLA:CPU) buffers kept across steps
   train_state   TrainState(step, params, opt_state, rng)
   optimizers    OptimizerConfig, ScheduleConfig, make_optimizer (Adafactor per-expert factoring,
