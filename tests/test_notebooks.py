@@ -93,7 +93,7 @@ def test_the_quickstart_notebook_runs_and_shows_its_results(tmp_path, monkeypatc
     results = json.load(f)
   accuracy = results['overall']['macro']['accuracy']
   assert accuracy['n'] == EVAL_EXAMPLES * HELDOUT_SCORING_TASKS
-  assert f"{accuracy['value']:.3f} ± {accuracy['stderr']:.3f} (n={accuracy['n']})" in text
+  assert f"{accuracy['value']:.1f}% ± {accuracy['stderr']:.1f} (n={accuracy['n']})" in text
   (table,) = [out['data']['text/markdown'] for _, out in _outputs(nb, 'display_data')
               if 'text/markdown' in out.get('data', {})]
   rows = [r for r in table.splitlines()[2:] if r.startswith('| ')]
