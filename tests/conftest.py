@@ -15,6 +15,13 @@ import tempfile  # noqa: E402
 
 import pytest  # noqa: E402
 
+# XLA's backend optimisations (LLVM -O2 and its expensive passes) take half of every compile on a
+# CPU and buy nothing on the tests' tiny models, which run for milliseconds; JAX's own test suite
+# turns them off the same way. Subprocess runs keep the default unless a test passes this on.
+DISABLE_OPTIMIZATIONS_ENV = {'JAX_DISABLE_MOST_OPTIMIZATIONS': '1'}
+# Modules that measure what the optimised compile produces (TPU-topology memory and collectives).
+OPTIMIZED_COMPILE_MODULES = ('test_aot',)
+
 # Compiled train steps shared between the trainer tests' train() calls and subprocesses (same
 # HLO, new closures); a compile costs seconds on 2 cores.
 JAX_CACHE_DIR = os.path.join(tempfile.gettempdir(), 'moe_flan_trainer_test_jax_cache')
@@ -30,3 +37,14 @@ def persistent_compilation_cache():
   yield JAX_CACHE_DIR
   jax.config.update('jax_compilation_cache_dir', old[0])
   jax.config.update('jax_persistent_cache_min_compile_time_secs', old[1])
+
+
+@pytest.fixture(scope='module', autouse=True)
+def fast_compiles(request):
+  """Compiles each test module's programs without XLA's backend optimisations (see above)."""
+  import jax  # pylint: disable=g-import-not-at-top  (after XLA_FLAGS above)
+  old = jax.config.read('jax_disable_most_optimizations')
+  optimized = request.module.__name__.startswith(OPTIMIZED_COMPILE_MODULES)
+  jax.config.update('jax_disable_most_optimizations', not optimized)
+  yield
+  jax.config.update('jax_disable_most_optimizations', old)

@@ -18,6 +18,7 @@ import numpy as np
 from moe_flan.trainer import metrics
 
 import multihost_worker
+from conftest import DISABLE_OPTIMIZATIONS_ENV
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(ROOT, 'tests', 'multihost_worker.py')
@@ -25,7 +26,8 @@ WORKER = os.path.join(ROOT, 'tests', 'multihost_worker.py')
 
 def _env():
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
-  env.update(JAX_PLATFORMS='cpu', PYTHONPATH=ROOT)
+  # Compiled as this process compiles its reference run.
+  env.update(JAX_PLATFORMS='cpu', PYTHONPATH=ROOT, **DISABLE_OPTIMIZATIONS_ENV)
   return env
 
 
