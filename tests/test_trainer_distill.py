@@ -345,3 +345,22 @@ def test_teacher_params_held_in_a_lower_dtype(teacher_dir, tmp_path):
   dtypes = {v.dtype for v in jax.tree.leaves(setup.teacher_params)}
   assert dtypes == {jnp.dtype('bfloat16')}
   setup.close()
+
+
+def test_the_teacher_runs_in_eval_mode(teacher_dir):
+  """A teacher whose train capacity drops most tokens: the step's teacher logits are its
+  eval-mode logits (eval capacity factor, no dropout), not its train-mode ones.
+  `teacher_bindings` reach the teacher's config only."""
+  cfg = distill.DistillConfig(teacher_dir, teacher_bindings=(
+      'MoeConfig.train_capacity_factor = 0.1', 'MoeConfig.min_capacity = 1'))
+  teacher = distill.build_teacher(cfg, student_model(), _partitioner())
+  assert teacher.config.moe.train_capacity_factor == 0.1
+  params = teacher.restore_params()
+  batch = {k: jnp.asarray(v) for k, v in _batch(b=2).items()}
+  apply = lambda train: teacher.side.model.apply(
+      {'params': params}, **ts.model_inputs(batch), enable_dropout=train,
+      rngs={'dropout': jax.random.PRNGKey(0)})
+  got, eval_mode, train_mode = jax.jit(
+      lambda: (teacher.logits(params, batch), apply(False), apply(True)))()
+  np.testing.assert_array_equal(got, eval_mode)
+  assert not np.allclose(got, train_mode, atol=1e-3)
