@@ -12,6 +12,7 @@ Always registered (the embedded held-out clusters, scored as the paper scores th
                                    FLAN option block of the zero-shot prompt
   flan_embedded_heldout_scoring    those tasks; `flan_embedded_heldout[_fs|_cot]` (generation)
                                    are the embedded mixtures themselves
+  flan_embedded_downstream_scoring those of the downstream finetuning tasks
 With MMLU_DIR and BBH_DIR: `heldout_suite` = MMLU 5-shot (rank classification), BBH 3-shot
 direct and CoT, embedded held-out (rank classification and CoT), for split 'test'.
 """
@@ -23,7 +24,7 @@ from typing import Optional
 import gin
 
 from tasks import bbh, bigbench, embedded, eval_prompts, mmlu, registry, templates
-from tasks.generators import HELDOUT_TASKS
+from tasks.generators import DOWNSTREAM_TASKS, HELDOUT_TASKS
 
 _CATEGORIES: dict[str, str] = {}
 NEEDS = {'mmlu_': 'MMLU_DIR', 'bbh_': 'BBH_DIR', 'bigbench_': 'BIGBENCH_DIR',
@@ -56,8 +57,9 @@ def _scoring_examples(spec_name: str, split: str) -> list[eval_prompts.Prompted]
 
 
 def register_embedded_scoring() -> None:
-  """emb_{task}_scoring for the held-out tasks that have options, and their mixture."""
-  names = []
+  """emb_{task}_scoring for the held-out tasks that have options, and their mixtures (all of
+  them; the downstream ones)."""
+  names, downstream = [], []
   for spec_name in HELDOUT_TASKS:
     examples = embedded.generate_examples(spec_name, embedded.generation_seed())
     if not all(ex.get('options') for split in ('validation', 'test') for ex in examples[split]):
@@ -66,8 +68,12 @@ def register_embedded_scoring() -> None:
     eval_prompts.register(name, functools.partial(_scoring_examples, spec_name),
                           ('validation', 'test'), 'rank', fingerprint=f'scoring:{spec_name}')
     names.append(name)
+    if spec_name in DOWNSTREAM_TASKS:
+      downstream.append(name)
   registry.add_mixture('flan_embedded_heldout_scoring', names,
                        fingerprint=f'scoring:{names}', default_rate=1.0)
+  registry.add_mixture('flan_embedded_downstream_scoring', downstream,
+                       fingerprint=f'scoring:{downstream}', default_rate=1.0)
 
 
 @gin.configurable
