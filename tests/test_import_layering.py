@@ -5,7 +5,7 @@ modules import each other (directly or through others), and no two packages of m
 Layers, bottom to top (moe_flan/<name>, the first component after `moe_flan.`):
   config, axes, config_gin  ->  layers, kernels  ->  moe  ->  model  ->  partitioning  ->
   decoding  ->  evaluation  ->  trainer  ->  convert  ->  entry points (train, evaluate, infer,
-  list_shardings, loading, aot, and the package itself).
+  list_shardings, loading, aot, experiments, and the package itself).
 `tasks` (SeqIO tasks) stands beside the model stack: it imports nothing of moe_flan, and only
 the evaluation layer and above import it.
 """
@@ -25,7 +25,8 @@ LAYERS = [
     {'evaluation'},
     {'trainer'},
     {'convert'},
-    {'train', 'evaluate', 'infer', 'list_shardings', 'loading', 'aot', '__init__', '__main__'},
+    {'train', 'evaluate', 'infer', 'list_shardings', 'loading', 'aot', 'experiments', '__init__',
+     '__main__'},
 ]
 RANK = {name: i for i, names in enumerate(LAYERS) for name in names}
 TASKS_MIN_RANK = RANK['evaluation']
