@@ -188,8 +188,21 @@ def test_presets_resolve_with_equal_flops_per_token(name, num_runs):
     assert info['flops_per_token'] == pytest.approx(dense[0]['flops_per_token'], rel=0.05)
     if info['sparse']:
       assert info['params'] > dense[0]['params']
-  runs = plan_lib.plan(experiment_dir, experiment)
+  runs = plan_lib.plan(experiment_dir, experiment, {m: i['sparse'] for m, i in infos.items()})
   assert len(runs) == num_runs
   by_dir = {r.model_dir: r for r in runs}
   for i, run in enumerate(runs):   # each run starts from one made before it
     assert run.init_from is None or runs.index(by_dir[run.init_from]) < i
+
+
+def test_a_dense_baseline_freezes_only_the_groups_it_has():
+  spec = preset_lib.ModelSpec('models/t5_1_1_tiny.gin')
+  experiment = preset_lib.Experiment(models={'dense': spec, 'moe': spec}, seeds=[0],
+                                     finetune_frozen_groups=['router', 'non_expert'])
+  frozen = {(r.model, r.protocol): [b for b in r.bindings if b.startswith('FROZEN_GROUPS')]
+            for r in plan_lib.plan('/x', experiment, {'dense': False, 'moe': True})
+            if r.stage == 'finetune'}
+  assert frozen == {('dense', 1): ["FROZEN_GROUPS = ['non_expert']"],
+                    ('dense', 3): ["FROZEN_GROUPS = ['non_expert']"],
+                    ('moe', 1): ["FROZEN_GROUPS = ['router', 'non_expert']"],
+                    ('moe', 3): ["FROZEN_GROUPS = ['router', 'non_expert']"]}

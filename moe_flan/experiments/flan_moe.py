@@ -38,7 +38,8 @@ def run_all(flags: cli.Flags, command: str) -> str:
   models = {name: preset.resolve_model(spec, flags.gin_search_paths)
             for name, spec in experiment.models.items()}
   preset.store_or_check(experiment_dir, preset.resolved(experiment, models), preset_text)
-  runs = plan.plan(experiment_dir, experiment)
+  runs = plan.plan(experiment_dir, experiment,
+                   {name: cfg.moe is not None for name, cfg in models.items()})
   commit = runner.git_commit()
   for i, run in enumerate(runs, 1):
     if runner.finished(run) is not None:
@@ -56,11 +57,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   flags = cli.parse_flags(argv, prog=PROG)
   from moe_flan.experiments import runner  # pylint: disable=g-import-not-at-top
+  from moe_flan.trainer import preemption  # pylint: disable=g-import-not-at-top
   try:
     path = run_all(flags, ' '.join(['python -m', PROG] + [shlex.quote(a) for a in argv]))
   except runner.Preempted as e:
     print(f'{PROG}: {e}; rerun the same command to resume', flush=True)
-    return 75
+    return preemption.PREEMPTED_EXIT_CODE
   print(f'{PROG}: report in {path}', flush=True)
   return 0
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Optional
+from typing import Mapping, Optional
 
 from moe_flan.experiments import preset as preset_lib
 
@@ -64,8 +64,15 @@ def run_dir(experiment_dir: str, model: str, seed: int, protocol: Optional[int])
                       RUN_NAMES[protocol])
 
 
-def _stage_bindings(experiment: preset_lib.Experiment, stage: str) -> tuple[str, ...]:
-  """What the experiment's settings bind for `stage`, then the preset's own extra bindings."""
+# Groups a dense model does not have (the trainer refuses to freeze a group with no parameter):
+# a dense baseline of a freezing ablation freezes only what it has.
+SPARSE_ONLY_GROUPS = ('router', 'experts')
+
+
+def _stage_bindings(experiment: preset_lib.Experiment, stage: str, sparse: bool
+                    ) -> tuple[str, ...]:
+  """What the experiment's settings bind for `stage` (for a sparse or dense model), then the
+  preset's own extra bindings."""
   lengths = dict(experiment.task_feature_lengths)
   out: list[str] = []
   if stage == 'instruction_tune':
@@ -73,10 +80,12 @@ def _stage_bindings(experiment: preset_lib.Experiment, stage: str) -> tuple[str,
             f'MIXTURE_OR_TASK_NAME = {experiment.instruction_mixture!r}',
             f'TASK_FEATURE_LENGTHS = {lengths!r}']
   elif stage == 'finetune':
+    frozen = [g for g in experiment.finetune_frozen_groups
+              if sparse or g not in SPARSE_ONLY_GROUPS]
     out += [f'TRAIN_STEPS = {experiment.finetune_steps}',
             f'MIXTURE_OR_TASK_NAME = {experiment.downstream_mixture!r}',
             f'TASK_FEATURE_LENGTHS = {lengths!r}',
-            f'FROZEN_GROUPS = {list(experiment.finetune_frozen_groups)!r}']
+            f'FROZEN_GROUPS = {frozen!r}']
     if not experiment.finetune_aux_loss:
       out += ['LOAD_BALANCING_LOSS_WEIGHT = 0.0', 'MoeConfig.router_z_loss_weight = 0.0']
   elif stage == 'pretrain':
@@ -86,8 +95,8 @@ def _stage_bindings(experiment: preset_lib.Experiment, stage: str) -> tuple[str,
   return tuple(out) + tuple(experiment.stage_bindings.get(stage, ()))
 
 
-def _run(experiment_dir: str, experiment: preset_lib.Experiment, model: str, seed: int,
-         protocol: Optional[int], init_from: Optional[str]) -> Run:
+def _run(experiment_dir: str, experiment: preset_lib.Experiment, model: str, sparse: bool,
+         seed: int, protocol: Optional[int], init_from: Optional[str]) -> Run:
   spec = experiment.models[model]
   stage = {None: 'pretrain', 1: 'finetune', 2: 'instruction_tune', 3: 'finetune'}[protocol]
   model_dir = run_dir(experiment_dir, model, seed, protocol)
@@ -103,20 +112,23 @@ def _run(experiment_dir: str, experiment: preset_lib.Experiment, model: str, see
     mixtures = tuple(experiment.downstream_eval_mixtures)
   return Run(model=model, seed=seed, protocol=protocol, stage=stage, model_dir=model_dir,
              init_from=init_from, gin_files=(spec.gin_file, RUN_FILES[stage]),
-             bindings=tuple(spec.bindings) + _stage_bindings(experiment, stage) +
+             bindings=tuple(spec.bindings) + _stage_bindings(experiment, stage, sparse) +
              tuple(identity),
              eval_mixtures=mixtures, eval_files=(spec.gin_file, RUN_FILES['eval']),
-             eval_base_bindings=tuple(spec.bindings) + _stage_bindings(experiment, 'eval'))
+             eval_base_bindings=tuple(spec.bindings) + _stage_bindings(experiment, 'eval', sparse))
 
 
-def plan(experiment_dir: str, experiment: preset_lib.Experiment) -> list[Run]:
-  """Every run, model by model and seed by seed; each run after the one it starts from."""
+def plan(experiment_dir: str, experiment: preset_lib.Experiment, sparse: Mapping[str, bool]
+         ) -> list[Run]:
+  """Every run, model by model and seed by seed; each run after the one it starts from.
+  `sparse`: per model, whether it has MoE layers."""
   runs = []
   for model in experiment.models:
     for seed in experiment.seeds:
-      pretrain = _run(experiment_dir, experiment, model, seed, None, None)
-      p1 = _run(experiment_dir, experiment, model, seed, 1, pretrain.model_dir)
-      p2 = _run(experiment_dir, experiment, model, seed, 2, pretrain.model_dir)
-      p3 = _run(experiment_dir, experiment, model, seed, 3, p2.model_dir)
+      args = (experiment_dir, experiment, model, sparse[model], seed)
+      pretrain = _run(*args, None, None)
+      p1 = _run(*args, 1, pretrain.model_dir)
+      p2 = _run(*args, 2, pretrain.model_dir)
+      p3 = _run(*args, 3, p2.model_dir)
       runs += [pretrain, p1, p2, p3]
   return runs

@@ -177,7 +177,8 @@ def _header(report: Mapping[str, Any]) -> list[str]:
            f' / finetune {report["preset"]["finetune_steps"]}, instruction mixture '
            f'`{report["preset"]["instruction_mixture"]}`, aux loss while finetuning '
            f'{"on" if report["preset"]["finetune_aux_loss"] else "off"}, frozen while finetuning '
-           f'{report["preset"]["finetune_frozen_groups"] or "nothing"} (all settings: '
+           f'{report["preset"]["finetune_frozen_groups"] or "nothing"} (dense models: the groups they '
+           f'have; all settings: '
            f'{report["preset_file"]})',
            f'- scores: {report["scores_are"]}; mean ± {report["std"]}', '',
            '| model | sparse | parameters | forward FLOPs / token |', '|---|---|---:|---:|']
@@ -200,9 +201,14 @@ def _headline(report: Mapping[str, Any]) -> list[str]:
   for model in report['models']:
     lines.append(f'| {model} | ' + ' | '.join(cells.get((model, p), '') for p in protocols) +
                  ' |')
-  lines += ['', f'MoE minus dense (`{report["dense_baseline"]}`), paired by seed:' if
-            report['dense_baseline'] else f'MoE minus dense: not computed '
-            f'({report["no_baseline_reason"]}).', '']
+  if not report['dense_baseline']:
+    why = report['no_baseline_reason']
+  elif not report['ordering']:
+    why = 'no sparse model in the preset'
+  else:
+    why = ''
+  lines += ['', f'MoE minus dense: not computed ({why}).' if why else
+            f'MoE minus dense (`{report["dense_baseline"]}`), paired by seed:', '']
   if report['ordering']:
     lines += ['| model | protocol | MoE − dense | paper | reproduced |', '|---|---|---:|---|---|']
     for o in report['ordering']:

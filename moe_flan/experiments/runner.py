@@ -1,5 +1,5 @@
 """One run of an experiment, in-process: train (`moe_flan.trainer.loop.train`), then evaluate
-(`moe_flan.evaluation.run.evaluate`), each under the gin configuration its command line would
+(`moe_flan.trainer.checkpoint_eval.evaluate`), each under the gin configuration its command line would
 give, then write MODEL_DIR/results.json.
 
 results.json is written last (atomically): a run is finished exactly when it exists, and a
@@ -26,7 +26,7 @@ import jax
 import numpy as np
 
 from moe_flan import config as config_lib
-from moe_flan.evaluation import run as eval_run
+from moe_flan.trainer import checkpoint_eval
 from moe_flan.experiments import plan as plan_lib
 from moe_flan.model import abstract_params
 from moe_flan.model import flops
@@ -103,7 +103,7 @@ def _evaluate(run: plan_lib.Run, mixture: str, step: int, search_paths: Sequence
   done = read_json(path)
   if done is None or done.get('checkpoint_step') != step:
     cli.configure_gin(cli.Flags(run.eval_files, run.eval_bindings(mixture), tuple(search_paths)))
-    eval_run.evaluate()
+    checkpoint_eval.evaluate()
   return os.path.relpath(path, run.model_dir)
 
 
