@@ -152,11 +152,13 @@ def test_stopped_run_resumes_and_finished_runs_are_skipped(experiment, monkeypat
 
 def test_a_changed_preset_is_refused(experiment):
   with pytest.raises(ValueError, match=r'another preset .*changed: experiment\.finetune_steps: '
-                     r'2 -> 3; models\.switch_top1\.moe\.num_experts: 4 -> 8\. '):
+                     r'2 -> 3; experiment\.models\.switch_top1\.bindings: .*; '
+                     r'models\.switch_top1\.moe\.num_experts: 4 -> 8\. Use a new') as e:
     _main(experiment, '--gin.Experiment.finetune_steps=3',
           "--gin.switch/ModelSpec.bindings=['T5Config.emb_dim = 32', 'T5Config.num_heads = 2', "
           "'T5Config.head_dim = 16', 'T5Config.mlp_dim = 64', 'MoeConfig.num_selected_experts = 1', "
           "'MoeConfig.expert_mlp_dim = 64']")
+  assert '\n' not in str(e.value)
 
 
 def test_differences_and_settings_checks():

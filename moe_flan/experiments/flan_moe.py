@@ -16,6 +16,7 @@ Exit status: 0 done, 2 bad input (or a changed preset), 75 stopped by SIGTERM af
 """
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 import time
@@ -28,6 +29,14 @@ from moe_flan.trainer import cli
 PROG = 'moe_flan.experiments.flan_moe'
 
 
+def use_compilation_cache(experiment_dir: str) -> None:
+  """JAX's persistent compilation cache in EXPERIMENT_DIR/jax_cache unless one is set: the runs
+  of every seed (and the stages of equal shapes) compile the same programs."""
+  import jax  # pylint: disable=g-import-not-at-top
+  if not jax.config.jax_compilation_cache_dir:
+    jax.config.update('jax_compilation_cache_dir', os.path.join(experiment_dir, 'jax_cache'))
+
+
 def run_all(flags: cli.Flags, command: str) -> str:
   """Runs (or resumes) the experiment the gin flags describe; the report.md path."""
   from moe_flan.experiments import plan, preset, report, runner  # pylint: disable=g-import-not-at-top
@@ -38,6 +47,7 @@ def run_all(flags: cli.Flags, command: str) -> str:
   models = {name: preset.resolve_model(spec, flags.gin_search_paths)
             for name, spec in experiment.models.items()}
   preset.store_or_check(experiment_dir, preset.resolved(experiment, models), preset_text)
+  use_compilation_cache(experiment_dir)
   runs = plan.plan(experiment_dir, experiment,
                    {name: cfg.moe is not None for name, cfg in models.items()})
   commit = runner.git_commit()

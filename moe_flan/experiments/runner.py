@@ -9,7 +9,7 @@ latest checkpoint, and an evaluation whose results.json already holds the final 
     {"run", "model", "seed", "protocol", "stage", "model_dir", "init_from", "gin_files",
      "bindings", "train": {"step", "final_metrics"}, "model_info": {"params", "flops_per_token",
      "sparse"}, "evaluations": {mixture: "eval/{mixture}/results.json"}, "started", "finished",
-     "wall_s", "commit"}
+     "wall_s", "timing": {"train_s", "eval_s": {mixture: s}} (this attempt's), "commit"}
 """
 from __future__ import annotations
 
@@ -119,7 +119,12 @@ def execute(run: plan_lib.Run, search_paths: Sequence[str], lengths: Mapping[str
   started = time.time()
   os.makedirs(run.model_dir, exist_ok=True)
   step, last, info = _train(run, search_paths, lengths)
-  evaluations = {m: _evaluate(run, m, step, search_paths) for m in run.eval_mixtures}
+  timing = {'train_s': time.time() - started, 'eval_s': {}}
+  evaluations = {}
+  for mixture in run.eval_mixtures:
+    t = time.time()
+    evaluations[mixture] = _evaluate(run, mixture, step, search_paths)
+    timing['eval_s'][mixture] = time.time() - t
   now = time.time()
   results = {
       'run': run.name, 'model': run.model, 'seed': run.seed, 'protocol': run.protocol,
@@ -127,7 +132,8 @@ def execute(run: plan_lib.Run, search_paths: Sequence[str], lengths: Mapping[str
       'gin_files': list(run.gin_files), 'bindings': list(run.bindings),
       'train': {'step': step, 'final_metrics': last}, 'model_info': info,
       'evaluations': evaluations, 'started': _iso(started), 'finished': _iso(now),
-      'started_unix': started, 'finished_unix': now, 'wall_s': now - started, 'commit': commit}
+      'started_unix': started, 'finished_unix': now, 'wall_s': now - started, 'timing': timing,
+      'commit': commit}
   write_json(os.path.join(run.model_dir, RESULTS_FILE), results)
   return results
 
