@@ -8,6 +8,7 @@ used or not; the test adds exactly that work (`_einsum_dispatch_flops`) to flops
 is left is elementwise work (softmaxes, activations, norms, the router's top-k), about 1% at
 tiny sizes, and less at real ones where matmuls grow faster than elementwise work.
 """
+import glob
 import os
 
 import gin
@@ -18,6 +19,7 @@ import pytest
 from moe_flan import config as config_lib
 from moe_flan.model import EncoderDecoder, flops
 from moe_flan.moe import capacity
+from moe_flan.trainer import cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Elementwise work XLA counts beyond the matmuls; measured 0.9-1.1% on the tiny models.
@@ -106,3 +108,27 @@ def test_forward_flops_agree_with_the_compiled_forward(name):
   compiled = _compiled_forward_flops(cfg, batch, inputs_len, targets_len)
   assert 1.0 <= compiled / (counted + dispatch) < 1.0 + ELEMENTWISE_TOLERANCE, (
       compiled, counted, dispatch)
+
+
+PRESETS = sorted(glob.glob(os.path.join(REPO, 'gin', 'experiments', '*.gin')))
+
+
+def test_there_are_experiment_presets():
+  assert PRESETS, 'gin/experiments/ holds no preset'
+
+
+@pytest.mark.parametrize('preset_file', PRESETS, ids=os.path.basename)
+def test_experiment_presets_compare_models_of_equal_flops_per_token(preset_file):
+  from moe_flan.experiments import preset  # pylint: disable=g-import-not-at-top
+  cli.configure_gin(cli.Flags((preset_file,), ("EXPERIMENT_DIR = '/unused'",), ()))
+  _, experiment = preset.flan_moe_experiment()
+  models = {name: preset.resolve_model(spec) for name, spec in experiment.models.items()}
+  dense = [name for name, cfg in models.items() if cfg.moe is None]
+  baseline = experiment.dense_baseline or dense[0]
+  sparse = [name for name, cfg in models.items() if cfg.moe is not None]
+  assert models[baseline].moe is None and sparse
+  lengths = (experiment.task_feature_lengths['inputs'], experiment.task_feature_lengths['targets'])
+  reference = _per_token(models[baseline], *lengths)
+  for name in sparse:
+    ratio = _per_token(models[name], *lengths) / reference
+    assert 1.0 < ratio < 1.05, (os.path.basename(preset_file), name, ratio)
