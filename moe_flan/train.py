@@ -2,7 +2,8 @@
 
   python -m moe_flan.train --gin_file=gin/runs/quickstart.gin --gin.MODEL_DIR="'/tmp/quickstart'"
 
-Exit status: 0 finished, 75 stopped by SIGTERM after saving (requeue), 2 bad input.
+Exit status: 0 finished, 75 stopped by SIGTERM after saving (requeue), 2 bad input, 1 any
+other failure (in a multi-process run: also a lost process, named).
 Flags: see `moe_flan.trainer.cli`. Everything else is `moe_flan.trainer.loop.train`, bound by gin.
 """
 from typing import Optional, Sequence
@@ -13,14 +14,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   cli.start(argv, 'moe_flan.train')
   # Imported after jax.distributed is initialized: no module may start a JAX backend first.
   from moe_flan.trainer import loop  # pylint: disable=g-import-not-at-top
-  import jax  # pylint: disable=g-import-not-at-top
   from moe_flan.trainer import preemption  # pylint: disable=g-import-not-at-top
-  try:
-    result = loop.train()
-  except Exception as e:  # pylint: disable=broad-except
-    if jax.process_count() > 1 and not isinstance(e, ValueError):
-      preemption.exit_after_failure('moe_flan.train', e)   # does not return
-    raise
+  result = loop.train()   # errors: cli.console_entry (a multi-process run's, through liveness)
   if result.stopped_by_signal:   # the scheduler's cue to requeue: launch/README.md
     print(f'moe_flan.train: stopped by SIGTERM after saving step {result.step}; exit status '
           f'{preemption.PREEMPTED_EXIT_CODE} (preempted: requeue to resume)', flush=True)

@@ -8,6 +8,10 @@ A single process with nothing set runs without a distributed runtime.
 
 Flags (argparse, like the entry points): `add_flags(parser)`, then `initialize_from_flags(args)`
 first thing in `main`, before any other JAX call.
+
+A started runtime runs with `jax_enable_recoverability` and a `liveness.Watchdog`: a process
+that dies makes the others exit 1 within `heartbeat_timeout_s` (plus a poll), naming it, instead
+of aborting or waiting for it; at the end all processes leave together (see liveness.py).
 """
 from __future__ import annotations
 
@@ -21,12 +25,15 @@ from typing import Optional
 
 import jax
 
+from moe_flan.partitioning import liveness
+
 ENV_COORDINATOR = 'MOE_FLAN_COORDINATOR_ADDRESS'
 ENV_NUM_PROCESSES = 'MOE_FLAN_NUM_PROCESSES'
 ENV_PROCESS_ID = 'MOE_FLAN_PROCESS_ID'
 _SLURM_VARS = ('SLURM_JOB_ID', 'SLURM_STEP_NODELIST', 'SLURM_NTASKS', 'SLURM_PROCID',
                'SLURM_LOCALID')
 DEFAULT_TIMEOUT_S = 300
+DEFAULT_HEARTBEAT_TIMEOUT_S = 100   # JAX's default
 
 
 def _env_int(name: str) -> Optional[int]:
@@ -91,7 +98,9 @@ def initialize(coordinator_address: Optional[str] = None,
                *,
                auto_detect: bool = False,
                local_device_ids: Optional[list[int]] = None,
-               timeout_s: int = DEFAULT_TIMEOUT_S) -> bool:
+               timeout_s: int = DEFAULT_TIMEOUT_S,
+               heartbeat_timeout_s: int = DEFAULT_HEARTBEAT_TIMEOUT_S,
+               prog: str = 'moe_flan') -> bool:
   """Starts JAX's distributed runtime when this is a multi-process run.
 
   Args:
@@ -102,6 +111,8 @@ def initialize(coordinator_address: Optional[str] = None,
     local_device_ids: restrict this process to these local accelerators.
     timeout_s: give up (raise) when the processes have not all connected by then, instead of
       waiting forever for a coordinator that is not there.
+    heartbeat_timeout_s: a process silent this long counts as lost (the others then stop).
+    prog: the program name that starts the lost-process messages.
   Returns:
     True if a distributed runtime was started, False for a plain single-process run.
   Raises:
@@ -124,9 +135,15 @@ def initialize(coordinator_address: Optional[str] = None,
         file=sys.stderr, flush=True)
   if coordinator_address is not None and process_id != 0:
     wait_for_coordinator(coordinator_address, timeout_s)
+  if heartbeat_timeout_s < 1:
+    raise ValueError(f'heartbeat_timeout_s={heartbeat_timeout_s} must be >= 1')
+  # Without it, the coordinator aborts every process (a C++ fatal error, wherever it is) once
+  # one stops sending heartbeats; with it, the watchdog below stops them cleanly.
+  jax.config.update('jax_enable_recoverability', True)
   try:
     jax.distributed.initialize(local_device_ids=local_device_ids,
-                               initialization_timeout=timeout_s, **kwargs)
+                               initialization_timeout=timeout_s,
+                               heartbeat_timeout_seconds=heartbeat_timeout_s, **kwargs)
   except (RuntimeError, ValueError) as e:  # XlaRuntimeError is a RuntimeError
     raise RuntimeError(
         f'jax.distributed.initialize failed (coordinator_address={coordinator_address!r}, '
@@ -134,6 +151,9 @@ def initialize(coordinator_address: Optional[str] = None,
         f'{e}') from e
   logging.info('process %d of %d; %d local / %d global devices', jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())
+  if jax.process_count() > 1:
+    from jax._src import distributed as jax_distributed  # pylint: disable=g-import-not-at-top
+    liveness.start(jax_distributed.global_state.client, prog, heartbeat_timeout_s)
   return True
 
 
@@ -151,10 +171,15 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
                       help='let JAX detect the cluster (Cloud TPU VM pods; SLURM)')
   parser.add_argument('--distributed_timeout_s', type=int, default=DEFAULT_TIMEOUT_S,
                       help='seconds to wait for all processes to connect before failing')
+  parser.add_argument('--distributed_heartbeat_timeout_s', type=int,
+                      default=DEFAULT_HEARTBEAT_TIMEOUT_S,
+                      help='seconds without heartbeats after which a process counts as lost '
+                           'and the others stop')
 
 
 def initialize_from_flags(args: argparse.Namespace) -> bool:
   """`initialize()` with the flags of `add_flags`; call before any other JAX call."""
   return initialize(args.coordinator_address, args.num_processes, args.process_id,
                     auto_detect=args.distributed_auto_detect,
-                    timeout_s=args.distributed_timeout_s)
+                    timeout_s=args.distributed_timeout_s,
+                    heartbeat_timeout_s=args.distributed_heartbeat_timeout_s)

@@ -6,7 +6,8 @@ gin flags (`add_gin_flags`, `parse_with_gin`) also serve `moe_flan.aot` and `moe
   --gin.NAME=VALUE        one binding, e.g. --gin.MODEL_DIR="'/tmp/run'" or --gin.TRAIN_STEPS=100
   --gin_bindings=B        (repeatable) a raw binding line, as in t5x
   --coordinator_address, --num_processes, --process_id, --distributed_auto_detect,
-  --distributed_timeout_s   multi-host (jax.distributed; also $MOE_FLAN_* and SLURM detection)
+  --distributed_timeout_s, --distributed_heartbeat_timeout_s
+                          multi-host (jax.distributed; also $MOE_FLAN_* and SLURM detection)
 
 Bad input fails here, before anything is built: a --gin_file found neither as given nor under a
 search path, an unknown configurable or parameter (gin's error names it), a macro set on the
@@ -27,6 +28,7 @@ from typing import Callable, Optional, Sequence
 import gin
 
 from moe_flan.partitioning import distributed
+from moe_flan.partitioning import liveness
 from moe_flan.trainer import gin_checks
 from moe_flan.trainer import tf_startup
 
@@ -52,6 +54,8 @@ class Flags:
   process_id: Optional[int] = None
   distributed_auto_detect: bool = False
   distributed_timeout_s: int = distributed.DEFAULT_TIMEOUT_S
+  distributed_heartbeat_timeout_s: int = distributed.DEFAULT_HEARTBEAT_TIMEOUT_S
+  prog: str = 'moe_flan'
 
 
 def split_commas(values: Sequence[str]) -> tuple[str, ...]:
@@ -97,7 +101,8 @@ def parse_flags(argv: Sequence[str], prog: str = 'moe_flan') -> Flags:
   args, bindings = parse_with_gin(parser, argv, 'at least one --gin_file is required')
   return Flags(split_commas(args.gin_file), tuple(bindings), split_commas(args.gin_search_paths),
                args.coordinator_address, args.num_processes, args.process_id,
-               args.distributed_auto_detect, args.distributed_timeout_s)
+               args.distributed_auto_detect, args.distributed_timeout_s,
+               args.distributed_heartbeat_timeout_s, prog)
 
 
 def import_configurables() -> None:
@@ -162,7 +167,9 @@ def initialize_distributed(flags: Flags) -> None:
   """jax.distributed set-up from the flags, else $MOE_FLAN_* or SLURM; a no-op for one process."""
   distributed.initialize(flags.coordinator_address, flags.num_processes, flags.process_id,
                          auto_detect=flags.distributed_auto_detect,
-                         timeout_s=flags.distributed_timeout_s)
+                         timeout_s=flags.distributed_timeout_s,
+                         heartbeat_timeout_s=flags.distributed_heartbeat_timeout_s,
+                         prog=flags.prog)
 
 
 def start(argv: Optional[Sequence[str]], prog: str) -> Flags:
@@ -177,9 +184,15 @@ def start(argv: Optional[Sequence[str]], prog: str) -> Flags:
 
 def console_entry(main: Callable[[], int], prog: str) -> None:
   """Runs an entry point's `main`; bad input (ValueError, whose message names the setting)
-  exits 2 with the message instead of a traceback."""
+  exits 2 with the message instead of a traceback. In a multi-process run, any error ends
+  the process through `liveness.exit_after_failure`: the other processes learn of it and stop
+  instead of waiting for this one (a lost peer is named)."""
   try:
     sys.exit(main())
-  except ValueError as e:
+  except Exception as e:  # pylint: disable=broad-except
+    if liveness.watching():
+      liveness.exit_after_failure(prog, e)   # does not return
+    if not isinstance(e, ValueError):
+      raise
     print(f'{prog}: error: {e}', file=sys.stderr)
     sys.exit(2)

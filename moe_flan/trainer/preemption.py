@@ -13,18 +13,13 @@ all-gather would open a gloo communicator of its own on CPU, whose 30 s rendezvo
 processes drift apart (a slow compile). The barrier costs one round trip to the coordinator per step, which the loop pays
 anyway to check the loss for NaNs.
 
-When another process dies, the survivors' next collective fails; `exit_after_failure` names the
-lost process and exits 1 at once, without jax.distributed's shutdown barrier (which would wait
-for the dead process, then abort).
+A process that dies leaves the others waiting at this barrier or in a collective;
+`moe_flan.partitioning.liveness` ends them with status 1, naming the lost process.
 """
 from __future__ import annotations
 
-import os
 import signal
-import sys
 import threading
-import traceback
-from typing import Any, NoReturn, Optional
 
 import jax
 
@@ -80,49 +75,3 @@ def agreed(flag: StopFlag) -> bool:
     client.key_value_set(prefix + str(jax.process_index()), '1')
   client.wait_at_barrier(f'moe_flan/stop_agreement_{call}', _AGREEMENT_TIMEOUT_MS)
   return bool(client.key_value_dir_get(prefix))
-
-
-def _lost_processes(timeout_s: float) -> Optional[list[int]]:
-  """Ids of processes the coordinator no longer counts as alive; None if it did not say in time
-  (its answer waits on the survivors, which may be stuck in a collective themselves)."""
-  client = _client()
-  if client is None:
-    return None
-  everyone = list(range(jax.process_count()))
-  answer: dict[str, Any] = {}
-
-  def ask():
-    try:
-      answer['live'] = client.get_live_nodes(everyone)
-    except Exception as e:  # pylint: disable=broad-except  # a dead coordinator: no answer
-      answer['error'] = e
-
-  thread = threading.Thread(target=ask, daemon=True)
-  thread.start()
-  thread.join(timeout_s)
-  if 'live' not in answer:
-    return None
-  return sorted(set(everyone) - set(answer['live']))
-
-
-def exit_after_failure(prog: str, error: BaseException, timeout_s: float = 15.0) -> NoReturn:
-  """Ends a multi-process run's process after `error`, at once and with status 1.
-
-  A normal interpreter exit would run jax.distributed's shutdown barrier, which waits for every
-  process, dead ones included, and then aborts with a C++ check failure; instead this names the
-  lost processes (when the coordinator can tell), flushes and leaves without that barrier.
-  """
-  me, count = jax.process_index(), jax.process_count()
-  lost = _lost_processes(timeout_s)
-  first_line = (str(error).strip().splitlines() or [''])[0]
-  if lost:
-    print(f'{prog}: error: process {me} of {count} stops: lost process'
-          f'{"es" if len(lost) > 1 else ""} {", ".join(map(str, lost))} (no longer connected to '
-          f'the coordinator; see its log): {type(error).__name__}: {first_line}',
-          file=sys.stderr, flush=True)
-  else:
-    traceback.print_exception(error, file=sys.stderr)
-    print(f'{prog}: error: process {me} of {count} stops after {type(error).__name__}: '
-          f'{first_line}', file=sys.stderr, flush=True)
-  sys.stdout.flush()
-  os._exit(1)  # pylint: disable=protected-access
