@@ -167,6 +167,23 @@ class TrainSetup:
         return jitted(state, batch, *constants)
     return run
 
+  def compiled_train_step(self, state: Any, batch: dict[str, jax.Array]) -> Callable:
+    """`jit_train_step` compiled now for these (state, sharded batch) shapes, so that the first
+    step starts without compiling. The loop compiles before the processes' first barrier:
+    their first collective then starts together (gloo's CPU rendezvous gives up after 30 s,
+    less than a compile can differ between processes on a loaded host). With
+    reuse_step_buffers (a wrapper around two jitted calls), the step compiles at its first call."""
+    if self.parts.optimizer.reuse_step_buffers:
+      return self.jit_train_step()
+    constants = () if self.parts.teacher is None else (self.teacher_params,)
+    with self.parts.partitioner.activate():
+      compiled = self.parts.jit_train_step().lower(state, batch, *constants).compile()
+
+    def run(state, batch):
+      with self.parts.partitioner.activate():
+        return compiled(state, batch, *constants)
+    return run
+
   def evaluate(self, params: Any, num_batches: int,
                cfg: Optional[data_lib.DataConfig] = None) -> dict[str, Any]:
     """Mean eval metrics over `num_batches` batches of `cfg` (default: eval data, else the

@@ -86,14 +86,16 @@ def _loop(setup: builder.TrainSetup, state, start: int, run: RunConfig,
   """
   batches = setup.train_batches(start)
   train_step = setup.jit_train_step()
+  if start < run.train_steps:
+    # The first batch and the compiled step before the first agreement (a barrier across
+    # processes): processes whose input pipeline or compile is slower then do not reach the
+    # step's collectives late (gloo's CPU rendezvous gives up after 30 s).
+    first = next(batches)
+    batches = itertools.chain([first], batches)
+    train_step = setup.compiled_train_step(state, setup.shard(first))
   bar = progress_lib.Progress(start, run.train_steps)
   last: dict[str, Any] = {}
   t_last, last_logged = time.time(), start
-  if start < run.train_steps:
-    # The first batch before the first agreement (a barrier across processes): processes whose
-    # input pipeline starts slower then do not reach the step's collectives late (gloo's CPU
-    # rendezvous gives up after 30 s).
-    batches = itertools.chain([next(batches)], batches)
   stopping = preemption.agreed(stop)   # a SIGTERM during set-up: save the start state and stop
   try:
     for step in range(start + 1, run.train_steps + 1):
