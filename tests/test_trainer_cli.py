@@ -146,3 +146,21 @@ def test_missing_include_is_a_one_line_error(tmp_path):
   msg = str(err.value)
   assert '\n' not in msg and msg.startswith('Unable to open file: runs/no_such_include.gin')
   assert os.path.join(REPO, 'gin') in msg and f'In file "{run_file}", line 1' in msg
+
+
+def test_includes_come_from_the_gin_directory_whatever_the_working_directory(tmp_path,
+                                                                              monkeypatch):
+  """A `runs/` folder in the working directory (here with a decoy _train_common.gin) neither
+  breaks `include 'runs/_train_common.gin'` nor replaces the project's file; a run file given
+  as a path relative to the working directory is still read from there."""
+  (tmp_path / 'runs').mkdir()
+  (tmp_path / 'runs' / '_train_common.gin').write_text('TRAIN_STEPS = 12345\n')
+  (tmp_path / 'mine.gin').write_text("include 'runs/quickstart.gin'\nBATCH_SIZE = 6\n")
+  monkeypatch.chdir(tmp_path)
+  try:
+    cli.configure_gin(cli.Flags(('runs/quickstart.gin',), ("MODEL_DIR = '/m'",), ()))
+    assert gin.query_parameter('TRAIN_STEPS/macro.value') != 12345
+    cli.configure_gin(cli.Flags(('mine.gin',), ("MODEL_DIR = '/m'",), ()))
+    assert gin.query_parameter('BATCH_SIZE/macro.value') == 6
+  finally:
+    gin.clear_config()

@@ -18,14 +18,16 @@ with accelerators hidden and without its device start-up lines (`tf_startup`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib
 import logging
 import os
 import sys
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import gin
+from gin import config as gin_config
 
 from moe_flan.partitioning import distributed
 from moe_flan.partitioning import liveness
@@ -127,6 +129,38 @@ class _QuietGinProbes(logging.Filter):
     return not str(record.msg).startswith('Path not found:')
 
 
+def _search_paths_first(search_paths: Sequence[str]) -> None:
+  """gin looks for a file or an include under each of its location prefixes in turn; ours: the
+  search paths (the project's gin/ first), then the working directory (gin's own order puts
+  the working directory first, so a user's `runs/` folder could shadow the project's files)."""
+  prefixes = gin_config._LOCATION_PREFIXES  # pylint: disable=protected-access
+  prefixes[:] = list(dict.fromkeys(list(search_paths) + [p for p in prefixes if p] + ['']))
+
+
+def _never_raises(exists: Callable[[str], bool]) -> Callable[[str], bool]:
+  def safe(path: str) -> bool:
+    try:
+      return exists(path)
+    except (TypeError, ValueError, ImportError):
+      return False
+  return safe
+
+
+@contextlib.contextmanager
+def _safe_file_readers() -> Iterator[None]:
+  """While parsing, gin's extra file readers answer 'no such file' instead of failing: the
+  Python-package reader took 'runs/x.gin' for a file of a package `runs` and raised a
+  TypeError when the working directory held a `runs/` folder."""
+  readers = gin_config._FILE_READERS  # pylint: disable=protected-access
+  saved = list(readers)
+  readers[:] = [(read, exists if read is open else _never_raises(exists))
+                for read, exists in saved]
+  try:
+    yield
+  finally:
+    readers[:] = saved
+
+
 def parse_gin(gin_files: Sequence[str], gin_bindings: Sequence[str],
               search_paths: Sequence[str] = (), skip_unknown: bool = False) -> None:
   """Clears gin and parses the files and bindings (not finalized). Files are found as given,
@@ -134,14 +168,15 @@ def parse_gin(gin_files: Sequence[str], gin_bindings: Sequence[str],
   include, is a one-line ValueError naming it and the search paths."""
   search_paths = (REPO_GIN_DIR,) + tuple(search_paths)
   gin_checks.check_gin_files(gin_files, search_paths)
+  files = [os.path.abspath(f) if os.path.isfile(f) else f for f in gin_files]
   gin.clear_config()
-  for path in search_paths:
-    gin.add_config_file_search_path(path)
+  _search_paths_first(search_paths)
   quiet = _QuietGinProbes()
   logging.getLogger().addFilter(quiet)
   try:
-    gin.parse_config_files_and_bindings(list(gin_files), list(gin_bindings),
-                                        finalize_config=False, skip_unknown=skip_unknown)
+    with _safe_file_readers():
+      gin.parse_config_files_and_bindings(files, list(gin_bindings),
+                                          finalize_config=False, skip_unknown=skip_unknown)
   except OSError as e:     # an include that is nowhere to be found: gin's message, one line
     raise ValueError(' '.join(line.strip() for line in str(e).splitlines())) from e
   finally:
