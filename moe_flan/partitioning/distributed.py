@@ -149,12 +149,17 @@ def initialize(coordinator_address: Optional[str] = None,
         f'jax.distributed.initialize failed (coordinator_address={coordinator_address!r}, '
         f'num_processes={num_processes}, process_id={process_id}, timeout {timeout_s}s): '
         f'{e}') from e
+  _watch(prog, heartbeat_timeout_s)
+  return True
+
+
+def _watch(prog: str, heartbeat_timeout_s: int) -> None:
+  """Logs the processes and devices; starts a multi-process run's lost-process watchdog."""
   logging.info('process %d of %d; %d local / %d global devices', jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())
   if jax.process_count() > 1:
     from jax._src import distributed as jax_distributed  # pylint: disable=g-import-not-at-top
     liveness.start(jax_distributed.global_state.client, prog, heartbeat_timeout_s)
-  return True
 
 
 # ---- flags ------------------------------------------------------------------------------------
