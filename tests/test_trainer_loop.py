@@ -1,5 +1,6 @@
 """The train loop end to end on a tiny FLAN-MoE: train, checkpoint, restore, continue; metrics,
 TensorBoard events and plots; NaN guard; bad input rejected before anything compiles."""
+import dataclasses
 import glob
 import json
 import os
@@ -89,16 +90,24 @@ def test_model_dir_of_another_shape_is_refused_before_compiling(trained, monkeyp
     ('init', '/no/such/checkpoint', "'/no/such/checkpoint' does not exist"),
     ('vocab', 3071, r"T5Config.vocab_size=3071 is smaller than the 'inputs' vocabulary of "
                     r"'flan_embedded_n4' \(3072 ids\)"),
+    ('batch', 6, r'batch size 6 is not divisible by the 8 batch partitions'),
 ])
 def test_bad_input_fails_before_compiling(tmp_path, monkeypatch, setting, value, match):
+  """...and before MODEL_DIR is created: no empty run directory is left behind."""
   monkeypatch.setattr(builder.TrainSetup, 'initial_state',
                       lambda self: pytest.fail('reached state initialisation'))
-  data = DATA if setting != 'task' else data_lib.DataConfig(value, DATA.task_feature_lengths, 8)
+  data = DATA
+  if setting == 'task':
+    data = dataclasses.replace(DATA, mixture_or_task_name=value)
+  if setting == 'batch':
+    data = dataclasses.replace(DATA, batch_size=value)
   ckpt = ck.CheckpointConfig(initial_checkpoint_path=value if setting == 'init' else None)
+  model_dir = tmp_path / 'run'
   with pytest.raises(ValueError, match=match):
     model = tiny_model(vocab_size=value) if setting == 'vocab' else tiny_model()
-    loop.train(str(tmp_path), model, data, loop.RunConfig(train_steps=1),
+    loop.train(str(model_dir), model, data, loop.RunConfig(train_steps=1),
                optimizers.OptimizerConfig(), ckpt)
+  assert not model_dir.exists()
 
 
 def test_nan_guard_stops_and_never_saves_nan(tmp_path):

@@ -221,8 +221,8 @@ def build(model_dir: str, model_config: config_lib.T5Config, data: data_lib.Data
     teacher = distill_lib.build_teacher(distill, model_config, partitioner)
   if jax.process_index() == 0:
     data_lib.report_truncation(data)    # warns when TASK_FEATURE_LENGTHS cut many examples
-  os.makedirs(model_dir, exist_ok=True)
   parts = build_step(model_config, data, optimizer, frozen_groups, seed, partitioner, teacher)
+  os.makedirs(model_dir, exist_ok=True)   # only now: a bad mesh or batch leaves no empty dir
   checkpointer = ckpt_lib.Checkpointer(model_dir, checkpoint)
   checkpointer.check_compatible(ts.param_shapes(parts.abstract_state.params))
   if jax.process_index() == 0:
