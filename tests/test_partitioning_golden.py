@@ -94,3 +94,23 @@ def test_shard_map_overlay_selects_the_explicit_dispatcher():
       ['EXPERT_PARTITIONS = 4'])
   assert config_lib.T5Config().moe.dispatch == 'expert_parallel'
   assert tuple(mesh_lib.make_mesh().shape.values()) == (2, 4, 1)
+
+
+def test_entry_point_help_and_a_mesh_too_big_for_the_devices(capsys, monkeypatch):
+  """--help prints the usage; an overlay asking for more devices than there are (16 expert
+  partitions on 8) is the trainer's one-line error, exit 2, without a traceback."""
+  monkeypatch.setattr(sys, 'argv', ['list_shardings', '--help'])
+  with pytest.raises(SystemExit) as exit_info:
+    list_shardings.console_main()
+  assert exit_info.value.code == 0
+  assert capsys.readouterr().out.startswith('usage: moe_flan.list_shardings')
+  monkeypatch.setattr(sys, 'argv', ['list_shardings', '--gin_file=models/flan_moe_tiny.gin',
+                                    '--gin_file=partitioning/expert_parallel.gin',
+                                    '--gin.EXPERT_PARTITIONS=16'])
+  with pytest.raises(SystemExit) as exit_info:
+    list_shardings.console_main()
+  assert exit_info.value.code == 2
+  err = capsys.readouterr().err
+  assert err.count('\n') == 1, err
+  assert err.startswith('moe_flan.list_shardings: error: mesh_shape=(-1, 16, 1): the fixed axes '
+                        'use 16 devices, which does not divide the 8 available devices'), err

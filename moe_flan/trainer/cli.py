@@ -229,5 +229,12 @@ def console_entry(main: Callable[[], int], prog: str) -> None:
       liveness.exit_after_failure(prog, e)   # does not return
     if not isinstance(e, ValueError):
       raise
-    print(f'{prog}: error: {e}', file=sys.stderr)
+    print(f'{prog}: error: {without_gin_context(str(e))}', file=sys.stderr)
     sys.exit(2)
+
+
+def without_gin_context(message: str) -> str:
+  """`message` without the '  In call to configurable ...' lines gin appends to an error
+  raised inside a configurable: the message already names the setting."""
+  return '\n'.join(line for line in message.splitlines()
+                   if not line.startswith('  In call to configurable'))
