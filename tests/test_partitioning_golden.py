@@ -5,6 +5,7 @@ Regenerate after an intended change with:
 
   UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/test_partitioning_golden.py -q
 """
+import dataclasses
 import difflib
 import glob
 import os
@@ -114,3 +115,33 @@ def test_entry_point_help_and_a_mesh_too_big_for_the_devices(capsys, monkeypatch
   assert err.count('\n') == 1, err
   assert err.startswith('moe_flan.list_shardings: error: mesh_shape=(-1, 16, 1): the fixed axes '
                         'use 16 devices, which does not divide the 8 available devices'), err
+
+
+def test_shard_map_overlay_refuses_groups_that_would_fall_back_to_scatter():
+  """The quickstart's 512-token groups on EXPERT_PARTITIONS=8: 4 encoder groups and 1 decoder
+  group cannot split over 8 devices, so the all-to-all would never run; the trainer's start-up
+  check names the stack and a group_size that works, and accepts that group_size."""
+  from moe_flan import config as config_lib  # pylint: disable=g-import-not-at-top
+  from moe_flan.partitioning import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
+  from moe_flan.partitioning import partitioner as part_lib  # pylint: disable=g-import-not-at-top
+  from moe_flan.partitioning import rules as rules_lib  # pylint: disable=g-import-not-at-top
+  from moe_flan.trainer import builder, data as data_lib  # pylint: disable=g-import-not-at-top
+  gin.parse_config_files_and_bindings(
+      [os.path.join(ROOT, 'gin/models/flan_moe_tiny.gin'),
+       os.path.join(ROOT, 'gin/partitioning/expert_parallel_shard_map.gin')],
+      ['EXPERT_PARTITIONS = 8'])
+  partitioner = part_lib.Partitioner(mesh_lib.make_mesh(), rules_lib.logical_axis_rules())
+  data = data_lib.DataConfig('flan_embedded', {'inputs': 128, 'targets': 32}, batch_size=16)
+  model = config_lib.T5Config()
+  assert model.moe.group_size == 512
+  with pytest.raises(ValueError, match=r"dispatch='expert_parallel': the encoder \(inputs length "
+                                       r'128, batch 16\) forms 4 routing group\(s\) .* \(8 '
+                                       r'partitions\).*--gin.MoeConfig.group_size=256'):
+    builder.check_expert_parallel_groups(model, data, partitioner)
+  small = dataclasses.replace(model, moe=dataclasses.replace(model.moe, group_size=256))
+  with pytest.raises(ValueError, match=r'the decoder \(targets length 32, batch 16\) forms 2 '
+                                       r'.*group_size=64'):
+    builder.check_expert_parallel_groups(small, data, partitioner)
+  builder.check_expert_parallel_groups(
+      dataclasses.replace(model, moe=dataclasses.replace(model.moe, group_size=64)), data,
+      partitioner)

@@ -19,6 +19,8 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from moe_flan import config as config_lib
 from moe_flan import config_gin
+from moe_flan.moe import capacity
+from moe_flan.moe import dispatch_expert_parallel
 from moe_flan.partitioning import partitioner as part_lib
 from moe_flan.trainer import checkpoints as ckpt_lib
 from moe_flan.trainer import data as data_lib
@@ -244,6 +246,7 @@ def build_step(model_config: config_lib.T5Config, data: data_lib.DataConfig,
   side = model_setup_lib.build_model_setup(model_config, partitioner)
   partitioner = side.partitioner
   partitioner.check_batch_size(data.batch_size)
+  check_expert_parallel_groups(model_config, data, partitioner)
   param_shardings = side.param_shardings
   params = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), side.abstract_params)
   schedule = optimizers.make_schedule(optimizer.schedule)
@@ -264,3 +267,23 @@ def build_step(model_config: config_lib.T5Config, data: data_lib.DataConfig,
   abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           abstract, shardings)
   return StepParts(side, optimizer, tx, schedule, frozen, abstract, shardings, teacher)
+
+
+def check_expert_parallel_groups(model_config: config_lib.T5Config, data: data_lib.DataConfig,
+                                 partitioner) -> None:
+  """With the shard_map dispatcher, every MoE stack's training groups must divide over the
+  mesh (else it would silently run the 'scatter' path); ValueError naming a group_size."""
+  moe = model_config.moe
+  if moe.dispatch != 'expert_parallel':
+    return
+  stacks = (('encoder', 'inputs', model_config.encoder_sparse_blocks()),
+            ('decoder', 'targets', model_config.decoder_sparse_blocks()))
+  for stack, feature, blocks in stacks:
+    if not blocks or feature not in data.task_feature_lengths:
+      continue
+    length = data.task_feature_lengths[feature]
+    groups, _ = capacity.token_groups(data.batch_size, length, moe.group_size,
+                                      moe.routing_groups, training=True)
+    dispatch_expert_parallel.check_training_groups(
+        groups, data.batch_size * length, moe.group_size, partitioner.mesh, partitioner.rules,
+        f'{stack} ({feature} length {length}, batch {data.batch_size})')
