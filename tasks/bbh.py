@@ -23,6 +23,21 @@ from tasks import eval_metrics, eval_prompts, registry
 
 COT_CUE = "Let's think step by step."
 _OPTION_LINE = re.compile(r'^\(([A-Z])\)', re.MULTILINE)
+# The 27 task files of the published BBH data (suzgunmirac/BIG-Bench-Hard, `bbh/{task}.json`;
+# 23 tasks, three of them in 3 / 5 / 7-object variants). Any other task file in BBH_DIR is
+# evaluated the same way.
+TASKS = (
+    'boolean_expressions', 'causal_judgement', 'date_understanding', 'disambiguation_qa',
+    'dyck_languages', 'formal_fallacies', 'geometric_shapes', 'hyperbaton',
+    'logical_deduction_five_objects', 'logical_deduction_seven_objects',
+    'logical_deduction_three_objects', 'movie_recommendation', 'multistep_arithmetic_two',
+    'navigate', 'object_counting', 'penguins_in_a_table', 'reasoning_about_colored_objects',
+    'ruin_names', 'salient_translation_error_detection', 'snarks', 'sports_understanding',
+    'temporal_sequences', 'tracking_shuffled_objects_five_objects',
+    'tracking_shuffled_objects_seven_objects', 'tracking_shuffled_objects_three_objects',
+    'web_of_lies', 'word_sorting')
+# The BBH paper's algorithmic tasks (Suzgun et al. 2022, arXiv 2210.09261); the others of TASKS
+# are its NLP tasks.
 ALGORITHMIC = frozenset((
     'boolean_expressions', 'dyck_languages', 'geometric_shapes', 'logical_deduction_five_objects',
     'logical_deduction_seven_objects', 'logical_deduction_three_objects',

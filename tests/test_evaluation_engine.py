@@ -3,6 +3,7 @@ directories in their published layouts, with a tiny random T5: prompt-once scori
 per-option re-encoding, every record's log-likelihoods equal an independent `score_targets` of
 the same texts, results.json agrees with the predictions, 8-device sharding changes nothing,
 and bad input fails before any model work, naming the file, row or setting."""
+import csv
 import json
 import os
 
@@ -47,15 +48,17 @@ def dirs(tmp_path_factory):
   gin.clear_config()
 
 
-def _engine(dirs, name, split='test', lengths=None, batch_size=8, **register):
+def _engine(dirs, name, split='test', lengths=None, batch_size=8, mmlu=None, options=None,
+            **settings):
   gin.clear_config()
-  gin.bind_parameter('tasks.benchmarks.register_benchmarks.mmlu_dir', register.get(
-      'mmlu', dirs['mmlu']))
+  gin.bind_parameter('tasks.benchmarks.register_benchmarks.mmlu_dir', mmlu or dirs['mmlu'])
   gin.bind_parameter('tasks.benchmarks.register_benchmarks.bbh_dir', dirs['bbh'])
   gin.bind_parameter('tasks.benchmarks.register_benchmarks.bigbench_dir', dirs['bigbench'])
+  if options:
+    gin.bind_parameter('tasks.mmlu.mmlu_settings.options', options)
   return engine_lib.Engine(engine_lib.EvalSettings(
       mixture_or_task_name=name, split=split, task_feature_lengths=lengths or LENGTHS,
-      batch_size=batch_size))
+      batch_size=batch_size, **settings))
 
 
 def _ids(text):
@@ -312,3 +315,55 @@ def test_predictions_have_one_fixed_length(model_and_params):
   assert [i for i, _ in out] == list(range(5)) and {len(t) for _, t in out} == {6}
   want = np.asarray(decoding.greedy_decode(net, params, tokens, 6))
   np.testing.assert_array_equal(np.array([t for _, t in out]), want)
+
+
+def test_mmlu_option_texts_are_shown_and_scored_under_their_letters(tmp_path, dirs,
+                                                                    model_and_params):
+  """options='texts': the prompt lists every option's text under its letter, the texts are
+  the scored continuations, and the chosen text is the one at the letter of the best score."""
+  net, params = model_and_params
+  rows = [['Which organism causes influenza?', 'a bacterium', 'a fungus', 'a virus', 'a prion',
+           'C'],
+          ['What is the capital of France?', 'Paris', 'Rome', 'Berlin', 'Madrid', 'A']]
+  root = tmp_path / 'mmlu_texts'
+  (root / 'test').mkdir(parents=True)
+  with open(root / 'test' / 'virology_test.csv', 'w', newline='') as f:
+    csv.writer(f).writerows(rows)
+  result = _engine(dirs, 'mmlu_0shot', mmlu=str(root), options='texts').evaluate(
+      net, params, part_lib.create_partitioner((8, 1, 1)))
+  records = result.records['mmlu_virology_0shot']
+  header = 'The following are multiple choice questions (with answers) about virology.\n\n'
+  for r, row in zip(records, rows):
+    question, texts, letter = row[0], row[1:5], row[5]
+    assert r['input'] == header + question + ''.join(
+        f'\n{l}. {t}' for l, t in zip('ABCD', texts)) + '\nAnswer:'
+    assert r['options'] == texts and r['target'] == texts['ABCD'.index(letter)]
+    want = np.asarray(decoding.score_targets(net, params, {
+        'encoder_input_tokens': _pad([_ids(r['input'])] * 4, LENGTHS['inputs']),
+        'decoder_target_tokens': _pad([_ids(t) for t in texts], LENGTHS['targets'])}))
+    np.testing.assert_allclose(r['log_likelihood'], want, atol=1e-4)
+    best = int(np.argmax(want))
+    assert r['prediction'] == texts[best]
+    assert r['correct'] == ('ABCD'[best] == letter)
+  # The options differ in length, so the per-token score is its own choice.
+  for r in records:
+    norm = np.array(r['log_likelihood']) / np.array(r['num_target_tokens'])
+    assert r['prediction_norm'] == r['options'][int(np.argmax(norm))]
+
+
+def test_beam_search_through_the_engine_equals_decoding_beam_search(dirs, model_and_params):
+  net, params = model_and_params
+  lengths = {'inputs': 256, 'targets': 8}
+  task = 'bbh_multistep_arithmetic_two_3shot'
+  beam = _engine(dirs, task, lengths=lengths, num_beams=3, beam_alpha=0.6).evaluate(
+      net, params, part_lib.create_partitioner((8, 1, 1))).records[task]
+  tokens = _pad([_ids(r['input']) for r in beam], lengths['inputs'])
+  want, _ = decoding.beam_search(net, params, tokens, lengths['targets'], beam_size=3,
+                                 alpha=0.6, eos_id=1)
+  voc = vocab.default_vocabulary()
+  outputs = [r['output'] for r in beam]
+  assert outputs == [voc.decode(row.tolist()) for row in np.asarray(want[:, 0])]
+  # This model and these prompts make beam search and greedy decoding disagree, so the
+  # engine's output is the beam search's, not greedy's.
+  greedy = decoding.greedy_decode(net, params, tokens, lengths['targets'])
+  assert outputs != [voc.decode(row.tolist()) for row in np.asarray(greedy)]

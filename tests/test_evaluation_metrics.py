@@ -83,3 +83,15 @@ def test_pooled_macro_and_micro_standard_errors():
   # The micro stderr pools per-task variances: sqrt(sum n_i^2 se_i^2) / N.
   want = math.sqrt(sum(len(v) ** 2 * np.var(v, ddof=1) / len(v) for v in (a, b))) / 10
   assert pooled['micro']['accuracy']['stderr'] == pytest.approx(want)
+
+
+def test_bbh_task_groups_use_the_published_task_names():
+  # The published data's task files (suzgunmirac/BIG-Bench-Hard, bbh/): 23 tasks, 27 files.
+  from tasks import bbh  # pylint: disable=g-import-not-at-top
+  assert len(bbh.TASKS) == len(set(bbh.TASKS)) == 27
+  assert bbh.ALGORITHMIC <= set(bbh.TASKS) and len(bbh.ALGORITHMIC) == 15
+  nlp = sorted(t for t in bbh.TASKS if bbh.category(t) == 'bbh/nlp')
+  assert len(nlp) == 12 and all(bbh.category(t) == 'bbh/algorithmic' for t in bbh.ALGORITHMIC)
+  # Task families stay whole: every object-count variant is in the same group.
+  for family in ('logical_deduction', 'tracking_shuffled_objects'):
+    assert {bbh.category(t) for t in bbh.TASKS if t.startswith(family)} == {'bbh/algorithmic'}
