@@ -1,0 +1,46 @@
+"""The FLAN Collection benchmark's own arithmetic and generated export (its timings are
+measured by `python -m benchmarks.flan_collection`, see BENCHMARKS.md, never asserted)."""
+import collections
+import json
+
+import pyarrow.parquet as pq
+import pytest
+
+from benchmarks import flan_collection as bench
+import flan_collection_fixtures as fx
+
+
+def test_generated_export_has_the_published_schema_and_its_defects(tmp_path):
+  n = bench.generate(str(tmp_path), 400_000, tasks_per_source=3)
+  with open(tmp_path / 'export.jsonl', encoding='utf-8') as f:
+    rows = [json.loads(line) for line in f]
+  table = pq.read_table(tmp_path / 'export.parquet')
+  rows += table.to_pylist()
+  assert len(rows) == n and set(table.column_names) == set(fx.COLUMNS)
+  assert all(set(r) == set(fx.COLUMNS) for r in rows)
+  good = [r for r in rows if r['inputs']]
+  assert {r['task_source'] for r in good} == set(bench.SOURCES)
+  assert {r['template_type'] for r in good} == set(bench.TEMPLATES)
+  per_source = collections.defaultdict(set)
+  for r in good:
+    per_source[r['task_source']].add(r['task_name'])
+  assert all(len(t) <= 3 for t in per_source.values())
+  counts = collections.Counter(json.dumps(r, sort_keys=True) for r in good)
+  assert 0 < sum(c - 1 for c in counts.values()) < 0.05 * n       # ~1% exact duplicates
+  # Few-shot inputs are the long ones.
+  mean = lambda k: sum(len(r['inputs']) for r in good if r['template_type'].startswith(k)) / max(
+      1, sum(r['template_type'].startswith(k) for r in good))
+  assert mean('fs') > 2.5 * mean('zs')
+
+
+def test_pipeline_summary_is_per_round_medians():
+  rounds = [{'p_s': 2.0, 'tokens': 4000, 'examples': 100, 'b_s': 1.0, 'b_examples': 200},
+            {'p_s': 1.0, 'tokens': 3000, 'examples': 90, 'b_s': 2.0, 'b_examples': 100},
+            {'p_s': 4.0, 'tokens': 8000, 'examples': 200, 'b_s': 1.0, 'b_examples': 400}]
+  out = bench.summarise_pipeline({'rounds': rounds, 'batch_size': 2, 'batches_per_round': 5})
+  # Per-round ratios: (100/2)/(200/1)=0.25, (90/1)/(100/2)=1.8, (200/4)/(400/1)=0.125.
+  assert out['ratio'] == pytest.approx(0.25)
+  assert (out['ratio_min'], out['ratio_max']) == pytest.approx((0.125, 1.8))
+  assert out['pipeline_examples_per_s'] == pytest.approx(50.0)       # median of 50, 90, 50
+  assert out['pipeline_token_slots_per_s'] == pytest.approx(5 * 2 * 2560 / 2.0)
+  assert out['pipeline_tokens_per_s'] == pytest.approx(2000.0)       # median of 2000, 3000, 2000
