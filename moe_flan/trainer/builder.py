@@ -274,7 +274,7 @@ def check_expert_parallel_groups(model_config: config_lib.T5Config, data: data_l
   """With the shard_map dispatcher, every MoE stack's training groups must divide over the
   mesh (else it would silently run the 'scatter' path); ValueError naming a group_size."""
   moe = model_config.moe
-  if moe.dispatch != 'expert_parallel':
+  if moe is None or moe.dispatch != 'expert_parallel':   # dense models have no groups
     return
   stacks = (('encoder', 'inputs', model_config.encoder_sparse_blocks()),
             ('decoder', 'targets', model_config.decoder_sparse_blocks()))
