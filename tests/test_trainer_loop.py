@@ -62,6 +62,11 @@ def test_train_checkpoint_restore_continue(trained):
   assert records[:4] == after_first            # the continuation did not rewrite history
   assert sorted(int(d) for d in os.listdir(os.path.join(model_dir, 'checkpoints'))
                 if d.isdigit()) == [2, 4, 6]
+  with open(os.path.join(model_dir, 'mesh.json')) as f:   # what the run ran on
+    assert json.load(f) == {'mesh': {'data': 8, 'expert': 1, 'model': 1}, 'processes': 1,
+                            'devices': 8, 'local_devices': 8, 'platform': 'cpu',
+                            'moe_dispatch': 'einsum'}
+  assert os.path.isfile(os.path.join(model_dir, 'config.gin'))
   for r in records:
     for key in ('loss', 'accuracy', 'moe/load_balancing_loss', 'moe/router_z_loss', 'z_loss',
                 'learning_rate', 'grad_norm', 'step_time', 'tokens_per_second'):

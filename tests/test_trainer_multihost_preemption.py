@@ -7,6 +7,7 @@ a lost process, with real signals.
 - SIGKILL to process 1: process 0 exits 1 within a bounded time with a one-line error naming
   process 1, without waiting for it and without the coordination service's C++ abort.
 """
+import json
 import os
 import signal
 import socket
@@ -123,7 +124,12 @@ def runs(root):
     rc_resume = [p.wait(timeout=900) for p in resume]
   finally:
     _kill_all(procs)
+  with open(os.path.join(dirs['ref'], 'mesh.json')) as f:
+    mesh = json.load(f)
+  with open(os.path.join(dirs['ref'], 'config.gin')) as f:
+    config_gin = f.read()
   return dict(ref=_losses(dirs['ref']), got=_losses(dirs['term']), rc_ref=rc_ref,
+              mesh=mesh, config_gin=config_gin, dirs=dirs,
               rc_term=rc_term, term_s=term_s, after_term=after_term, rc_resume=rc_resume,
               text=dict(ref=_read(ref_logs), term=_read(term_logs), resume=_read(resume_logs)))
 
@@ -153,6 +159,14 @@ def test_sigterm_to_one_process_stops_both_at_one_step_and_resumes_exactly(runs)
   assert f'resuming from step {saved} ' in text['resume'][0]
   assert sorted(runs['ref']) == sorted(runs['got']) == list(range(1, STEPS + 1))
   assert runs['got'] == runs['ref']                       # bit-identical, step by step
+  # The run states its mesh first thing, and MODEL_DIR keeps it and the operative gin config.
+  assert ('moe_flan: mesh data=2 x expert=1 x model=1 on 4 cpu device(s) in 2 process(es); '
+          "MoE dispatch 'einsum'") in text['ref'][0]
+  assert runs['mesh'] == {'mesh': {'data': 2, 'expert': 1, 'model': 1}, 'processes': 2,
+                          'devices': 4, 'local_devices': 2, 'platform': 'cpu',
+                          'moe_dispatch': 'einsum'}
+  assert f"MODEL_DIR = '{runs['dirs']['ref']}'" in runs['config_gin']
+  assert 'train.model_dir = %MODEL_DIR' in runs['config_gin']
 
 
 def test_sigkill_of_one_process_ends_the_other_cleanly(killed):

@@ -29,6 +29,7 @@ from moe_flan.trainer import optimizers
 from moe_flan.trainer import plots
 from moe_flan.trainer import preemption
 from moe_flan.trainer import progress as progress_lib
+from moe_flan.trainer import run_record
 from moe_flan.trainer import builder
 
 
@@ -151,7 +152,9 @@ def train(model_dir: str = gin.REQUIRED, model: config_lib.T5Config = gin.REQUIR
     # Records past the resumed checkpoint came from a killed run; they are replayed.
     metrics_lib.truncate_after(writer.jsonl_path, start)
     metrics_lib.truncate_after(eval_writer.jsonl_path, start)
+    started = run_record.write(model_dir, setup.parts.partitioner.mesh, model)
     if jax.process_index() == 0:
+      print(started, flush=True)
       print(f'moe_flan: {"resuming from step " + str(start) if start else "starting at step 0"} '
             f'of {run.train_steps} in {model_dir}', flush=True)
     try:
