@@ -160,9 +160,9 @@ def test_sigterm_to_one_process_stops_both_at_one_step_and_resumes_exactly(runs)
   assert sorted(runs['ref']) == sorted(runs['got']) == list(range(1, STEPS + 1))
   assert runs['got'] == runs['ref']                       # bit-identical, step by step
   # The run states its mesh first thing, and MODEL_DIR keeps it and the operative gin config.
-  assert ('moe_flan: mesh data=2 x expert=1 x model=1 on 4 cpu device(s) in 2 process(es); '
+  assert ('moe_flan: mesh data=4 x expert=1 x model=1 on 4 cpu device(s) in 2 process(es); '
           "MoE dispatch 'einsum'") in text['ref'][0]
-  assert runs['mesh'] == {'mesh': {'data': 2, 'expert': 1, 'model': 1}, 'processes': 2,
+  assert runs['mesh'] == {'mesh': {'data': 4, 'expert': 1, 'model': 1}, 'processes': 2,
                           'devices': 4, 'local_devices': 2, 'platform': 'cpu',
                           'moe_dispatch': 'einsum'}
   assert f"MODEL_DIR = '{runs['dirs']['ref']}'" in runs['config_gin']
