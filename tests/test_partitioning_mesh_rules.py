@@ -110,7 +110,7 @@ def test_partition_specs_follow_rules_and_mesh():
 @pytest.mark.parametrize('num_experts,shape,want', [
     (8, (1, 4, 2), P('expert', None, 'model')),   # 2 experts per device
     (4, (1, 4, 2), P('expert', None, 'model')),   # 1 expert per device
-    (2, (1, 4, 2), P(None, None, 'model')),       # 2 replicas of each expert: replicated
+    (2, (1, 4, 2), P(None, None, 'model')),       # fewer experts: every device stores all
 ])
 def test_expert_axis_vs_expert_partitions(num_experts, shape, want):
   specs = _partitioner(shape).partition_specs(_abstract(num_experts=num_experts))

@@ -32,8 +32,11 @@ def logical_spec(names: Sequence[Optional[str]], shape: Sequence[int],
                  where: str = 'array') -> PartitionSpec:
   """PartitionSpec of an array with logical axis `names` and `shape` on `mesh` under `rules`.
 
-  An 'expert' dimension smaller than the mesh axes it maps to (which it must divide) is
-  replicated: each expert then lives on `expert_partitions / num_experts` devices (replicas).
+  An 'expert' dimension smaller than the mesh axes it maps to (which it must divide) is not
+  split at all: every device along those axes stores all the experts (memory as under data
+  parallelism). The numbers are those of one device; the 'expert_parallel' dispatcher then
+  computes each expert's tokens on `expert_partitions / num_experts` of those devices, slicing
+  its local copy. Splitting fewer experts over more partitions would need a second mesh axis.
   Raises:
     ValueError: naming the array, dimension and sizes when a dimension does not divide.
   """
