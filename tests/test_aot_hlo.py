@@ -85,3 +85,35 @@ def test_axes_labels():
   four = {'data': 1, 'expert': 4, 'model': 1}
   assert hlo.mesh_axes_of([frozenset({0, 2}), frozenset({1, 3})], four) == 'expert (groups of 2)'
   assert hlo.mesh_axes_of(None, MESH) == 'unknown'
+
+
+# One slice's program of a 2-slice step (as libtpu prints it, shortened): the cross-slice
+# gradient all-reduce is a send/recv pair with libtpu's megascale runtime; the in-slice
+# all-to-all has lost its op_name metadata.
+MULTI_SLICE = """HloModule jit_step, is_scheduled=true, num_partitions=4
+
+ENTRY %main (g: f32[64,8,128]) -> f32[64,8,128] {
+  %g = f32[64,8,128]{2,1,0} parameter(0)
+  %after-all.7 = token[] after-all(), frontend_attributes={MegascaleRendezvousKeyName="all-reduce.113_0"}
+  %send.7 = (f32[64,8,128]{2,1,0:T(8,128)}, u32[], token[]) send(%g, %after-all.7), channel_id=3, is_host_transfer=true, frontend_attributes={_xla_host_transfer_handler_name="xla_megascale_runtime",_xla_host_transfer_rendezvous="all-reduce.113_0",_xla_megascale_reduce_operation="SUM",_xla_megascale_target="{1,2}x{0:3}",_xla_megascale_transfer_type="ALL_REDUCE"}
+  %recv.7 = (f32[64,8,128]{2,1,0:T(8,128)}, u32[], token[]) recv(%after-all.7), channel_id=2, is_host_transfer=true, frontend_attributes={_xla_host_transfer_handler_name="xla_megascale_runtime",_xla_megascale_transfer_type="ALL_REDUCE"}
+  %send-done.7 = token[] send-done(%send.7), channel_id=3, is_host_transfer=true
+  %a2a = bf16[4,2,5,128]{3,1,2,0} all-to-all(%x), channel_id=1, replica_groups={{0,1,2,3}}, dimensions={0}
+  ROOT %r = f32[64,8,128]{2,1,0} get-tuple-element(%recv.7), index=0
+}
+"""
+
+
+def test_multi_slice_dcn_transfers_are_collectives_across_slices():
+  found = _by_name(hlo.collectives(MULTI_SLICE, 4))
+  assert set(found) == {'send.7', 'a2a'}           # the recv half is not counted again
+  dcn = found['send.7']
+  assert dcn.dcn and dcn.kind == 'all-reduce' and dcn.buffer_bytes == 64 * 8 * 128 * 4
+  assert dcn.link_bytes == 0                       # none of it crosses the slice's ICI links
+  assert not found['a2a'].dcn and found['a2a'].moe_layer is None
+  from moe_flan.aot import report
+  # The slice's devices 0-3 are one row of the 2-slice mesh: the 'expert' axis ('data' spans
+  # the slices).
+  table = report.collective_table(list(found.values()), {'data': 2, 'expert': 4, 'model': 1})
+  assert {(r['kind'], r['mesh_axes']) for r in table} == {('all-reduce', 'slices (DCN)'),
+                                                         ('all-to-all', 'expert')}

@@ -93,13 +93,16 @@ def format_report(r: dict[str, Any]) -> str:
   if not r['collectives']:
     lines.append('  none')
   for l in r['moe_layers']:
-    ratio = f"{l['ratio']:.2f}x the minimum" if l['ratio'] is not None else 'no expert axis'
+    ratio = (f"{l['ratio']:.2f}x the minimum" if l['ratio'] is not None else
+             'the all-to-alls carry no layer names; minimum' if l.get('all_to_all_unattributed')
+             else 'no expert axis')
     lines.append(f"MoE {l['layer']}: all-to-all x{l['all_to_all_count']} "
                  f"{_gib(l['all_to_all_bytes_per_chip'])} per chip ({ratio} "
                  f"{_gib(l['analytic_min_bytes_per_chip'])})")
   if g['all_to_all_goal_applies']:
+    met = g['all_to_all_goal_met']
     lines.append(f"goal: all-to-all <= {g['all_to_all_ratio_goal']}x minimum: "
-                 f"{'met' if g['all_to_all_goal_met'] else 'NOT met'}")
+                 + ('not measured' if met is None else 'met' if met else 'NOT met'))
   if g['no_expert_replication_goal_met'] is not None:
     lines.append('goal: no expert tensor replicated across the expert axis: '
                  + ('met' if g['no_expert_replication_goal_met'] else

@@ -8,6 +8,11 @@ step (instructions in a while body count trip-count times) and the model code th
 Replica groups come in the printed forms XLA uses: `{{0,1},{2,3}}`, iota `[2,2]<=[4]` /
 `[2,2]<=[2,2]T(1,0)`, and mesh form `mesh['axis_0'=2,'axis_1'=2], device_ids=(...) {'axis_1'}`.
 Device numbers are positions in the executable's device assignment (the flattened jax Mesh).
+
+A multi-slice executable is the program of one slice: collectives across slices (over the
+data-center network) are host-transfer `send`s to libtpu's megascale runtime, carrying
+`_xla_megascale_transfer_type="ALL_REDUCE"` etc.; they are counted with `dcn=True` (no ICI
+replica groups; each `send` has a matching `recv`, not counted again).
 """
 from __future__ import annotations
 
@@ -36,6 +41,9 @@ _ARRAY = re.compile(r'\b([a-z]+[0-9]*(?:e[0-9]m[0-9][a-z]*)?)\[([0-9,]*)\]')
 _COMPUTATION = re.compile(r'^(?:ENTRY )?%([^\s(]+) .*\{\s*$')
 _INSTRUCTION = re.compile(r'^\s*(?:ROOT )?%([^\s=]+) = (.*)$')
 _LAYER = re.compile(r'((?:encoder|decoder)/layers_\d+)/moe/')
+_MEGASCALE = re.compile(r'_xla_megascale_transfer_type="([A-Z_]+)"')
+_MEGASCALE_KINDS = {'ALL_REDUCE': 'all-reduce', 'ALL_GATHER': 'all-gather',
+                    'REDUCE_SCATTER': 'reduce-scatter', 'ALL_TO_ALL': 'all-to-all'}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +56,7 @@ class Collective:
   groups_text: str
   executions: int               # times it runs per step
   op_name: str
+  dcn: bool = False             # across slices, over the data-center network
 
   @property
   def group_size(self) -> int:
@@ -282,11 +291,18 @@ def collectives(hlo_text: str, num_devices: int) -> list[Collective]:
         continue
       shape, rest = _split_shape(m.group(2))
       opcode = rest.split('(', 1)[0]
+      op_name = re.search(r'op_name="([^"]*)"', rest)
+      megascale = _MEGASCALE.search(rest) if opcode == 'send' else None
+      if megascale:
+        found.append(Collective(
+            _MEGASCALE_KINDS.get(megascale.group(1), 'collective-permute'), m.group(1),
+            max(_array_bytes(shape), default=0.0), None, 'dcn', runs.get(comp, 1),
+            op_name.group(1) if op_name else '', dcn=True))
+        continue
       if opcode not in _OPCODES:
         continue
       groups, groups_text = parse_groups(rest, num_devices)
       size = max((len(g) for g in groups), default=1) if groups else 1
-      op_name = re.search(r'op_name="([^"]*)"', rest)
       found.append(Collective(_OPCODES[opcode], m.group(1), _buffer_bytes(opcode, shape, size),
                               groups, groups_text, runs.get(comp, 1),
                               op_name.group(1) if op_name else ''))
