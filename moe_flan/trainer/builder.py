@@ -151,8 +151,10 @@ class TrainSetup:
 
   # ---- data -------------------------------------------------------------------------------------
   def train_batches(self, start_batch: int) -> Iterator[dict[str, np.ndarray]]:
+    """This process's rows of the global batches from `start_batch` on, in an order that does
+    not depend on the process count (`data.host_slices`)."""
     shard_id, num_shards = self.parts.partitioner.data_shard_info()
-    return data_lib.batches(self.data, shard_id, num_shards, start_batch=start_batch)
+    return data_lib.host_slices(self.data, shard_id, num_shards, start_batch=start_batch)
 
   def shard(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
     return self.parts.partitioner.shard_batch(batch, self.data.batch_size)

@@ -88,6 +88,19 @@ def batches(cfg: DataConfig, shard_id: int = 0, num_shards: int = 1, start_batch
     yield {k: np.asarray(v) for k, v in batch.items() if k in MODEL_FEATURES}
 
 
+def host_slices(cfg: DataConfig, shard_id: int = 0, num_shards: int = 1,
+                start_batch: int = 0) -> Iterator[dict[str, np.ndarray]]:
+  """This process's contiguous rows (shard `shard_id` of `num_shards`) of each global batch of
+  the one global sequence `batches(cfg)` yields: batch n is a function of the seed and n only,
+  so 1 process and N processes train on the same batches and a checkpoint written on N hosts
+  resumes exactly on M. The price: every process tokenizes and packs the whole global batch."""
+  if cfg.batch_size % num_shards:
+    raise ValueError(f'BATCH_SIZE={cfg.batch_size} is not divisible by {num_shards} data shards')
+  rows = cfg.batch_size // num_shards
+  for batch in batches(cfg, start_batch=start_batch):
+    yield {k: v[shard_id * rows:(shard_id + 1) * rows] for k, v in batch.items()}
+
+
 def truncation_fractions(cfg: DataConfig) -> dict[str, dict[str, float]]:
   """{task: {'inputs': fraction, 'targets': fraction, 'examples': n}} over each task's first
   `cfg.truncation_check_examples` examples of `cfg.split` (in training order: same seed and
