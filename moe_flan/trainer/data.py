@@ -93,7 +93,8 @@ def host_slices(cfg: DataConfig, shard_id: int = 0, num_shards: int = 1,
   """This process's contiguous rows (shard `shard_id` of `num_shards`) of each global batch of
   the one global sequence `batches(cfg)` yields: batch n is a function of the seed and n only,
   so 1 process and N processes train on the same batches and a checkpoint written on N hosts
-  resumes exactly on M. The price: every process tokenizes and packs the whole global batch."""
+  resumes on M with the same data. The price: every process tokenizes and packs the whole
+  global batch."""
   if cfg.batch_size % num_shards:
     raise ValueError(f'BATCH_SIZE={cfg.batch_size} is not divisible by {num_shards} data shards')
   rows = cfg.batch_size // num_shards
