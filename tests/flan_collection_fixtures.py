@@ -72,3 +72,13 @@ def shard_bytes(data_dir):
         with open(path, 'rb') as f:
           out[os.path.relpath(path, data_dir)] = f.read()
   return out
+
+
+def unregister(data_dir):
+  """Removes the unprefixed tasks and mixtures that the gin overlay or `tasks.inspect` registered
+  from `data_dir`, so another test module can register another collection under those names."""
+  from tasks import registry  # pylint: disable=g-import-not-at-top
+  from tasks.flan_collection import registration  # pylint: disable=g-import-not-at-top
+  names = registration.register(data_dir)   # the names registered (same definition: no-op)
+  for name in names['tasks'] + names['mixtures']:
+    registry.remove_if_different(name, fingerprint='')

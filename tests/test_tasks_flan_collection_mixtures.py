@@ -164,6 +164,7 @@ def test_gin_overlay_registers_from_flan_collection_dir(data_dir, tmp_path):
     assert batch['encoder_segment_ids'].max() >= 1  # packed
   finally:
     gin.clear_config()
+    fx.unregister(data_dir)   # the overlay registers without a name prefix
 
 
 def test_register_errors_name_the_problem(tmp_path):

@@ -9,8 +9,8 @@ import pytest
 import seqio
 
 from tasks import inspect as inspect_lib
-from tasks import registry, vocab
-from tasks.flan_collection import mixtures, prepare, registration, sources
+from tasks import vocab
+from tasks.flan_collection import mixtures, prepare, sources
 import flan_collection_fixtures as fx
 
 
@@ -24,11 +24,7 @@ def data_dir(tmp_path_factory):
   prepare.prepare(src, out, log=lambda *_: None, num_shards=2, min_rows_per_shard=50,
                   validation_fraction=0.0)
   yield out
-  # The CLI registers without a name prefix: unregister, so other modules can register
-  # another collection under the same names.
-  names = registration.register(out)
-  for name in names['tasks'] + names['mixtures']:
-    registry.remove_if_different(name, fingerprint='')
+  fx.unregister(out)   # the CLI registers without a name prefix
 
 
 def _expected_by_source():
