@@ -45,9 +45,11 @@ def config_to_gin(config: T5Config, header: str = '') -> str:
   return '\n'.join(lines) + '\n'
 
 
-def write_model_gin(directory: str, config: T5Config, header: str = '') -> str:
-  """Writes `directory/model.gin` (replacing an older one) and returns its path."""
-  path = os.path.join(directory, MODEL_GIN)
+def write_model_gin(directory: str, config: T5Config, header: str = '',
+                    name: str = MODEL_GIN) -> str:
+  """Writes `directory/name` (model.gin unless named; replacing an older one) and returns its
+  path."""
+  path = os.path.join(directory, name)
   tmp = path + '.tmp'
   with open(tmp, 'w') as f:
     f.write(config_to_gin(config, header or 'The model of this directory (moe_flan.load reads it).'))

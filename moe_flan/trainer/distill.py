@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 import flax.linen as nn
@@ -161,11 +160,7 @@ class Teacher:
               f'{self.gin_file}, params from {self.cfg.teacher_checkpoint_path}, alpha '
               f'{self.cfg.alpha}, temperature {self.cfg.temperature}, params held in '
               f'{self.cfg.teacher_param_dtype}.')
-    path = os.path.join(model_dir, TEACHER_GIN)
-    with open(path + '.tmp', 'w') as f:
-      f.write(config_gin.config_to_gin(self.config, header))
-    os.replace(path + '.tmp', path)
-    return path
+    return config_gin.write_model_gin(model_dir, self.config, header, name=TEACHER_GIN)
 
 
 def _check_vocabularies(teacher: config_lib.T5Config, student: config_lib.T5Config,
