@@ -163,7 +163,12 @@ def store_or_check(experiment_dir: str, current: Mapping[str, Any], gin_text: st
                        'preset.')
     return
   os.makedirs(experiment_dir, exist_ok=True)
+  write_json(path, {**current, 'preset_gin': gin_text})
+
+
+def write_json(path: str, value: Mapping[str, Any]) -> None:
+  """Atomically: a kill leaves the old file or the new one, never half of one."""
   tmp = path + '.tmp'
   with open(tmp, 'w', encoding='utf-8') as f:
-    json.dump({**current, 'preset_gin': gin_text}, f, indent=1, sort_keys=True)
+    json.dump(value, f, indent=1, sort_keys=True)
   os.replace(tmp, path)

@@ -253,6 +253,6 @@ def markdown(report: Mapping[str, Any]) -> str:
 def write(experiment_dir: str, report: dict[str, Any]) -> None:
   """The plots, report.json and report.md (in that order: the report lists the plots)."""
   report['plots'] = plots.write_all(experiment_dir, report)
-  runner.write_json(os.path.join(experiment_dir, 'report.json'), report)
+  preset_lib.write_json(os.path.join(experiment_dir, 'report.json'), report)
   with open(os.path.join(experiment_dir, 'report.md'), 'w', encoding='utf-8') as f:
     f.write(markdown(report))

@@ -28,6 +28,7 @@ import numpy as np
 from moe_flan import config as config_lib
 from moe_flan.trainer import checkpoint_eval
 from moe_flan.experiments import plan as plan_lib
+from moe_flan.experiments import preset as preset_lib
 from moe_flan.model import abstract_params
 from moe_flan.model import flops
 from moe_flan.trainer import cli
@@ -71,14 +72,6 @@ def read_json(path: str) -> Optional[dict[str, Any]]:
       return json.load(f)
   except (OSError, json.JSONDecodeError):
     return None
-
-
-def write_json(path: str, value: Mapping[str, Any]) -> None:
-  """Atomically: a kill leaves the old file or the new one, never half of one."""
-  tmp = path + '.tmp'
-  with open(tmp, 'w', encoding='utf-8') as f:
-    json.dump(value, f, indent=1, sort_keys=True)
-  os.replace(tmp, path)
 
 
 def _scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
@@ -134,7 +127,7 @@ def execute(run: plan_lib.Run, search_paths: Sequence[str], lengths: Mapping[str
       'evaluations': evaluations, 'started': _iso(started), 'finished': _iso(now),
       'started_unix': started, 'finished_unix': now, 'wall_s': now - started, 'timing': timing,
       'commit': commit}
-  write_json(os.path.join(run.model_dir, RESULTS_FILE), results)
+  preset_lib.write_json(os.path.join(run.model_dir, RESULTS_FILE), results)
   return results
 
 
