@@ -102,9 +102,18 @@ class Watchdog:
         return
       time.sleep(self.poll_s)
 
-  def _leaving_keys(self) -> dict[int, str]:
+  def _keys(self, prefix: str) -> dict[int, str]:
+    """{process: value} of the keys under `prefix` (each named by its process index)."""
     return {int(key.rsplit('/', 1)[1]): value
-            for key, value in self.client.key_value_dir_get(_PREFIX)}
+            for key, value in self.client.key_value_dir_get(prefix)}
+
+  def _leaving_keys(self) -> dict[int, str]:
+    return self._keys(_PREFIX)
+
+  def _deadline(self) -> float:
+    """When waiting for the others ends: the coordinator has declared a silent one dead by
+    then and a watchdog poll has seen it."""
+    return time.monotonic() + self.heartbeat_timeout_s + 3 * self.poll_s + 10
 
   def _judge_loop(self) -> None:
     while not self._closing.is_set():
@@ -160,7 +169,7 @@ class Watchdog:
     `error`), at most until the coordinator's heartbeat timeout."""
     self.error = error
     self._record(_FAILED + _first_line(error))
-    deadline = time.monotonic() + self.heartbeat_timeout_s + 3 * self.poll_s + 10
+    deadline = self._deadline()
     while time.monotonic() < deadline:
       try:
         if self.others <= set(self._leaving_keys()):
@@ -174,10 +183,10 @@ class Watchdog:
     """Process 0 serves the coordinator, and the others' clients abort once it is gone: it
     waits (bounded) until every other process is about to exit (its last act is a key) or is
     dead. The poller keeps running meanwhile: the others' polls need this process's."""
-    deadline = time.monotonic() + self.heartbeat_timeout_s + 3 * self.poll_s + 10
+    deadline = self._deadline()
     while time.monotonic() < deadline:
       try:
-        exited = {int(key.rsplit('/', 1)[1]) for key, _ in self.client.key_value_dir_get(_EXITED)}
+        exited = set(self._keys(_EXITED))
       except Exception:  # pylint: disable=broad-except
         return
       if self.others <= exited | dead | (self.others - self._live):
