@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 
+import gin
 import numpy as np
 import pytest
 
@@ -35,6 +36,14 @@ def _load(path):
 def _run_results(experiment_dir):
   return {name: _load(os.path.join(experiment_dir, 'runs', name, 'results.json'))
           for name in RUN_NAMES}
+
+
+@pytest.fixture(scope='module', autouse=True)
+def clear_gin_after_module():
+  """The in-process runs leave their last gin configuration (e.g. the preset's T5Config
+  bindings); later test modules must not build their models from it."""
+  yield
+  gin.clear_config()
 
 
 @pytest.fixture(scope='module')
