@@ -199,41 +199,99 @@ def test_a_teacher_identical_to_the_student_gives_zero_kl_and_no_kl_gradient(tmp
   setup.close()
 
 
-def test_8_devices_teacher_expert_parallel_equals_1_device(teacher_dir, tmp_path):
+# The teacher's routing groups: 8 x 32 input tokens make 8 groups of 32, one per device of the
+# (1, 8, 1) mesh, so the shard_map dispatcher runs its all-to-all instead of falling back.
+TEACHER_GROUPS = ('MoeConfig.group_size = 32',)
+
+
+def _distill_steps(setup, start, steps=2):
+  """Per-step metrics and the final params, host copies, of `steps` distillation steps from the
+  host state `start` on the batches _batch(0), _batch(1), ..."""
+  state, metrics = jax.device_put(start, setup.parts.state_shardings), []
+  step = setup.jit_train_step()
+  for i in range(steps):
+    state, m = step(state, setup.shard(_batch(i)))
+    metrics.append(jax.device_get(m))
+  params = jax.device_get(state.params)
+  setup.close()
+  return metrics, params
+
+
+def _assert_same_run(got, want, rtol=2e-5, param_rtol=1e-4):
+  for a, b in zip(want[0], got[0]):
+    for k in ('loss', 'cross_entropy', 'distill/kl', 'distill/teacher_cross_entropy',
+              'grad_norm'):
+      np.testing.assert_allclose(b[k], a[k], rtol=rtol, err_msg=k)
+  for a, b in zip(jax.tree.leaves(want[1]), jax.tree.leaves(got[1])):
+    np.testing.assert_allclose(b, a, rtol=param_rtol, atol=1e-6)
+
+
+@pytest.fixture(scope='module')
+def one_device(teacher_dir, tmp_path_factory):
+  """(start state, (metrics, params)): the plain distillation step on one device, two steps."""
+  setup = _setup(tmp_path_factory.mktemp('one_device'), student_model(), teacher_dir,
+                 alpha=0.5, temperature=2.0, teacher_bindings=TEACHER_GROUPS)
+  start = jax.device_get(setup.initial_state()[0])   # host copy: the steps donate the state
+  return start, _distill_steps(setup, start)
+
+
+def test_8_devices_teacher_expert_parallel_equals_1_device(teacher_dir, tmp_path, one_device):
   """Mesh (1, 8, 1): the teacher's 8 experts one per device, the dense student's batch split
   8 ways (data parallel) -- against one device, over two steps."""
-  student = student_model()
-  results = []
-  for name, shape in (('one', (1, 1, 1)), ('eight', (1, 8, 1))):
-    setup = _setup(tmp_path / name, student, teacher_dir, _partitioner(shape), alpha=0.5,
-                   temperature=2.0)
-    if not results:
-      state, _ = setup.initial_state()
-      start = jax.device_get(state)           # host copy: the steps donate the state
-    else:
-      state = jax.device_put(start, setup.parts.state_shardings)
-      experts = [v for k, v in jax.tree_util.tree_leaves_with_path(setup.teacher_params)
-                 if 'experts' in jax.tree_util.keystr(k)]
-      assert experts and all(v.sharding.spec[0] == 'expert' for v in experts)
-    step, metrics = setup.jit_train_step(), []
-    for i in range(2):
-      state, m = step(state, setup.shard(_batch(i)))
-      metrics.append(jax.device_get(m))
-    results.append((metrics, jax.device_get(state.params)))
-    setup.close()
-  (m1, p1), (m8, p8) = results
-  for a, b in zip(m1, m8):
-    for k in ('loss', 'cross_entropy', 'distill/kl', 'distill/teacher_cross_entropy'):
-      np.testing.assert_allclose(b[k], a[k], rtol=2e-5, err_msg=k)
-  for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p8)):
-    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
+  start, want = one_device
+  setup = _setup(tmp_path, student_model(), teacher_dir, _partitioner((1, 8, 1)), alpha=0.5,
+                 temperature=2.0, teacher_bindings=TEACHER_GROUPS)
+  experts = [v for k, v in jax.tree_util.tree_leaves_with_path(setup.teacher_params)
+             if 'experts' in jax.tree_util.keystr(k)]
+  assert experts and all(v.sharding.spec[0] == 'expert' for v in experts)
+  _assert_same_run(_distill_steps(setup, start), want)
+
+
+def test_8_devices_teacher_under_the_shard_map_overlay_equals_1_device(teacher_dir, tmp_path,
+                                                                       one_device):
+  """gin/partitioning/expert_parallel_shard_map.gin on the run: the teacher (its model file says
+  'einsum') takes the overlay's shard_map dispatcher, the step holds its all-to-all, and two
+  steps equal the einsum teacher's on one device."""
+  start, want = one_device
+  cfg = distill.DistillConfig(teacher_dir, teacher_bindings=TEACHER_GROUPS)
+  args = (student_model(), DATA, _optimizer(), ck.CheckpointConfig(period=100), (), 0)
+  partitioner = _partitioner((1, 8, 1))         # all built before gin binds the run's values
+  _configure(STUDENT_BINDINGS + [f"MODEL_DIR = '{tmp_path}'",
+                                 f"TEACHER_CHECKPOINT_PATH = '{teacher_dir}'"],
+             overlay='expert_parallel_shard_map.gin')
+  try:
+    setup = builder.build(str(tmp_path), *args, partitioner=partitioner, distill=cfg)
+  finally:
+    gin.clear_config()
+  assert setup.parts.teacher.config.moe.dispatch == 'expert_parallel'
+  state = jax.device_put(start, setup.parts.state_shardings)
+  with partitioner.activate():
+    hlo = setup.parts.jit_train_step().lower(state, setup.shard(_batch()),
+                                             setup.teacher_params).as_text()
+  assert 'all_to_all' in hlo
+  _assert_same_run(_distill_steps(setup, start), want)
+
+
+@pytest.mark.parametrize('option', [{'reuse_step_buffers': True}, {'num_microbatches': 2}])
+def test_step_options_equal_the_plain_distill_step(teacher_dir, tmp_path, one_device, option):
+  """The teacher inside the step with OptimizerConfig's step options: buffers kept from step to
+  step, and gradient accumulation over 2 microbatches (each holds as many real target tokens,
+  so their mean equals the whole batch's loss) -- two steps equal the plain step's."""
+  start, want = one_device
+  cfg = distill.DistillConfig(teacher_dir, alpha=0.5, temperature=2.0,
+                              teacher_bindings=TEACHER_GROUPS)
+  optimizer = dataclasses.replace(_optimizer(), **option)
+  setup = builder.build(str(tmp_path), student_model(), DATA, optimizer,
+                        ck.CheckpointConfig(period=100), (), 0, partitioner=_partitioner(),
+                        distill=cfg)
+  _assert_same_run(_distill_steps(setup, start), want, rtol=1e-5, param_rtol=1e-5)
 
 
 # ---- the run type -------------------------------------------------------------------------------
-def _configure(bindings):
+def _configure(bindings, overlay='expert_parallel.gin'):
   files = [os.path.join(REPO, 'gin', 'models', 't5_1_1_tiny.gin'),
            os.path.join(REPO, 'gin', 'runs', 'distill.gin'),
-           os.path.join(REPO, 'gin', 'partitioning', 'expert_parallel.gin')]
+           os.path.join(REPO, 'gin', 'partitioning', overlay)]
   cli.configure_gin(cli.Flags(tuple(files), tuple(bindings), ()))
 
 

@@ -249,6 +249,8 @@ def build_step(model_config: config_lib.T5Config, data: data_lib.DataConfig,
   partitioner = side.partitioner
   partitioner.check_batch_size(data.batch_size)
   check_expert_parallel_groups(model_config, data, partitioner)
+  if teacher is not None:     # the teacher routes eval-mode groups on the same mesh
+    check_expert_parallel_groups(teacher.config, data, partitioner, 'teacher ', training=False)
   param_shardings = side.param_shardings
   params = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), side.abstract_params)
   schedule = optimizers.make_schedule(optimizer.schedule)
@@ -272,9 +274,10 @@ def build_step(model_config: config_lib.T5Config, data: data_lib.DataConfig,
 
 
 def check_expert_parallel_groups(model_config: config_lib.T5Config, data: data_lib.DataConfig,
-                                 partitioner) -> None:
-  """With the shard_map dispatcher, every MoE stack's training groups must divide over the
-  mesh (else it would silently run the 'scatter' path); ValueError naming a group_size."""
+                                 partitioner, who: str = '', training: bool = True) -> None:
+  """With the shard_map dispatcher, every MoE stack's groups (training's, or eval mode's for a
+  distillation teacher: `who`='teacher ', training=False) must divide over the mesh (else it
+  would silently run the 'scatter' path); ValueError naming a group_size."""
   moe = model_config.moe
   if moe is None or moe.dispatch != 'expert_parallel':   # dense models have no groups
     return
@@ -285,7 +288,7 @@ def check_expert_parallel_groups(model_config: config_lib.T5Config, data: data_l
       continue
     length = data.task_feature_lengths[feature]
     groups, _ = capacity.token_groups(data.batch_size, length, moe.group_size,
-                                      moe.routing_groups, training=True)
+                                      moe.routing_groups, training=training)
     dispatch_expert_parallel.check_training_groups(
         groups, data.batch_size * length, moe.group_size, partitioner.mesh, partitioner.rules,
-        f'{stack} ({feature} length {length}, batch {data.batch_size})')
+        f'{who}{stack} ({feature} length {length}, batch {data.batch_size})')

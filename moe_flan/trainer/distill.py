@@ -7,7 +7,8 @@
 The student is the run's model (its gin file and bindings); the teacher is read from its own
 gin file (`DistillConfig.teacher_gin`, default: the `model.gin` beside its checkpoint, which
 training and `moe_flan.convert` write), parsed apart from the run's gin configuration. It runs
-on the student's partitioner and rules (an expert-parallel layout shards its experts), in eval
+on the student's partitioner and rules (an expert-parallel layout shards its experts; the
+shard_map overlay's dispatcher is the teacher's too: `run_layout_bindings`), in eval
 mode (no dropout, eval capacity factor), with its params restored once in
 `teacher_param_dtype` and passed to the jitted step beside the train state: no gradients, no
 optimizer state, not in the student's checkpoints (resuming restores them again).
@@ -52,7 +53,8 @@ class DistillConfig:
   teacher_gin: the teacher's model gin file (found as --gin_file is); None = the model.gin
     beside teacher_checkpoint_path.
   teacher_bindings: extra gin bindings for the teacher's model only, e.g.
-    ("MoeConfig.dispatch = 'expert_parallel'",).
+    ("MoeConfig.group_size = 256",); they follow the run's layout bindings
+    (`run_layout_bindings`: the shard_map dispatcher), so they may override them.
   alpha: weight of the cross entropy on the targets; 1 - alpha weighs T^2 * KL.
   temperature: T of both softmaxes in the KL.
   teacher_param_dtype: the dtype the teacher's params are held in ('float32', the training
@@ -98,6 +100,18 @@ def _gin_set_aside() -> Iterator[None]:
     g._LOCATION_PREFIXES[:] = saved[4]
     g._set_config_is_locked(saved[5])
   # pylint: enable=protected-access
+
+
+def run_layout_bindings() -> tuple[str, ...]:
+  """The bindings of the run's layout that its teacher shares: the shard_map dispatcher when
+  the run binds `MoeConfig.dispatch = 'expert_parallel'` (gin/partitioning/
+  expert_parallel_shard_map.gin, a way of running experts on the 'expert' mesh axis, not part
+  of what a model computes). Other dispatchers stay the teacher's own model file's choice."""
+  try:
+    dispatch = gin.query_parameter('MoeConfig.dispatch')
+  except ValueError:      # not bound in the run (or no gin configuration at all)
+    return ()
+  return ("MoeConfig.dispatch = 'expert_parallel'",) if dispatch == 'expert_parallel' else ()
 
 
 def model_config_from_gin(gin_file: str, bindings: Sequence[str] = ()) -> config_lib.T5Config:
@@ -193,7 +207,7 @@ def build_teacher(cfg: DistillConfig, student_config: config_lib.T5Config,
     raise ValueError(f'TEACHER_CHECKPOINT_PATH: {e}') from e
   gin_file = cfg.teacher_gin or ckpt_lib.find_model_gin(
       cfg.teacher_checkpoint_path, 'TEACHER_CHECKPOINT_PATH (no TEACHER_GIN given)')
-  config = model_config_from_gin(gin_file, cfg.teacher_bindings)
+  config = model_config_from_gin(gin_file, run_layout_bindings() + tuple(cfg.teacher_bindings))
   _check_vocabularies(config, student_config, gin_file)
   side = model_setup_lib.build_model_setup(config, partitioner)
   dtype = jnp.dtype(cfg.teacher_param_dtype)

@@ -1,4 +1,5 @@
-"""End-of-run PNG plots: loss curves, and every MoE layer's expert utilisation over training."""
+"""End-of-run PNG plots: the loss terms a run logs (total, cross entropy, distillation KL, z-loss,
+MoE losses), and every MoE layer's expert utilisation over training."""
 from __future__ import annotations
 
 import os
@@ -18,24 +19,58 @@ EXPERT_KEY = 'moe/expert_load_per_layer'
 LB_KEY = 'moe/load_balancing_loss_per_layer'
 
 
+# loss_curves.png: one panel per group of loss terms that a run logs (a panel whose metrics no
+# record carries is left out), so every run type gets the same plot of what it optimises: an
+# ordinary run its total, cross entropy, z-loss and MoE losses; a distillation run also the KL to
+# its teacher and the teacher's own cross entropy beside the student's.
+LOSS_PANELS = (
+    ('loss (total)', ('loss',)),
+    ('cross entropy', ('cross_entropy', 'distill/teacher_cross_entropy')),
+    ('KL(teacher || student) at T', ('distill/kl',)),
+    ('logit z-loss', ('z_loss',)),
+    ('MoE auxiliary losses', ('moe/load_balancing_loss', 'moe/router_z_loss')),
+)
+
+
+def metric_series(records: Sequence[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
+  """(steps <int64>[S], values <float64>[S]) of the records that carry a scalar `key`."""
+  rows = [r for r in records if key in r and np.ndim(r[key]) == 0]
+  return (np.asarray([r['step'] for r in rows], np.int64),
+          np.asarray([r[key] for r in rows], np.float64))
+
+
+def loss_figure(train: Sequence[dict], evals: Sequence[dict] = ()) -> Optional[plt.Figure]:
+  """The panels of LOSS_PANELS that the records fill, each metric's train (and eval) curve
+  labelled '<split> <key>' against the step; None when no record has a loss term."""
+  panels = [(title, keys) for title, keys in LOSS_PANELS
+            if any(len(metric_series(rs, k)[0]) for rs in (train, evals) for k in keys)]
+  if not panels:
+    return None
+  fig, axes = plt.subplots(len(panels), 1, figsize=(7, 1.0 + 2.2 * len(panels)), sharex=True,
+                           squeeze=False)
+  for ax, (title, keys) in zip(axes[:, 0], panels):
+    for split, records in (('train', train), ('eval', evals)):
+      for key in keys:
+        steps, values = metric_series(records, key)
+        if len(steps):
+          ax.plot(steps, values, label=f'{split} {key}', marker='.' if len(steps) < 50 else None)
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+  axes[-1, 0].set_xlabel('step')
+  fig.tight_layout()
+  return fig
+
+
 def plot_losses(model_dir: str) -> Optional[str]:
-  """Train (and eval, if any) loss vs step -> MODEL_DIR/loss_curves.png."""
+  """Every logged loss term of the run (LOSS_PANELS) vs step, from metrics/train.jsonl and
+  eval.jsonl -> MODEL_DIR/loss_curves.png."""
   train = metrics_lib.read_jsonl(os.path.join(model_dir, 'metrics', 'train.jsonl'))
   evals = metrics_lib.read_jsonl(os.path.join(model_dir, 'metrics', 'eval.jsonl'))
-  if not train and not evals:
+  fig = loss_figure(train, evals)
+  if fig is None:
     return None
-  fig, ax = plt.subplots(figsize=(7, 4))
-  for records, label in ((train, 'train'), (evals, 'eval')):
-    if records:
-      ax.plot([r['step'] for r in records], [r['loss'] for r in records], label=label,
-              marker='.' if len(records) < 50 else None)
-  ax.set_xlabel('step')
-  ax.set_ylabel('loss')
-  ax.set_title('loss')
-  ax.grid(alpha=0.3)
-  ax.legend()
   path = os.path.join(model_dir, LOSS_PNG)
-  fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
   return path
