@@ -398,6 +398,26 @@ def test_bad_settings_through_gin_fail_before_building(teacher_dir, tmp_path, mo
       gin.clear_config()
 
 
+def test_teacher_groups_that_do_not_divide_under_the_shard_map_overlay_are_named(
+    teacher_dir, tmp_path, no_compiling):
+  """The teacher's 8 x 32 input tokens in groups of 64 make 4 groups, which do not divide over
+  the 8 devices: its all-to-all could not run, said at build time."""
+  cfg = distill.DistillConfig(teacher_dir)
+  args = (student_model(), DATA, _optimizer(), ck.CheckpointConfig(period=100), (), 0)
+  partitioner = _partitioner((1, 8, 1))
+  _configure(STUDENT_BINDINGS + [f"MODEL_DIR = '{tmp_path}'",
+                                 f"TEACHER_CHECKPOINT_PATH = '{teacher_dir}'"],
+             overlay='expert_parallel_shard_map.gin')
+  try:
+    _one_line_error(r"MoeConfig.dispatch='expert_parallel': the teacher encoder \(inputs length "
+                    r'32, batch 8\) forms 4 routing group\(s\) of MoeConfig.group_size=64 .* '
+                    r'''--gin.DistillConfig.teacher_bindings="\['MoeConfig.group_size = 32'\]"$''',
+                    builder.build, str(tmp_path), *args,
+                    partitioner=partitioner, distill=cfg)
+  finally:
+    gin.clear_config()
+
+
 def test_teacher_params_held_in_a_lower_dtype(teacher_dir, tmp_path):
   setup = _setup(tmp_path, student_model(), teacher_dir, teacher_param_dtype='bfloat16')
   dtypes = {v.dtype for v in jax.tree.leaves(setup.teacher_params)}

@@ -80,3 +80,22 @@ def test_expert_plot_shows_every_layer_over_the_whole_run(tmp_path):
   lines = [ax for ax in fig.axes if ax.lines]
   np.testing.assert_array_equal(lines[0].lines[1].get_ydata(), lb[:, 1])
   assert os.path.isfile(plots.plot_expert_load(str(tmp_path)))
+
+
+def test_loss_curves_draw_each_logged_loss_term_in_its_panel():
+  """An ordinary run's records give panels for the total, the cross entropy and the MoE losses
+  (train and eval curves, each exactly its records' values); no KL panel without a teacher.
+  Per-layer (vector) metrics are not loss curves."""
+  train = [{'step': s, 'loss': 3.0 / s, 'cross_entropy': 2.5 / s, 'moe/load_balancing_loss': 1.1,
+            'moe/expert_load_per_layer': [[0.5, 0.5]]} for s in (1, 2, 3)]
+  evals = [{'step': 2, 'loss': 1.7, 'cross_entropy': 1.6}]
+  fig = plots.loss_figure(train, evals)
+  got = {line.get_label(): (ax.get_title(), list(line.get_xdata()), list(line.get_ydata()))
+         for ax in fig.axes for line in ax.lines}
+  assert got == {
+      'train loss': ('loss (total)', [1, 2, 3], [3.0, 1.5, 1.0]),
+      'eval loss': ('loss (total)', [2], [1.7]),
+      'train cross_entropy': ('cross entropy', [1, 2, 3], [2.5, 1.25, 2.5 / 3]),
+      'eval cross_entropy': ('cross entropy', [2], [1.6]),
+      'train moe/load_balancing_loss': ('MoE auxiliary losses', [1, 2, 3], [1.1] * 3)}
+  assert plots.loss_figure([{'step': 1, 'accuracy': 0.5}]) is None

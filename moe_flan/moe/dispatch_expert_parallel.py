@@ -199,17 +199,18 @@ def _warn_fallback(num_groups: int, group_axes: tuple, parts: int) -> None:
 
 
 def check_training_groups(num_groups: int, num_tokens: int, group_size: int, mesh, rules,
-                          where: str) -> None:
+                          where: str, setting: str = '--gin.MoeConfig.group_size={}') -> None:
   """ValueError when a training batch's `num_groups` routing groups (of `num_tokens` tokens)
   cannot be split over the group mesh axes: this dispatcher would fall back to 'scatter' in
-  every step, while the configuration asked for the all-to-all. Names a group_size that works."""
+  every step, while the configuration asked for the all-to-all. Names a group_size that works,
+  as `setting` formatted with it (the flag that sets it)."""
   group_axes = _as_tuple(nn.logical_to_mesh_axes((axes.EXPERT_GROUP,), rules)[0])
   parts = _mesh_axis_size(mesh, group_axes)
   if num_groups % parts == 0:
     return
   fits = [num_tokens // (parts * k) for k in range(1, num_tokens // parts + 1)
           if num_tokens % (parts * k) == 0 and num_tokens // (parts * k) <= group_size]
-  hint = (f'e.g. --gin.MoeConfig.group_size={fits[0]}' if fits else
+  hint = (f'e.g. {setting.format(fits[0])}' if fits else
           f'the batch ({num_tokens} tokens) cannot be cut into a multiple of {parts} groups')
   raise ValueError(
       f"MoeConfig.dispatch='expert_parallel': the {where} forms {num_groups} routing group(s) "

@@ -250,7 +250,8 @@ def build_step(model_config: config_lib.T5Config, data: data_lib.DataConfig,
   partitioner.check_batch_size(data.batch_size)
   check_expert_parallel_groups(model_config, data, partitioner)
   if teacher is not None:     # the teacher routes eval-mode groups on the same mesh
-    check_expert_parallel_groups(teacher.config, data, partitioner, 'teacher ', training=False)
+    check_expert_parallel_groups(teacher.config, data, partitioner, 'teacher ', training=False,
+                                 setting=TEACHER_GROUP_SIZE)
   param_shardings = side.param_shardings
   params = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), side.abstract_params)
   schedule = optimizers.make_schedule(optimizer.schedule)
@@ -273,11 +274,17 @@ def build_step(model_config: config_lib.T5Config, data: data_lib.DataConfig,
   return StepParts(side, optimizer, tx, schedule, frozen, abstract, shardings, teacher)
 
 
+# The teacher's config is parsed apart from the run's: its group size is set through its own
+# bindings, not --gin.MoeConfig.group_size.
+TEACHER_GROUP_SIZE = '--gin.DistillConfig.teacher_bindings="[\'MoeConfig.group_size = {}\']"'
+
+
 def check_expert_parallel_groups(model_config: config_lib.T5Config, data: data_lib.DataConfig,
-                                 partitioner, who: str = '', training: bool = True) -> None:
+                                 partitioner, who: str = '', training: bool = True,
+                                 setting: str = '--gin.MoeConfig.group_size={}') -> None:
   """With the shard_map dispatcher, every MoE stack's groups (training's, or eval mode's for a
   distillation teacher: `who`='teacher ', training=False) must divide over the mesh (else it
-  would silently run the 'scatter' path); ValueError naming a group_size."""
+  would silently run the 'scatter' path); ValueError naming a group_size (as `setting`)."""
   moe = model_config.moe
   if moe is None or moe.dispatch != 'expert_parallel':   # dense models have no groups
     return
@@ -291,4 +298,4 @@ def check_expert_parallel_groups(model_config: config_lib.T5Config, data: data_l
                                       moe.routing_groups, training=training)
     dispatch_expert_parallel.check_training_groups(
         groups, data.batch_size * length, moe.group_size, partitioner.mesh, partitioner.rules,
-        f'{who}{stack} ({feature} length {length}, batch {data.batch_size})')
+        f'{who}{stack} ({feature} length {length}, batch {data.batch_size})', setting)
