@@ -8,10 +8,13 @@ from typing import Optional, Sequence
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   from moe_flan.trainer import cli  # pylint: disable=g-import-not-at-top
-  cli.start(argv, 'moe_flan.evaluate')
+  flags = cli.start(argv, 'moe_flan.evaluate')
   # Imported after jax.distributed is initialized: no module may start a JAX backend first.
   from moe_flan.trainer import checkpoint_eval  # pylint: disable=g-import-not-at-top
-  checkpoint_eval.evaluate()   # prints the results table; writes EVAL_OUTPUT_DIR
+  from moe_flan.trainer import gin_checks  # pylint: disable=g-import-not-at-top
+  with gin_checks.watch_bindings(flags.prog, flags.gin_bindings) as watch:
+    checkpoint_eval.evaluate()   # prints the results table; writes EVAL_OUTPUT_DIR
+    watch.check_all()
   return 0
 
 

@@ -9,10 +9,14 @@ from typing import Optional, Sequence
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   from moe_flan.trainer import cli  # pylint: disable=g-import-not-at-top
-  cli.start(argv, 'moe_flan.infer')
+  flags = cli.start(argv, 'moe_flan.infer')
   # Imported after jax.distributed is initialized: no module may start a JAX backend first.
+  from moe_flan.trainer import gin_checks  # pylint: disable=g-import-not-at-top
   from moe_flan.trainer import inference  # pylint: disable=g-import-not-at-top
-  for row in inference.infer():
+  with gin_checks.watch_bindings(flags.prog, flags.gin_bindings) as watch:
+    rows = inference.infer()
+    watch.check_all()
+  for row in rows:
     print(json.dumps(row), flush=True)
   return 0
 

@@ -11,11 +11,15 @@ from typing import Optional, Sequence
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   from moe_flan.trainer import cli  # pylint: disable=g-import-not-at-top
-  cli.start(argv, 'moe_flan.train')
+  flags = cli.start(argv, 'moe_flan.train')
   # Imported after jax.distributed is initialized: no module may start a JAX backend first.
+  from moe_flan.trainer import gin_checks  # pylint: disable=g-import-not-at-top
   from moe_flan.trainer import loop  # pylint: disable=g-import-not-at-top
   from moe_flan.trainer import preemption  # pylint: disable=g-import-not-at-top
-  result = loop.train()   # errors: cli.console_entry (a multi-process run's, through liveness)
+  with gin_checks.watch_bindings(flags.prog, flags.gin_bindings) as watch:
+    result = loop.train()   # errors: cli.console_entry (a multi-process run's, through liveness)
+    if not result.stopped_by_signal:   # a stopped run may not have reached every configurable
+      watch.check_all()
   if result.stopped_by_signal:   # the scheduler's cue to requeue: launch/README.md
     print(f'moe_flan.train: stopped by SIGTERM after saving step {result.step}; exit status '
           f'{preemption.PREEMPTED_EXIT_CODE} (preempted: requeue to resume)', flush=True)

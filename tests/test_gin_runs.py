@@ -1,5 +1,6 @@
 """Every gin run file parses, finalizes and runs (one train step, or eval/infer) at tiny size;
-bad gin input fails before anything is built, naming the culprit."""
+bad gin input fails before anything is built, naming the culprit. Each run is watched as its
+entry point watches it: no binding of the run files (with their documented models) goes unused."""
 import glob
 import json
 import os
@@ -7,7 +8,7 @@ import os
 import gin
 import pytest
 
-from moe_flan.trainer import builder, checkpoint_eval, cli, inference, loop
+from moe_flan.trainer import builder, checkpoint_eval, cli, gin_checks, inference, loop
 from t5_fixtures import TINY_GIN_MODEL
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,6 +34,16 @@ def _configure(files, bindings):
   cli.configure_gin(cli.Flags(tuple(files), tuple(bindings), ()))
 
 
+def _watched(run, bindings):
+  """run() checked for unused gin bindings as `python -m moe_flan.train / evaluate / infer`
+  checks it (with `bindings` as the command line's)."""
+  with gin_checks.watch_bindings('test', bindings) as watch:
+    result = run()
+    assert watch.built_checked
+    watch.check_all()
+  return result
+
+
 def test_every_run_file_is_covered_and_documented():
   names = {os.path.basename(p) for p in glob.glob(os.path.join(RUNS, '*.gin'))
            if not os.path.basename(p).startswith('_')}
@@ -55,9 +66,9 @@ def trained_dirs(tmp_path_factory):
     extra = {'finetune.gin': ["MIXTURE_OR_TASK_NAME = 'emb_nli'", NO_TRUNCATION_CHECK],
              'instruction_tune.gin': [NO_TRUNCATION_CHECK], 'pretrain.gin': [NO_TRUNCATION_CHECK],
              'quickstart.gin': ['FINAL_EVAL_BATCHES = 1']}[name]
-    _configure(models + [os.path.join(RUNS, name)],
-               TINY + extra + [f"MODEL_DIR = '{model_dir}'", 'TRAIN_STEPS = 1', 'LOG_PERIOD = 1'])
-    result = loop.train()
+    bindings = TINY + extra + [f"MODEL_DIR = '{model_dir}'", 'TRAIN_STEPS = 1', 'LOG_PERIOD = 1']
+    _configure(models + [os.path.join(RUNS, name)], bindings)
+    result = _watched(loop.train, bindings)
     dirs[name] = (model_dir, result)
   return dirs
 
@@ -84,12 +95,12 @@ def test_quickstart_ends_with_its_final_evaluation(trained_dirs):
 def test_eval_and_infer_run_files(trained_dirs, tmp_path):
   model_dir = trained_dirs['quickstart.gin'][0]
   out = str(tmp_path / 'eval')
-  _configure([MODEL, os.path.join(RUNS, 'eval.gin')],
-             TINY + [f"MODEL_DIR = '{model_dir}'", 'NUM_EXAMPLES = 4', f"EVAL_OUTPUT_DIR = '{out}'",
+  bindings = TINY + [f"MODEL_DIR = '{model_dir}'", 'NUM_EXAMPLES = 4', f"EVAL_OUTPUT_DIR = '{out}'",
                      "MIXTURE_OR_TASK_NAME = 'emb_nli_scoring'",
                      # Whole prompts, so their option blocks survive for rank classification.
-                     "TASK_FEATURE_LENGTHS = {'inputs': 128, 'targets': 8}"])
-  results = checkpoint_eval.evaluate()
+                     "TASK_FEATURE_LENGTHS = {'inputs': 128, 'targets': 8}"]
+  _configure([MODEL, os.path.join(RUNS, 'eval.gin')], bindings)
+  results = _watched(checkpoint_eval.evaluate, bindings)
   accuracy = results['tasks']['emb_nli_scoring']['metrics']['accuracy']
   assert 0 <= accuracy['value'] <= 100 and accuracy['n'] == 4
   assert results['checkpoint_step'] == 1
@@ -97,10 +108,10 @@ def test_eval_and_infer_run_files(trained_dirs, tmp_path):
     assert json.load(f)['tasks'].keys() == {'emb_nli_scoring'}
   with open(os.path.join(out, 'predictions', 'emb_nli_scoring.jsonl')) as f:
     assert len(f.readlines()) == 4
-  _configure([MODEL, os.path.join(RUNS, 'infer.gin')],   # infer.gin has no data macros
-             TINY_GIN_MODEL + [f"MODEL_DIR = '{model_dir}'", 'InferConfig.max_decode_length = 4',
-                               'InferConfig.input_length = 32'])
-  rows = inference.infer()
+  bindings = TINY_GIN_MODEL + [f"MODEL_DIR = '{model_dir}'", 'InferConfig.max_decode_length = 4',
+                               'InferConfig.input_length = 32']
+  _configure([MODEL, os.path.join(RUNS, 'infer.gin')], bindings)   # infer.gin: no data macros
+  rows = _watched(inference.infer, bindings)
   assert [r['input'] for r in rows] == ['Write the number 12 in words.', 'What is 3 plus 4?']
   with open(os.path.join(model_dir, 'inference.jsonl')) as f:
     assert len(f.readlines()) == 2

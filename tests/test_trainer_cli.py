@@ -164,3 +164,52 @@ def test_includes_come_from_the_gin_directory_whatever_the_working_directory(tmp
     assert gin.query_parameter('BATCH_SIZE/macro.value') == 6
   finally:
     gin.clear_config()
+
+
+def _snapshot(path):
+  if os.path.isdir(path):
+    return sorted(os.listdir(path))
+  if os.path.isfile(path):
+    with open(path, 'rb') as f:
+      return f.read()
+  return None
+
+
+def _flags(bindings):
+  return [f'--gin.{b.replace(" ", "")}' for b in bindings]
+
+
+def test_a_binding_the_run_never_uses_fails_train_evaluate_and_infer(step0_model_dir):
+  """A correctly spelled binding of a configurable this entry point never calls (another entry
+  point's, or in a scope no call enters) is named once the run is built; gin's own check only
+  catches misspelled names."""
+  from moe_flan import evaluate, infer, train  # pylint: disable=g-import-not-at-top
+  model = ['--gin_file=models/flan_moe_tiny.gin'] + _flags(TINY)
+  here = f"--gin.MODEL_DIR='{step0_model_dir}'"
+  runs = {
+      # Resumes at step 0 of 0: checked after set-up, before the end-of-run evaluation.
+      train: ['--gin_file=runs/quickstart.gin', *_flags(TINY), here, '--gin.TRAIN_STEPS=0',
+              "--gin.MIXTURE_OR_TASK_NAME='emb_nli'", '--gin.RunConfig.write_plots=False',
+              '--gin.DataConfig.truncation_check_examples=0', '--gin.InferConfig.num_beams=4',
+              '--gin.eval/DataConfig.batch_size=4'],
+      evaluate: [*model, '--gin_file=runs/eval.gin', here, "--gin.MIXTURE_OR_TASK_NAME='emb_nli'",
+                 "--gin.TASK_FEATURE_LENGTHS={'inputs':32,'targets':4}", '--gin.NUM_EXAMPLES=4',
+                 '--gin.BATCH_SIZE=4', '--gin.InferConfig.num_beams=4',
+                 '--gin.eval/DataConfig.batch_size=4'],
+      infer: [*model, '--gin_file=runs/infer.gin', here, '--gin.InferConfig.max_decode_length=2',
+              '--gin.RunConfig.train_steps=5', '--gin.eval/DataConfig.batch_size=4'],
+  }
+  # What each run would have written after its check: it stopped before that.
+  outputs = {train: 'metrics/final_eval_flan_embedded.jsonl', evaluate: 'eval/emb_nli',
+             infer: 'inference.jsonl'}
+  try:
+    for module, argv in runs.items():
+      unused = ('RunConfig.train_steps' if module is infer else 'InferConfig.num_beams') + (
+          ', eval/DataConfig.batch_size')
+      prog = module.__name__
+      before = _snapshot(os.path.join(step0_model_dir, outputs[module]))
+      with pytest.raises(ValueError, match=rf'^{prog} never used the gin binding\(s\) {unused}: '):
+        module.main(argv)
+      assert _snapshot(os.path.join(step0_model_dir, outputs[module])) == before, prog
+  finally:
+    gin.clear_config()

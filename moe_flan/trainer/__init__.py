@@ -24,6 +24,7 @@ Modules (import by name, e.g. `from moe_flan.trainer import loop`):
   checkpoint_eval  evaluate(): restores a checkpoint and runs the evaluation engine
                 (moe_flan.evaluation) on it -- the gin entry of `python -m moe_flan.evaluate`
   cli           flags shared by the entry points; gin_checks (missing gin files, unused
-                command-line macros) and tf_startup (TensorFlow without accelerators) serve it
+                command-line macros, bindings a run never used) and tf_startup (TensorFlow
+                without accelerators) serve it
   metrics, progress, plots, nan_guard
 """

@@ -23,6 +23,7 @@ from moe_flan import config as config_lib
 from moe_flan.evaluation import engine as engine_lib
 from moe_flan.evaluation import report
 from moe_flan.trainer import data as data_lib
+from moe_flan.trainer import gin_checks
 from moe_flan.trainer import model_setup
 from tasks import benchmarks
 
@@ -66,6 +67,7 @@ def evaluate(model_dir: str = gin.REQUIRED, model: config_lib.T5Config = gin.REQ
   step = step_of(step_dir)
   if jax.process_index() == 0:
     print(headline(step_dir, settings), flush=True)
+  gin_checks.check_built()
   result = engine.evaluate(setup.model, params, setup.partitioner, step)
   results = report.build_results(
       result.metrics, result.records, benchmarks.category, step, gin.config_str(),

@@ -3,16 +3,26 @@
   * a `--gin_file` that exists neither as given nor under a search path is named, with the search
     paths and the closest gin files that do exist (instead of gin's traceback);
   * a macro set on the command line (`--gin.TRAIN_STEP=20`) that no binding refers to would be
-    silently ignored; it is named with the closest macros the configuration does use.
+    silently ignored; it is named with the closest macros the configuration does use;
+  * a binding (from a gin file or the command line) of a configurable the run never calls, or of
+    a parameter every call passes itself, would be silently ignored too, e.g.
+    `--gin.InferConfig.num_beams=4` given to `moe_flan.train` or a binding in a scope no call
+    enters. gin records what each call used (its operative config); `watch_bindings` compares
+    the bindings with it: `check_built` once the run has called everything but
+    LATE_CONFIGURABLES (training: after the first step; evaluation and inference: after their
+    set-up), `UnusedBindingsWatch.check_all` at the end of the run, when command-line macros
+    that no call evaluated count as unused too. Macros set in gin files are not checked: a run
+    file sets macros for model files that some models do not refer to.
 
-Bindings of configurable parameters (`--gin.T5Config.emb_dim=8`) are checked by gin itself: an
-unknown configurable or parameter fails while parsing.
+An unknown configurable or parameter (`--gin.T5Config.emb_dm=8`) fails in gin while parsing.
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import difflib
 import os
-from typing import Any, Iterator, Sequence
+from typing import Any, Collection, Iterator, Optional, Sequence
 
 import gin
 from gin import config_parser
@@ -87,3 +97,106 @@ def check_macros_used(bindings: Sequence[str]) -> None:
                  (f' (closest macros in use: {", ".join(close)})' if close else ''))
   raise ValueError('; '.join(parts) + '. A macro takes effect only where a gin file refers to it '
                    'as %NAME.')
+
+
+# Configurables that a run calls only when it builds a dataset that needs them, which may happen
+# only at an EVAL_PERIOD step, in the end-of-run evaluation of RunConfig.final_eval_mixtures, or
+# when the engine registers benchmarks: `check_built` skips their bindings, `check_all` (at the
+# end of the run) does not.
+LATE_CONFIGURABLES = frozenset({
+    'tasks.benchmarks.register_benchmarks',      # the evaluation engine, at its first use
+    'tasks.bigbench.bigbench_settings',          # the tasks' preprocessors, when a dataset of
+    'tasks.embedded.few_shot_settings',          # a mixture that uses them is built
+    'tasks.embedded.format_weights',
+    'tasks.embedded.generation_seed',
+    'tasks.flan_collection.mixtures.flan2022_settings',
+    'tasks.mixtures.mixing_cap',
+    'tasks.mixtures.submix_weights',
+    'tasks.mmlu.mmlu_settings',
+    'tasks.span_corruption.span_corruption_settings',
+})
+
+
+def _within(scope: str, call_scope: str) -> bool:
+  """Whether a binding in `scope` reaches a call made in `call_scope` (gin applies a binding
+  of scope 'a' to calls inside 'a', also nested in other scopes)."""
+  if not scope:
+    return True
+  return f'/{scope}/' in f'/{call_scope}/'
+
+
+def _display(scope: str, selector: str, param: str) -> str:
+  name = selector.rsplit('.', 1)[-1]
+  return f'{scope}/{name}.{param}' if scope else f'{name}.{param}'
+
+
+def unused_bindings(command_line: Sequence[str], skip: Collection[str] = (),
+                    macros: bool = True) -> list[str]:
+  """Bindings of the current gin configuration that no call of a configurable used (as
+  `[scope/]Name.param`), skipping configurables in `skip` (full selectors); with `macros`, also
+  the macros `command_line` sets that no call evaluated."""
+  # pylint: disable=protected-access
+  config, operative = gin.config._CONFIG, dict(gin.config._OPERATIVE_CONFIG)
+  # pylint: enable=protected-access
+  calls: dict[str, list[tuple[str, Collection[str]]]] = {}
+  for (call_scope, selector), params in operative.items():
+    calls.setdefault(selector, []).append((call_scope, set(params)))
+  set_on_command_line = set(command_line_macros(command_line))
+  out = []
+  for (scope, selector), params in config.items():
+    if selector == _MACRO:
+      if macros and scope in set_on_command_line and (scope, _MACRO) not in operative:
+        out.append(scope)
+      continue
+    if selector in skip:
+      continue
+    for param in params:
+      if not any(param in used and _within(scope, call_scope)
+                 for call_scope, used in calls.get(selector, ())):
+        out.append(_display(scope, selector, param))
+  return out
+
+
+@dataclasses.dataclass
+class UnusedBindingsWatch:
+  """The unused-binding checks of one run of an entry point (`watch_bindings`)."""
+  prog: str
+  command_line: Sequence[str]
+  built_checked: bool = False
+
+  def check(self, skip: Collection[str] = (), macros: bool = True) -> None:
+    unused = unused_bindings(self.command_line, skip, macros)
+    if unused:
+      raise ValueError(f'{self.prog} never used the gin binding(s) {", ".join(unused)}: no call '
+                       'of the configurable took that parameter from gin (a configurable of '
+                       'another entry point, a scope no call enters, a macro nothing '
+                       'evaluated, or a setting this run does not need); remove them.')
+
+  def check_all(self) -> None:
+    """At the end of a run: every binding, and every command-line macro."""
+    self.check()
+
+
+_WATCH: Optional[UnusedBindingsWatch] = None
+
+
+@contextlib.contextmanager
+def watch_bindings(prog: str, command_line: Sequence[str]) -> Iterator[UnusedBindingsWatch]:
+  """While the block runs (an entry point's run, gin already configured), `check_built` checks
+  the bindings; the block calls `.check_all()` when the run ends normally. Library calls of
+  `loop.train` etc. outside an entry point are not checked."""
+  global _WATCH
+  _WATCH = UnusedBindingsWatch(prog, tuple(command_line))
+  try:
+    yield _WATCH
+  finally:
+    _WATCH = None
+
+
+def check_built() -> None:
+  """Called by a run once it has built everything but LATE_CONFIGURABLES (the first train step
+  ran; evaluation or inference set up): a ValueError naming the bindings no call used. Once
+  per watched run; a no-op outside `watch_bindings`."""
+  if _WATCH is not None and not _WATCH.built_checked:
+    _WATCH.built_checked = True
+    _WATCH.check(LATE_CONFIGURABLES, macros=False)

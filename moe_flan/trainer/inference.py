@@ -14,6 +14,7 @@ from moe_flan import config as config_lib
 from moe_flan import decoding
 from moe_flan.partitioning import mesh as mesh_lib
 from moe_flan.partitioning import partitioner as part_lib
+from moe_flan.trainer import gin_checks
 from moe_flan.trainer import model_setup
 
 
@@ -70,6 +71,7 @@ def infer(model_dir: str = gin.REQUIRED, model: config_lib.T5Config = gin.REQUIR
   params, _ = side.restore_params(path)
   net = side.model
   vocab = vocab_lib.default_vocabulary()
+  gin_checks.check_built()
   rows = []
   rng = jax.random.PRNGKey(settings.seed)
   for start in range(0, len(prompts), settings.batch_size):

@@ -23,6 +23,7 @@ from moe_flan.trainer import data as data_lib
 from moe_flan.trainer import distill as distill_lib
 from moe_flan.trainer import final_eval
 from moe_flan.trainer import freezing
+from moe_flan.trainer import gin_checks
 from moe_flan.trainer import metrics as metrics_lib
 from moe_flan.trainer import nan_guard
 from moe_flan.trainer import optimizers
@@ -105,6 +106,8 @@ def _loop(setup: builder.TrainSetup, state, start: int, run: RunConfig,
       state, metrics = train_step(state, setup.shard(next(batches)))
       scalars = jax.device_get({k: metrics[k] for k in nan_guard.GUARDED if k in metrics})
       nan_guard.check_finite(step, scalars)
+      if step == start + 1:   # the data, model, optimizer and step are built: gin's bindings
+        gin_checks.check_built()
       stopping = preemption.agreed(stop)
       if step % run.log_period == 0 or step == run.train_steps or stopping:
         now = time.time()
@@ -160,6 +163,7 @@ def train(model_dir: str = gin.REQUIRED, model: config_lib.T5Config = gin.REQUIR
     try:
       state, last, stopped = _loop(setup, state, start, run, writer, eval_writer, stop, engine)
       if not stopped:
+        gin_checks.check_built()   # a run with no step left to take (a no-op after a step)
         final_eval.evaluate_at_end(setup, state.params, int(jax.device_get(state.step)),
                                    run.final_eval_mixtures, run.final_eval_batches)
     finally:
