@@ -79,6 +79,18 @@ def test_command_line_macros_count_only_when_evaluated():
                                     macros=False) == ['other.x']
 
 
+def test_a_binding_read_by_query_parameter_is_used():
+  _parse()
+  early(), other()
+  gin.parse_config(['s/other.x = 9'])
+  assert gin_checks.unused_bindings(()) == ['s/early.b', 't/early.b', 's/other.x']
+  assert gin_checks.query_parameter('s/other.x') == 9
+  assert gin_checks.query_parameter('t/early.b') == 8
+  assert gin_checks.unused_bindings(()) == ['s/early.b']
+  with gin_checks.watch_bindings('moe_flan.train', ()):   # a new run forgets the old reads
+    assert gin_checks.unused_bindings(()) == ['s/early.b', 't/early.b', 's/other.x']
+
+
 def test_watch_checks_built_once_skipping_late_configurables_then_all(monkeypatch):
   monkeypatch.setattr(gin_checks, 'LATE_CONFIGURABLES', frozenset({f'{__name__}.other'}))
   _parse()

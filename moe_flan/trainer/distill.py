@@ -35,6 +35,7 @@ from moe_flan.model import distillation
 from moe_flan.partitioning import partitioner as part_lib
 from moe_flan.trainer import checkpoints as ckpt_lib
 from moe_flan.trainer import cli
+from moe_flan.trainer import gin_checks
 from moe_flan.trainer import model_setup as model_setup_lib
 from moe_flan.trainer import train_state as ts
 from moe_flan.trainer import train_step as step_lib
@@ -108,7 +109,7 @@ def run_layout_bindings() -> tuple[str, ...]:
   expert_parallel_shard_map.gin, a way of running experts on the 'expert' mesh axis, not part
   of what a model computes). Other dispatchers stay the teacher's own model file's choice."""
   try:
-    dispatch = gin.query_parameter('MoeConfig.dispatch')
+    dispatch = gin_checks.query_parameter('MoeConfig.dispatch')   # used even by a dense student
   except ValueError:      # not bound in the run (or no gin configuration at all)
     return ()
   return ("MoeConfig.dispatch = 'expert_parallel'",) if dispatch == 'expert_parallel' else ()

@@ -12,7 +12,8 @@
     LATE_CONFIGURABLES (training: after the first step; evaluation and inference: after their
     set-up), `UnusedBindingsWatch.check_all` at the end of the run, when command-line macros
     that no call evaluated count as unused too. Macros set in gin files are not checked: a run
-    file sets macros for model files that some models do not refer to.
+    file sets macros for model files that some models do not refer to. A value the code reads
+    from the configuration instead of taking it in a call (`query_parameter`) counts as used.
 
 An unknown configurable or parameter (`--gin.T5Config.emb_dm=8`) fails in gin while parsing.
 """
@@ -117,6 +118,19 @@ LATE_CONFIGURABLES = frozenset({
 })
 
 
+# (scope, selector, parameter) of the bindings read by `query_parameter` in this process.
+_QUERIED: set[tuple[str, str, str]] = set()
+
+
+def query_parameter(binding_key: str) -> Any:
+  """gin.query_parameter(binding_key), and the binding counts as used: e.g. a distillation
+  teacher takes the run's MoeConfig.dispatch, which a dense student never calls MoeConfig with."""
+  value = gin.query_parameter(binding_key)
+  key = gin.config.ParsedBindingKey.parse(binding_key)
+  _QUERIED.add((key.scope, key.complete_selector, key.arg_name))
+  return value
+
+
 def _within(scope: str, call_scope: str) -> bool:
   """Whether a binding in `scope` reaches a call made in `call_scope` (gin applies a binding
   of scope 'a' to calls inside 'a', also nested in other scopes)."""
@@ -151,6 +165,8 @@ def unused_bindings(command_line: Sequence[str], skip: Collection[str] = (),
     if selector in skip:
       continue
     for param in params:
+      if (scope, selector, param) in _QUERIED:
+        continue
       if not any(param in used and _within(scope, call_scope)
                  for call_scope, used in calls.get(selector, ())):
         out.append(_display(scope, selector, param))
@@ -187,6 +203,7 @@ def watch_bindings(prog: str, command_line: Sequence[str]) -> Iterator[UnusedBin
   `loop.train` etc. outside an entry point are not checked."""
   global _WATCH
   _WATCH = UnusedBindingsWatch(prog, tuple(command_line))
+  _QUERIED.clear()
   try:
     yield _WATCH
   finally:
