@@ -36,8 +36,11 @@ TASKS = (
     'temporal_sequences', 'tracking_shuffled_objects_five_objects',
     'tracking_shuffled_objects_seven_objects', 'tracking_shuffled_objects_three_objects',
     'web_of_lies', 'word_sorting')
-# The BBH paper's algorithmic tasks (Suzgun et al. 2022, arXiv 2210.09261); the others of TASKS
-# are its NLP tasks.
+# The BBH paper's algorithmic tasks; the others of TASKS are its NLP tasks. Source: the per-task
+# results table of Suzgun et al. 2022 (arXiv:2210.09261), whose rows marked lambda (11 of 23
+# tasks; 15 of the 27 files with the object-count variants) are averaged as "Algorithmic Task
+# (avg)" and the other 12 as "NLP Task (avg)". tests/test_evaluation_metrics.py holds a literal
+# copy of that table.
 ALGORITHMIC = frozenset((
     'boolean_expressions', 'dyck_languages', 'geometric_shapes', 'logical_deduction_five_objects',
     'logical_deduction_seven_objects', 'logical_deduction_three_objects',
