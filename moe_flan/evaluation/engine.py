@@ -61,10 +61,14 @@ class EvalSettings:
 
 @dataclasses.dataclass
 class EvalResult:
-  """metrics: task -> metric -> value (seqio's output); records: task -> per-example dicts."""
+  """metrics: task -> metric -> value (seqio's output); records: task -> per-example dicts;
+  rows_fed / rows_total: the (prompt, target) rows this process fed to the model, of all rows
+  (its data shard's share of every batch; all of them on one host)."""
   metrics: dict[str, dict[str, float]]
   records: dict[str, list[dict[str, Any]]]
   step: int
+  rows_fed: int = 0
+  rows_total: int = 0
 
 
 def check_tasks(name: str, split: str) -> list[seqio.Task]:
@@ -120,7 +124,7 @@ class Engine:
     records = {task.name: records_lib.task_records(
         task, self.evaluator.cached_task_datasets[task.name], outputs[task.name])
         for task in self.evaluator.eval_tasks}
-    return EvalResult(metrics, records, step)
+    return EvalResult(metrics, records, step, fns.rows_fed, fns.rows_total)
 
   def evaluate_and_write(self, model, params: Any, partitioner, step: int, output_dir: str,
                          model_gin: str = '') -> dict[str, float]:

@@ -1,10 +1,14 @@
 """The predict and score functions `seqio.Evaluator` calls (its `PredictFnCallable` and
 `ScoreFnCallable` contract: an enumerated dataset in, `[(index, output)]` out).
 
-Rows are cut into fixed-shape batches of `batch_size` (a short last batch is padded with
-all-zero rows), so each function compiles once per task shape. Every process walks the same
-rows and feeds only its slice of each batch (`Partitioner.shard_batch`); outputs come back
-replicated, so every process holds all results and process 0 can write them.
+Rows are cut into fixed-shape global batches of `batch_size` (a short last batch is padded
+with all-zero rows), so each function compiles once per task shape. On several hosts every
+process walks the same rows (the Evaluator caches each whole split on every host) and feeds only
+its data shard of each batch, a contiguous slice (`Partitioner.data_shard_info`,
+`shard_batch`): each host's devices score / decode that share, in one SPMD program over the
+global mesh, and the outputs come back replicated (gathered), so every process holds all results
+and process 0 can write them. The batches do not depend on the number of hosts, so N hosts give
+the results of one. `rows_fed` counts the example rows this process fed.
 """
 from __future__ import annotations
 
@@ -54,6 +58,8 @@ class ModelFns:
     self.model, self.params, self.partitioner = model, params, partitioner
     self.batch_size, self.decode = batch_size, decode
     self.parts = partitioner.num_batch_partitions
+    self.shard_id, self.num_shards = partitioner.data_shard_info()
+    self.rows_fed = self.rows_total = 0   # example rows (no padding): this process's, all
     repl = partitioner.replicated
     self._score = jax.jit(functools.partial(scoring.score_rows, model), out_shardings=repl)
     self._generate = jax.jit(self._generate_fn, out_shardings=repl)
@@ -66,13 +72,17 @@ class ModelFns:
     return decoding.temperature_sample(self.model, params, tokens, d.max_decode_length, None,
                                        temperature=0.0, eos_id=d.eos_id)
 
-  def _shard(self, arrays: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
-    """This process's slice of each global array (leading dims divisible by the shards)."""
-    shard_id, num_shards = self.partitioner.data_shard_info()
+  def _shard(self, arrays: Mapping[str, np.ndarray], rows: int) -> dict[str, jax.Array]:
+    """Global arrays from this process's slice of each global numpy array (leading dims
+    divisible by the shards); `rows`: the batch's example rows (the rest is padding)."""
+    s, shards = self.shard_id, self.num_shards
     local = {}
     for k, v in arrays.items():
-      n = v.shape[0] // num_shards
-      local[k] = v[shard_id * n:(shard_id + 1) * n]
+      n = v.shape[0] // shards
+      local[k] = v[s * n:(s + 1) * n]
+    n = self.batch_size // shards
+    self.rows_fed += max(0, min(rows, (s + 1) * n) - s * n)
+    self.rows_total += rows
     return {k: self.partitioner.shard_batch({k: v}, arrays[k].shape[0])[k]
             for k, v in local.items()}
 
@@ -101,7 +111,7 @@ class ModelFns:
         rows.extend(range(start, start + count))
         r += count
       arrays = self._shard({'prompts': prompts, 'prompt_index': prompt_index,
-                            'targets': targets})
+                            'targets': targets}, len(rows))
       with self.partitioner.activate():
         ll, _ = self._score(self.params, arrays['prompts'], arrays['prompt_index'],
                             arrays['targets'])
@@ -119,7 +129,7 @@ class ModelFns:
       chunk = feats['encoder_input_tokens'][start:start + self.batch_size]
       tokens = np.zeros((self.batch_size, chunk.shape[1]), np.int32)
       tokens[:len(chunk)] = chunk
-      arrays = self._shard({'tokens': tokens})
+      arrays = self._shard({'tokens': tokens}, len(chunk))
       with self.partitioner.activate():
         decoded = np.asarray(jax.device_get(self._generate(self.params, arrays['tokens'])))
       # Whole rows (EOS, then 0s): seqio stacks the outputs into one array and its

@@ -7,13 +7,15 @@
 
 Datasets are read and checked first (bad benchmark files fail before the checkpoint is
 loaded); then the params are restored sharded over the mesh and every task is scored.
-Process 0 writes EVAL_OUTPUT_DIR/results.json, predictions/{task}.jsonl and TensorBoard events,
-and prints the markdown table.
+On several hosts (the same command on each; launch/README.md) each process feeds its data
+shard of every batch and logs its share; process 0 writes EVAL_OUTPUT_DIR/results.json,
+predictions/{task}.jsonl and TensorBoard events, and prints the markdown table.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from typing import Any, Optional
 
 import gin
@@ -38,6 +40,15 @@ def check_vocabulary(model: config_lib.T5Config, vocab_size: int) -> None:
 def step_of(step_dir: str) -> int:
   name = os.path.basename(os.path.normpath(step_dir))
   return int(name) if name.isdigit() else 0
+
+
+def share_line(partitioner, result: engine_lib.EvalResult) -> str:
+  """This process's part of the model work, for its log (each host prints its own)."""
+  shard, shards = partitioner.data_shard_info()
+  mesh = ' x '.join(f'{k}={v}' for k, v in partitioner.mesh.shape.items())
+  return (f'moe_flan.evaluate: process {jax.process_index()} of {jax.process_count()} '
+          f'(data shard {shard} of {shards}, mesh {mesh}) fed {result.rows_fed} of '
+          f'{result.rows_total} example rows to the model')
 
 
 def headline(step_dir: str, settings: engine_lib.EvalSettings) -> str:
@@ -69,6 +80,7 @@ def evaluate(model_dir: str = gin.REQUIRED, model: config_lib.T5Config = gin.REQ
     print(headline(step_dir, settings), flush=True)
   gin_checks.check_built()
   result = engine.evaluate(setup.model, params, setup.partitioner, step)
+  print(share_line(setup.partitioner, result), file=sys.stderr, flush=True)
   results = report.build_results(
       result.metrics, result.records, benchmarks.category, step, gin.config_str(),
       {**dataclasses.asdict(settings), 'checkpoint_path': os.path.abspath(step_dir)})
