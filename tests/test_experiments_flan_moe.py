@@ -76,8 +76,7 @@ def test_report_numbers_come_from_the_runs_results(experiment):
   # Every score: each seed's value is the one in its results.json; mean and std recomputed.
   expected_cells = {(m, p, mix) for m in ('dense', 'switch_top1') for p in (1, 2, 3)
                     for mix in ['flan_embedded_downstream_scoring'] + (
-                        ['flan_embedded_heldout_scoring', 'flan_embedded_heldout_cot']
-                        if p == 2 else [])}
+                        ['flan_embedded_heldout_cot'] if p == 2 else [])}
   assert {(r['model'], r['protocol'], r['mixture']) for r in report['results']} == expected_cells
   for row in report['results']:
     assert [v['seed'] for v in row['values']] == [0, 1]
