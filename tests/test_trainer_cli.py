@@ -59,7 +59,8 @@ def step0_model_dir(tmp_path_factory):
   model_dir = str(tmp_path_factory.mktemp('cli_run'))
   cli.configure_gin(cli.Flags(('runs/quickstart.gin',), tuple(TINY + [
       f"MODEL_DIR = '{model_dir}'", 'TRAIN_STEPS = 0', 'RunConfig.write_plots = False',
-      "MIXTURE_OR_TASK_NAME = 'emb_nli'", 'DataConfig.truncation_check_examples = 0']), ()))
+      "MIXTURE_OR_TASK_NAME = 'emb_nli'", 'DataConfig.truncation_check_examples = 0',
+      'RunConfig.final_eval_mixtures = []']), ()))
   try:
     loop.train()
   finally:
