@@ -4,6 +4,10 @@
                                         /p1_direct_finetune     downstream, from pretrain
                                         /p2_instruction_tune    FLAN mixture, from pretrain
                                         /p3_instruction_finetune  downstream, from p2
+                  /runs/{student}/seed_{s}/distill_{teacher}    (Experiment.distill) FLAN
+                      mixture, from the student's pretrain, taught by the teacher's p2
+                  /runs/{variant}/{model}/seed_{s}/...          (Experiment.ablations) the
+                      variant's runs that differ from the base's; the others are the base's
 
 Every run is an ordinary MODEL_DIR made by the trainer from the repository's run files
 (gin/runs/{pretrain,finetune,instruction_tune}.gin), then evaluated by the evaluation engine
@@ -23,32 +27,50 @@ PROTOCOLS = {1: 'direct finetuning', 2: 'instruction tuning (zero/few-shot)',
 RUN_NAMES = {None: 'pretrain', 1: 'p1_direct_finetune', 2: 'p2_instruction_tune',
              3: 'p3_instruction_finetune'}
 RUN_FILES = {'pretrain': 'runs/pretrain.gin', 'instruction_tune': 'runs/instruction_tune.gin',
-             'finetune': 'runs/finetune.gin', 'eval': 'runs/eval.gin'}
+             'finetune': 'runs/finetune.gin', 'eval': 'runs/eval.gin',
+             'distill': 'runs/distill.gin'}
+DISTILL = 'distill'   # the protocol of a distilled student's run
 
 
 @dataclasses.dataclass(frozen=True)
 class Run:
   """One MODEL_DIR of the experiment.
 
-  stage: which run file trains it (a key of RUN_FILES); protocol: None for pretraining.
-  gin_files / bindings: the training run's gin configuration, as a command line would give it.
+  stage: which run file trains it (a key of RUN_FILES); protocol: None for pretraining,
+  DISTILL for a distilled student (then `teacher` names the teacher model and `teacher_dir`
+  its instruction-tuned MODEL_DIR). variant: the ablation it belongs to ('' for the base).
+  gin_files / settings: the training run's gin configuration, as a command line would give it,
+  less its identity (`bindings` adds MODEL_DIR, SEED and the checkpoints it starts from).
   eval_mixtures: evaluated on the final checkpoint; eval_files / eval_bindings(mixture): how.
   """
   model: str
   seed: int
-  protocol: Optional[int]
+  protocol: Optional[int | str]
   stage: str
   model_dir: str
   init_from: Optional[str]
   gin_files: tuple[str, ...]
-  bindings: tuple[str, ...]
+  settings: tuple[str, ...]
   eval_mixtures: tuple[str, ...]
   eval_files: tuple[str, ...]
   eval_base_bindings: tuple[str, ...]
+  variant: str = ''
+  teacher: Optional[str] = None
+  teacher_dir: Optional[str] = None
 
   @property
   def name(self) -> str:
-    return f'{self.model}/seed_{self.seed}/{RUN_NAMES[self.protocol]}'
+    leaf = f'distill_{self.teacher}' if self.teacher else RUN_NAMES[self.protocol]
+    return (f'{self.variant}/' if self.variant else '') + f'{self.model}/seed_{self.seed}/{leaf}'
+
+  @property
+  def bindings(self) -> tuple[str, ...]:
+    identity = [f'MODEL_DIR = {self.model_dir!r}', f'SEED = {self.seed}']
+    if self.init_from:
+      identity.append(f'INITIAL_CHECKPOINT_PATH = {self.init_from!r}')
+    if self.teacher_dir:
+      identity.append(f'TEACHER_CHECKPOINT_PATH = {self.teacher_dir!r}')
+    return self.settings + tuple(identity)
 
   def eval_bindings(self, mixture: str) -> tuple[str, ...]:
     return self.eval_base_bindings + (f'MODEL_DIR = {self.model_dir!r}',
@@ -59,8 +81,9 @@ class Run:
     return os.path.join(self.model_dir, 'eval', mixture)
 
 
-def run_dir(experiment_dir: str, model: str, seed: int, protocol: Optional[int]) -> str:
-  return os.path.join(os.path.abspath(experiment_dir), 'runs', model, f'seed_{seed}',
+def run_dir(experiment_dir: str, model: str, seed: int, protocol: Optional[int],
+            variant: str = '') -> str:
+  return os.path.join(os.path.abspath(experiment_dir), 'runs', variant, model, f'seed_{seed}',
                       RUN_NAMES[protocol])
 
 
@@ -86,49 +109,96 @@ def _stage_bindings(experiment: preset_lib.Experiment, stage: str, sparse: bool
             f'MIXTURE_OR_TASK_NAME = {experiment.downstream_mixture!r}',
             f'TASK_FEATURE_LENGTHS = {lengths!r}',
             f'FROZEN_GROUPS = {frozen!r}']
-    if not experiment.finetune_aux_loss:
+    if sparse and not experiment.finetune_aux_loss:   # a dense model has no MoE losses
       out += ['LOAD_BALANCING_LOSS_WEIGHT = 0.0', 'MoeConfig.router_z_loss_weight = 0.0']
   elif stage == 'pretrain':
     out += [f'TRAIN_STEPS = {experiment.pretrain_steps}']
   elif stage == 'eval':
     out += [f'TASK_FEATURE_LENGTHS = {lengths!r}']
+  elif stage == 'distill':   # instruction tuning's data, steps and settings, then distill's own
+    return (_stage_bindings(experiment, 'instruction_tune', sparse) +
+            tuple(experiment.stage_bindings.get('distill', ())))
   return tuple(out) + tuple(experiment.stage_bindings.get(stage, ()))
 
 
 def _run(experiment_dir: str, experiment: preset_lib.Experiment, model: str, sparse: bool,
-         seed: int, protocol: Optional[int], init_from: Optional[str]) -> Run:
+         seed: int, protocol: Optional[int], init_from: Optional[str], variant: str = '') -> Run:
   spec = experiment.models[model]
   stage = {None: 'pretrain', 1: 'finetune', 2: 'instruction_tune', 3: 'finetune'}[protocol]
-  model_dir = run_dir(experiment_dir, model, seed, protocol)
-  identity = [f'MODEL_DIR = {model_dir!r}', f'SEED = {seed}']
-  if init_from:
-    identity.append(f'INITIAL_CHECKPOINT_PATH = {init_from!r}')
   if protocol is None:
     mixtures: tuple[str, ...] = ()
   elif protocol == 2:
-    mixtures = tuple(dict.fromkeys(tuple(experiment.downstream_eval_mixtures) +
-                                   tuple(experiment.heldout_eval_mixtures)))
+    mixtures = experiment.protocol2_mixtures
   else:
     mixtures = tuple(experiment.downstream_eval_mixtures)
-  return Run(model=model, seed=seed, protocol=protocol, stage=stage, model_dir=model_dir,
+  return Run(model=model, seed=seed, protocol=protocol, stage=stage,
+             model_dir=run_dir(experiment_dir, model, seed, protocol, variant),
              init_from=init_from, gin_files=(spec.gin_file, RUN_FILES[stage]),
-             bindings=tuple(spec.bindings) + _stage_bindings(experiment, stage, sparse) +
-             tuple(identity),
+             settings=tuple(spec.bindings) + _stage_bindings(experiment, stage, sparse),
              eval_mixtures=mixtures, eval_files=(spec.gin_file, RUN_FILES['eval']),
-             eval_base_bindings=tuple(spec.bindings) + _stage_bindings(experiment, 'eval', sparse))
+             eval_base_bindings=tuple(spec.bindings) + _stage_bindings(experiment, 'eval', sparse),
+             variant=variant)
+
+
+def _chains(experiment_dir: str, experiment: preset_lib.Experiment, sparse: Mapping[str, bool],
+            variant: str = '', base: Optional[Mapping[str, Run]] = None) -> list[Run]:
+  """Pretraining and the three protocols per model and seed, each run after the one it starts
+  from. With `base` (the base runs by name, less the variant prefix), a variant's run that
+  equals its base run (settings and initial checkpoint) is that base run."""
+  runs = []
+  for model in experiment.models:
+    for seed in experiment.seeds:
+      made: dict[Optional[int], Run] = {}
+      for protocol, start in ((None, None), (1, None), (2, None), (3, 2)):
+        init_from = None if protocol is None else made[start].model_dir
+        run = _run(experiment_dir, experiment, model, sparse[model], seed, protocol, init_from,
+                   variant)
+        twin = (base or {}).get(run.name.removeprefix(f'{variant}/'))
+        if twin is not None and dataclasses.replace(
+            run, model_dir=twin.model_dir, variant='') == twin:
+          run = twin
+        made[protocol] = run
+        runs.append(run)
+  return runs
+
+
+def _distill_runs(experiment_dir: str, experiment: preset_lib.Experiment,
+                  sparse: Mapping[str, bool]) -> list[Run]:
+  """Per seed, the teacher's p2 model distilled into the student from its pretraining."""
+  teacher, student = experiment.distill['teacher'], experiment.distill['student']
+  if not sparse[teacher] or sparse[student]:
+    raise ValueError(f'Experiment.distill: the teacher ({teacher!r}) must be a sparse model and '
+                     f'the student ({student!r}) a dense one')
+  spec = experiment.models[student]
+  return [Run(model=student, seed=seed, protocol=DISTILL, stage='distill',
+              model_dir=os.path.join(os.path.abspath(experiment_dir), 'runs', student,
+                                     f'seed_{seed}', f'distill_{teacher}'),
+              init_from=run_dir(experiment_dir, student, seed, None),
+              gin_files=(spec.gin_file, RUN_FILES['distill']),
+              settings=tuple(spec.bindings) + _stage_bindings(experiment, 'distill', False),
+              eval_mixtures=experiment.protocol2_mixtures,
+              eval_files=(spec.gin_file, RUN_FILES['eval']),
+              eval_base_bindings=tuple(spec.bindings) + _stage_bindings(experiment, 'eval', False),
+              teacher=teacher, teacher_dir=run_dir(experiment_dir, teacher, seed, 2))
+          for seed in experiment.seeds]
+
+
+def variants(experiment_dir: str, experiment: preset_lib.Experiment, sparse: Mapping[str, bool]
+             ) -> dict[str, list[Run]]:
+  """Each ablation's runs (the base's where they are equal), by variant name."""
+  base = {r.name: r for r in _chains(experiment_dir, experiment, sparse)}
+  return {name: _chains(experiment_dir, preset_lib.variant(experiment, name), sparse, name, base)
+          for name in experiment.ablations}
 
 
 def plan(experiment_dir: str, experiment: preset_lib.Experiment, sparse: Mapping[str, bool]
          ) -> list[Run]:
-  """Every run, model by model and seed by seed; each run after the one it starts from.
-  `sparse`: per model, whether it has MoE layers."""
-  runs = []
-  for model in experiment.models:
-    for seed in experiment.seeds:
-      args = (experiment_dir, experiment, model, sparse[model], seed)
-      pretrain = _run(*args, None, None)
-      p1 = _run(*args, 1, pretrain.model_dir)
-      p2 = _run(*args, 2, pretrain.model_dir)
-      p3 = _run(*args, 3, p2.model_dir)
-      runs += [pretrain, p1, p2, p3]
+  """Every run to make, each after the ones it starts from: the base runs model by model and
+  seed by seed, the distilled students, then each ablation's own runs.
+  `sparse`: per model, whether it has MoE layers (an ablation keeps it)."""
+  runs = _chains(experiment_dir, experiment, sparse)
+  if experiment.distill:
+    runs += _distill_runs(experiment_dir, experiment, sparse)
+  for variant_runs in variants(experiment_dir, experiment, sparse).values():
+    runs += [r for r in variant_runs if r.variant]
   return runs

@@ -22,8 +22,16 @@ from moe_flan import config as config_lib
 from moe_flan.trainer import cli
 from moe_flan.trainer import freezing
 
-STAGES = ('pretrain', 'instruction_tune', 'finetune', 'eval')
+STAGES = ('pretrain', 'instruction_tune', 'finetune', 'eval', 'distill')
 PRESET_FILE = 'preset.json'
+# What an ablation may change (Experiment.ablations): the training settings of the stages, and
+# extra gin bindings per model ('model_bindings': {model: [...]}, e.g. a number of experts or a
+# routing strategy). Seeds, models, evaluation mixtures and the headline stay the base's, so a
+# variant's scores compare with the base's seed by seed.
+ABLATION_FIELDS = ('pretrain_steps', 'instruction_steps', 'finetune_steps', 'instruction_mixture',
+                   'downstream_mixture', 'finetune_aux_loss', 'finetune_frozen_groups',
+                   'stage_bindings', 'model_bindings')
+DISTILL_KEYS = ('teacher', 'student', 'score')
 
 
 @gin.configurable
@@ -49,6 +57,17 @@ class Experiment:
   dense_baseline: the model the sparse ones are compared with (default: the only dense model).
   task_feature_lengths: of instruction tuning, finetuning and evaluation; FLOPs per token are
   counted at these lengths. stage_bindings: extra gin bindings per stage (STAGES).
+  distill: None, or {'teacher': a sparse model, 'student': the dense model[, 'score':
+  'mixture/metric' (default: headline)]}: per seed, the teacher's instruction-tuned model
+  distilled (gin/runs/distill.gin) into the student initialised from its pretraining, on the
+  instruction mixture for instruction_steps (instruction_tune's stage bindings, then
+  distill's), evaluated like protocol 2; the report gives the fraction of the teacher's gain
+  over the student's protocol 2 that the distilled student keeps, on `score`.
+  ablations: {variant: {field: value}} with fields from ABLATION_FIELDS, e.g.
+  {'frozen_router': {'finetune_frozen_groups': ['router']}, 'experts_8': {'model_bindings':
+  {'switch_top1': ['MoeConfig.num_experts = 8']}}}: each variant's runs go under
+  runs/{variant}/, except those equal to a base run (same settings, same initial checkpoint),
+  which are the base's; the report compares each variant's headline with the base's.
   """
   models: Mapping[str, ModelSpec] = gin.REQUIRED
   seeds: Sequence[int] = (0, 1, 2)
@@ -69,6 +88,8 @@ class Experiment:
   task_feature_lengths: Mapping[str, int] = dataclasses.field(
       default_factory=lambda: {'inputs': 512, 'targets': 128})
   stage_bindings: Mapping[str, Sequence[str]] = dataclasses.field(default_factory=dict)
+  distill: Optional[Mapping[str, str]] = None
+  ablations: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
 
   def __post_init__(self):
     if not self.models:
@@ -91,11 +112,71 @@ class Experiment:
     if self.dense_baseline is not None and self.dense_baseline not in self.models:
       raise ValueError(f'Experiment.dense_baseline={self.dense_baseline!r}: not one of the '
                        f'models {sorted(self.models)}')
+    if self.distill is not None:
+      self._check_distill()
+    for name in self.ablations:
+      variant(self, name)   # a bad variant fails here, with its name
+
+  def _check_distill(self) -> None:
+    spec = dict(self.distill)
+    bad = sorted(set(spec) - set(DISTILL_KEYS))
+    missing = [k for k in ('teacher', 'student') if k not in spec]
+    if bad or missing:
+      raise ValueError(f'Experiment.distill={spec!r}: keys are {list(DISTILL_KEYS)} (teacher and '
+                       f'student required); unknown {bad}, missing {missing}')
+    for key in ('teacher', 'student'):
+      if spec[key] not in self.models:
+        raise ValueError(f'Experiment.distill[{key!r}]={spec[key]!r}: not one of the models '
+                         f'{sorted(self.models)}')
+    if spec['teacher'] == spec['student']:
+      raise ValueError(f'Experiment.distill: teacher and student are both {spec["teacher"]!r}')
+    mixture, _, metric = self.distill_score.partition('/')
+    if not metric or mixture not in self.protocol2_mixtures:
+      raise ValueError(f'Experiment.distill[\'score\']={self.distill_score!r}: must be '
+                       f'"mixture/metric" with the mixture one of {list(self.protocol2_mixtures)}')
+
+  @property
+  def protocol2_mixtures(self) -> tuple[str, ...]:
+    """What instruction-tuned models (protocol 2, distilled students) are evaluated on."""
+    return tuple(dict.fromkeys(tuple(self.downstream_eval_mixtures) +
+                               tuple(self.heldout_eval_mixtures)))
+
+  @property
+  def distill_score(self) -> str:
+    return (self.distill or {}).get('score', self.headline)
 
   @property
   def headline_metric(self) -> tuple[str, str]:
     mixture, _, metric = self.headline.partition('/')
     return mixture, metric
+
+
+def variant(experiment: Experiment, name: str) -> Experiment:
+  """The experiment of ablation `name`: the base with the variant's settings, its models with
+  their extra bindings, no distillation and no ablations of its own."""
+  if name not in experiment.ablations:
+    raise ValueError(f'no ablation {name!r}; the preset has {sorted(experiment.ablations)}')
+  where = f'Experiment.ablations[{name!r}]'
+  if not name or not name.replace('_', '').replace('-', '').isalnum() or name in experiment.models:
+    raise ValueError(f'{where}: a variant name is letters, digits, "_" or "-" (a directory '
+                     f'under runs/) and not a model name {sorted(experiment.models)}')
+  overrides = dict(experiment.ablations[name])
+  unknown = sorted(set(overrides) - set(ABLATION_FIELDS))
+  if unknown or not overrides:
+    raise ValueError(f'{where}: unknown setting(s) {unknown} (or none at all); an ablation '
+                     f'changes some of {list(ABLATION_FIELDS)}')
+  extra = dict(overrides.pop('model_bindings', {}))
+  if sorted(set(extra) - set(experiment.models)):
+    raise ValueError(f'{where}[\'model_bindings\']: unknown model(s) '
+                     f'{sorted(set(extra) - set(experiment.models))}; the models are '
+                     f'{sorted(experiment.models)}')
+  models = {m: ModelSpec(spec.gin_file, tuple(spec.bindings) + tuple(extra.get(m, ())))
+            for m, spec in experiment.models.items()}
+  try:
+    return dataclasses.replace(experiment, models=models, distill=None, ablations={},
+                               **overrides)
+  except ValueError as e:
+    raise ValueError(f'{where}: {e}') from e
 
 
 @gin.configurable
@@ -125,7 +206,11 @@ def jsonable(value: Any) -> Any:
 def resolved(experiment: Experiment, models: Mapping[str, config_lib.T5Config]
              ) -> dict[str, Any]:
   """What preset.json stores and later runs compare: the settings and each model's config."""
-  return {'experiment': jsonable(experiment),
+  settings = jsonable(experiment)
+  for key in ('distill', 'ablations'):   # absent when unused: presets stored before them match
+    if not settings[key]:
+      del settings[key]
+  return {'experiment': settings,
           'models': {name: jsonable(cfg) for name, cfg in sorted(models.items())}}
 
 

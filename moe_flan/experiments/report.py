@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import datetime
 import os
-import statistics
 from typing import Any, Mapping, Optional, Sequence
 
+from moe_flan.experiments import comparisons
 from moe_flan.experiments import plan as plan_lib
 from moe_flan.experiments import plots
 from moe_flan.experiments import preset as preset_lib
@@ -23,8 +23,7 @@ from moe_flan.experiments import runner
 PAPER_SIGN = {1: '<= 0', 2: '> 0', 3: '> 0'}
 
 
-def _stats(values: Sequence[float]) -> tuple[float, Optional[float]]:
-  return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+_stats = comparisons.stats
 
 
 def _scopes(results: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
@@ -129,6 +128,13 @@ def _ordering(differences: Sequence[Mapping[str, Any]], headline: tuple[str, str
   return out
 
 
+def _variant_runs(runs: Sequence[plan_lib.Run], base: Sequence[plan_lib.Run], variant: str
+                  ) -> list[plan_lib.Run]:
+  """The runs of ablation `variant`: its own, and the base's it shares."""
+  own = {r.name.removeprefix(f'{variant}/'): r for r in runs if r.variant == variant}
+  return [own.get(r.name, r) for r in base]
+
+
 def build(experiment_dir: str, experiment: preset_lib.Experiment, runs: Sequence[plan_lib.Run],
           command: str, invocation_wall_s: float, commit: Optional[str]) -> dict[str, Any]:
   """report.json's content; every run must be finished."""
@@ -138,10 +144,18 @@ def build(experiment_dir: str, experiment: preset_lib.Experiment, runs: Sequence
     if results is None:
       raise ValueError(f'{run.name} is not finished ({run.model_dir} has no results.json)')
     run_results[run.name] = results
-  models = _models(experiment, runs, run_results, experiment_dir)
+  base = [r for r in runs if not r.variant and r.teacher is None]
+  models = _models(experiment, base, run_results, experiment_dir)
   baseline, why = dense_baseline(experiment, models)
-  rows = _rows(_scores(experiment_dir, runs, run_results))
+  rows = _rows(_scores(experiment_dir, base, run_results))
   differences = _differences(rows, models, baseline)
+  students = [r for r in runs if r.teacher is not None]
+  distilled = comparisons.distill(
+      experiment.distill, experiment.distill_score, rows,
+      _rows(_scores(experiment_dir, students, run_results)), plan_lib.DISTILL
+  ) if experiment.distill else None
+  variant_rows = {name: _rows(_scores(experiment_dir, _variant_runs(runs, base, name),
+                                      run_results)) for name in experiment.ablations}
   return {
       'created': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
       'command': command, 'commit': commit,
@@ -154,6 +168,8 @@ def build(experiment_dir: str, experiment: preset_lib.Experiment, runs: Sequence
       'headline': experiment.headline, 'dense_baseline': baseline, 'no_baseline_reason': why,
       'models': models, 'results': rows, 'differences': differences,
       'ordering': _ordering(differences, experiment.headline_metric),
+      'distill': distilled, 'ablations': comparisons.ablations(
+          experiment.ablations, experiment.headline, rows, variant_rows),
       'std': 'sample standard deviation over seeds (n - 1); null for one seed',
       'plots': [], 'scores_are': 'percentages: macro averages over the tasks of a mixture '
                                 '(overall) or of a category, from each evaluation results.json'}
@@ -246,6 +262,11 @@ def _tables(report: Mapping[str, Any]) -> list[str]:
 
 def markdown(report: Mapping[str, Any]) -> str:
   lines = _header(report) + _headline(report)
+  if report.get('distill'):
+    lines += comparisons.distill_markdown(report['distill'])
+  if report.get('ablations'):
+    lines += comparisons.ablations_markdown(report['ablations'], report['headline'],
+                                            report['protocols'])
   lines += [''] + [f'![{p}]({p})' for p in report['plots']]
   return '\n'.join(lines + _tables(report)) + '\n'
 

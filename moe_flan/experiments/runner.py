@@ -6,7 +6,8 @@ results.json is written last (atomically): a run is finished exactly when it exi
 finished run is skipped. An unfinished run resumes: the trainer continues from the MODEL_DIR's
 latest checkpoint, and an evaluation whose results.json already holds the final step is kept.
 
-    {"run", "model", "seed", "protocol", "stage", "model_dir", "init_from", "gin_files",
+    {"run", "model", "seed", "protocol", "stage", "variant", "model_dir", "init_from",
+     "teacher", "teacher_dir" (a distilled student's), "gin_files",
      "bindings", "train": {"step", "final_metrics"}, "model_info": {"params", "flops_per_token",
      "sparse"}, "evaluations": {mixture: "eval/{mixture}/results.json"}, "started", "finished",
      "wall_s", "timing": {"train_s", "eval_s": {mixture: s}} (this attempt's), "commit"}
@@ -121,7 +122,8 @@ def execute(run: plan_lib.Run, search_paths: Sequence[str], lengths: Mapping[str
   now = time.time()
   results = {
       'run': run.name, 'model': run.model, 'seed': run.seed, 'protocol': run.protocol,
-      'stage': run.stage, 'model_dir': run.model_dir, 'init_from': run.init_from,
+      'stage': run.stage, 'variant': run.variant, 'model_dir': run.model_dir,
+      'init_from': run.init_from, 'teacher': run.teacher, 'teacher_dir': run.teacher_dir,
       'gin_files': list(run.gin_files), 'bindings': list(run.bindings),
       'train': {'step': step, 'final_metrics': last}, 'model_info': info,
       'evaluations': evaluations, 'started': _iso(started), 'finished': _iso(now),

@@ -1,0 +1,224 @@
+"""The experiment's distillation row and ablations: which runs they add and which base runs they
+reuse, the fraction of the MoE-over-dense gain a distilled student keeps (against a hand
+computation), the preset check, and one seed of gin/experiments/tiny.gin end to end with a
+distilled student and a frozen-router ablation."""
+import json
+import os
+
+import gin
+import numpy as np
+import pytest
+
+from moe_flan.experiments import comparisons
+from moe_flan.experiments import flan_moe
+from moe_flan.experiments import plan as plan_lib
+from moe_flan.experiments import preset as preset_lib
+
+PRESET = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'gin',
+                      'experiments', 'tiny.gin')
+DENSE = preset_lib.ModelSpec('models/t5_1_1_tiny.gin')
+MOE = preset_lib.ModelSpec('models/flan_moe_tiny.gin')
+SPARSE = {'dense': False, 'moe': True}
+DISTILL = {'teacher': 'moe', 'student': 'dense'}
+
+
+@pytest.fixture(scope='module', autouse=True)
+def clear_gin_after_module():
+  yield
+  gin.clear_config()
+
+
+def _experiment(**kw):
+  return preset_lib.Experiment(models={'dense': DENSE, 'moe': MOE}, seeds=[0, 1], **kw)
+
+
+def _own(runs, variant):
+  return sorted(r.name.removeprefix(f'{variant}/') for r in runs if r.variant == variant)
+
+
+def test_ablations_reuse_the_base_runs_they_share():
+  ablations = {
+      'frozen_router': {'finetune_frozen_groups': ['router']},
+      'no_aux': {'finetune_aux_loss': False},
+      'n8': {'instruction_mixture': 'flan_embedded_n8'},
+      'experts_8': {'model_bindings': {'moe': ['MoeConfig.num_experts = 8']}}}
+  experiment = _experiment(ablations=ablations)
+  runs = plan_lib.plan('/x', experiment, SPARSE)
+  seeds = lambda model, leaves: sorted(f'{model}/seed_{s}/{leaf}' for s in (0, 1)
+                                       for leaf in leaves)
+  finetunes = ['p1_direct_finetune', 'p3_instruction_finetune']
+  # The dense model has no router and no MoE losses: its finetuning runs are the base's.
+  assert _own(runs, 'frozen_router') == seeds('moe', finetunes)
+  assert _own(runs, 'no_aux') == seeds('moe', finetunes)
+  # Fewer instruction tasks: instruction tuning and what starts from it, for both models.
+  assert _own(runs, 'n8') == sorted(seeds('dense', ['p2_instruction_tune',
+                                                    'p3_instruction_finetune']) +
+                                    seeds('moe', ['p2_instruction_tune',
+                                                  'p3_instruction_finetune']))
+  assert _own(runs, 'experts_8') == seeds('moe', ['pretrain', 'p2_instruction_tune'] + finetunes)
+  assert len(runs) == 16 + 4 + 4 + 8 + 8 and len({r.model_dir for r in runs}) == len(runs)
+  by_dir = {r.model_dir: r for r in runs}
+  for i, run in enumerate(runs):   # each run starts from one made before it
+    assert run.init_from is None or runs.index(by_dir[run.init_from]) < i
+  variants = plan_lib.variants('/x', experiment, SPARSE)
+  n8_p3 = next(r for r in variants['n8'] if r.name == 'n8/moe/seed_1/p3_instruction_finetune')
+  assert n8_p3.init_from == '/x/runs/n8/moe/seed_1/p2_instruction_tune'
+  assert "MIXTURE_OR_TASK_NAME = 'flan_embedded_n8'" in by_dir[n8_p3.init_from].bindings
+  reused = next(r for r in variants['n8'] if r.name == 'moe/seed_1/p1_direct_finetune')
+  assert reused.model_dir == '/x/runs/moe/seed_1/p1_direct_finetune'
+  frozen = next(r for r in variants['frozen_router'] if r.variant and r.protocol == 3)
+  assert "FROZEN_GROUPS = ['router']" in frozen.bindings
+  assert frozen.init_from == f'/x/runs/moe/seed_{frozen.seed}/p2_instruction_tune'
+  experts = next(r for r in variants['experts_8'] if r.variant and r.protocol is None)
+  assert experts.bindings[:len(MOE.bindings) + 1][-1] == 'MoeConfig.num_experts = 8'
+  assert 'MoeConfig.num_experts = 8' in experts.eval_base_bindings
+
+
+def test_the_distill_run_starts_from_the_students_pretraining_with_the_teachers_p2():
+  experiment = _experiment(distill=DISTILL, instruction_steps=7,
+                           stage_bindings={'instruction_tune': ['BATCH_SIZE = 4'],
+                                           'distill': ['DISTILL_ALPHA = 0.25']})
+  runs = plan_lib.plan('/x', experiment, SPARSE)
+  assert len(runs) == 18
+  students = runs[16:]
+  assert [r.name for r in students] == ['dense/seed_0/distill_moe', 'dense/seed_1/distill_moe']
+  s = students[1]
+  assert s.gin_files == (DENSE.gin_file, 'runs/distill.gin')
+  assert s.model_dir == '/x/runs/dense/seed_1/distill_moe'
+  assert s.bindings[-4:] == ("MODEL_DIR = '/x/runs/dense/seed_1/distill_moe'", 'SEED = 1',
+                             "INITIAL_CHECKPOINT_PATH = '/x/runs/dense/seed_1/pretrain'",
+                             "TEACHER_CHECKPOINT_PATH = '/x/runs/moe/seed_1/p2_instruction_tune'")
+  for binding in ('TRAIN_STEPS = 7', "MIXTURE_OR_TASK_NAME = 'flan_embedded'", 'BATCH_SIZE = 4'):
+    assert binding in s.settings
+  assert s.settings[-1] == 'DISTILL_ALPHA = 0.25'   # after instruction tuning's
+  assert s.eval_mixtures == experiment.protocol2_mixtures
+  assert {r.model_dir for r in runs if r.stage != 'distill'} >= {s.init_from, s.teacher_dir}
+
+
+@pytest.mark.parametrize('kw,match', [
+    ({'distill': {'teacher': 'moe'}}, r"missing \['student'\]"),
+    ({'distill': {**DISTILL, 'alpha': 0.5}}, r"unknown \['alpha'\]"),
+    ({'distill': {'teacher': 'moe', 'student': 'moe'}}, 'both'),
+    ({'distill': {**DISTILL, 'score': 'nowhere/accuracy'}}, r"distill\['score'\]='nowhere"),
+    ({'ablations': {'x': {'seeds': [3]}}}, r"ablations\['x'\]: unknown setting\(s\) \['seeds'\]"),
+    ({'ablations': {'dense': {'finetune_aux_loss': False}}}, 'not a model name'),
+    ({'ablations': {'a/b': {'finetune_aux_loss': False}}}, 'directory'),
+    ({'ablations': {'x': {'finetune_frozen_groups': ['gate']}}}, r"ablations\['x'\]: .*gate"),
+    ({'ablations': {'x': {'model_bindings': {'big': []}}}}, r"unknown model\(s\) \['big'\]"),
+])
+def test_bad_distill_and_ablation_settings_are_named(kw, match):
+  with pytest.raises(ValueError, match=match):
+    _experiment(**kw)
+
+
+def test_a_dense_teacher_is_refused():
+  experiment = _experiment(distill={'teacher': 'dense', 'student': 'moe'})
+  with pytest.raises(ValueError, match="teacher \\('dense'\\) must be a sparse model"):
+    plan_lib.plan('/x', experiment, SPARSE)
+
+
+def test_preset_json_keeps_its_old_form_and_a_changed_ablation_is_refused(tmp_path):
+  plain = preset_lib.resolved(_experiment(), {})
+  assert 'distill' not in plain['experiment'] and 'ablations' not in plain['experiment']
+  first = _experiment(ablations={'no_aux': {'finetune_aux_loss': False}})
+  preset_lib.store_or_check(str(tmp_path), preset_lib.resolved(first, {}), '')
+  preset_lib.store_or_check(str(tmp_path), preset_lib.resolved(first, {}), '')   # same: fine
+  changed = _experiment(ablations={'no_aux': {'finetune_aux_loss': True}})
+  with pytest.raises(ValueError, match='experiment.ablations.no_aux.finetune_aux_loss: '
+                     'false -> true'):
+    preset_lib.store_or_check(str(tmp_path), preset_lib.resolved(changed, {}), '')
+
+
+def _row(model, protocol, values, mixture='m', metric='accuracy'):
+  return {'model': model, 'protocol': protocol, 'mixture': mixture, 'metric': metric,
+          'scope': 'overall',
+          'values': [{'seed': s, 'value': v, 'source': f'{model}/{protocol}/{s}'}
+                     for s, v in enumerate(values)]}
+
+
+def test_fraction_of_the_gain_kept_against_a_hand_computation():
+  dense, moe, student = [40.0, 50.0, 30.0], [60.0, 50.0, 35.0], [45.0, 52.0, 34.0]
+  rows = [_row('dense', 2, dense), _row('moe', 2, moe), _row('moe', 2, [0, 0, 0], metric='f1')]
+  got = comparisons.distill({'teacher': 'moe', 'student': 'dense'}, 'm/accuracy', rows,
+                            [_row('dense', 'distill', student)], 'distill')
+  # Seed 0: (45 - 40) / (60 - 40) = 0.25; seed 1: no gain (50 = 50), undefined; seed 2: 4 / 5.
+  assert [x['fraction'] for x in got['seeds']] == [0.25, None, pytest.approx(0.8)]
+  assert got['undefined_seeds'] == [1]
+  assert got['fraction']['mean'] == pytest.approx(np.mean([0.25, 0.8]))
+  assert got['fraction']['std'] == pytest.approx(np.std([0.25, 0.8], ddof=1))
+  assert got['fraction']['n_seeds'] == 2
+  gains = np.array(moe) - np.array(dense)
+  kept = np.array(student) - np.array(dense)
+  assert got['fraction_of_means'] == pytest.approx(kept.mean() / gains.mean())
+  assert got['moe_gain']['std'] == pytest.approx(gains.std(ddof=1))
+  assert got['seeds'][2]['sources'] == {'student': 'dense/distill/2', 'dense': 'dense/2/2',
+                                        'moe': 'moe/2/2'}
+  text = '\n'.join(comparisons.distill_markdown(got))
+  assert '| 1 | 50.0 | 50.0 | 52.0 | +0.0 | undefined (MoE − dense ≈ 0) |' in text
+  assert 'Fraction kept over seeds: 0.53 ± 0.39 (2 of 3 seeds defined)' in text
+  no_gain = comparisons.distill({'teacher': 'moe', 'student': 'dense'}, 'm/accuracy',
+                                [_row('dense', 2, [5.0]), _row('moe', 2, [5.0])],
+                                [_row('dense', 'distill', [7.0])], 'distill')
+  assert no_gain['fraction'] == {'mean': None, 'std': None, 'n_seeds': 0}
+  assert no_gain['fraction_of_means'] is None
+  assert 'Fraction kept over seeds: undefined' in '\n'.join(comparisons.distill_markdown(no_gain))
+
+
+def _load(path):
+  with open(path, encoding='utf-8') as f:
+    return json.load(f)
+
+
+def _main(experiment_dir):
+  return flan_moe.main([
+      f'--gin_file={PRESET}', f"--gin.EXPERIMENT_DIR='{experiment_dir}'",
+      '--gin.Experiment.seeds=[0]',
+      "--gin.Experiment.distill={'teacher': 'switch_top1', 'student': 'dense'}",
+      "--gin.Experiment.ablations={'frozen_router': {'finetune_frozen_groups': ['router']}}"])
+
+
+@pytest.mark.usefixtures('persistent_compilation_cache')
+def test_tiny_experiment_with_a_distilled_student_and_an_ablation(tmp_path, capsys):
+  experiment = str(tmp_path)
+  assert _main(experiment) == 0
+  report = _load(os.path.join(experiment, 'report.json'))
+  runs = lambda name: _load(os.path.join(experiment, 'runs', name, 'results.json'))
+  student = runs('dense/seed_0/distill_switch_top1')
+  assert student['train']['step'] == 2 and student['teacher'] == 'switch_top1'
+  assert student['init_from'].endswith('runs/dense/seed_0/pretrain')
+  assert student['teacher_dir'].endswith('runs/switch_top1/seed_0/p2_instruction_tune')
+  assert os.path.isfile(os.path.join(experiment, 'runs/dense/seed_0/distill_switch_top1',
+                                     'teacher.gin'))
+  d = report['distill']
+  mixture, _, metric = report['headline'].partition('/')
+  score = lambda source: _load(os.path.join(experiment, source))['overall']['macro'][metric][
+      'value']
+  (seed,) = d['seeds']
+  assert seed['sources']['student'] == (f'runs/dense/seed_0/distill_switch_top1/eval/{mixture}/'
+                                        'results.json')
+  for key in ('student', 'dense', 'moe'):
+    assert seed[key] == score(seed['sources'][key])
+  gain = seed['moe'] - seed['dense']
+  assert seed['fraction'] == (None if abs(gain) <= comparisons.GAIN_EPSILON else
+                              pytest.approx((seed['student'] - seed['dense']) / gain))
+  (ablation,) = [a for a in report['ablations'] if a['model'] == 'switch_top1' and
+                 a['protocol'] == 3]
+  assert not ablation['same_runs_as_base']
+  assert ablation['values'][0]['source'].startswith(
+      'runs/frozen_router/switch_top1/seed_0/p3_instruction_finetune/')
+  assert ablation['difference']['mean'] == pytest.approx(
+      ablation['values'][0]['variant'] - ablation['values'][0]['base'])
+  dense_p1 = next(a for a in report['ablations'] if (a['model'], a['protocol']) == ('dense', 1))
+  assert dense_p1['same_runs_as_base'] and dense_p1['difference']['mean'] == 0
+  assert sorted(os.listdir(os.path.join(experiment, 'runs', 'frozen_router', 'switch_top1',
+                                        'seed_0'))) == ['p1_direct_finetune',
+                                                        'p3_instruction_finetune']
+  with open(os.path.join(experiment, 'report.md'), encoding='utf-8') as f:
+    text = f.read()
+  assert '## Distillation: `switch_top1` (protocol 2) into `dense`' in text
+  assert '| frozen_router | finetune_frozen_groups = [\'router\'] | switch_top1 | 3:' in text
+  capsys.readouterr()
+  assert _main(experiment) == 0   # everything finished: skipped, not rewritten
+  out = capsys.readouterr().out
+  assert out.count('finished, skipped') == 11
+  assert runs('dense/seed_0/distill_switch_top1') == student
