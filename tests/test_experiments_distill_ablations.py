@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from moe_flan.experiments import comparisons
-from moe_flan.experiments import flan_moe
 from moe_flan.experiments import plan as plan_lib
 from moe_flan.experiments import preset as preset_lib
 
@@ -129,10 +128,10 @@ def test_preset_json_keeps_its_old_form_and_a_changed_ablation_is_refused(tmp_pa
     preset_lib.store_or_check(str(tmp_path), preset_lib.resolved(changed, {}), '')
 
 
-def _row(model, protocol, values, mixture='m', metric='accuracy'):
+def _row(model, protocol, values, mixture='m', metric='accuracy', where=''):
   return {'model': model, 'protocol': protocol, 'mixture': mixture, 'metric': metric,
           'scope': 'overall',
-          'values': [{'seed': s, 'value': v, 'source': f'{model}/{protocol}/{s}'}
+          'values': [{'seed': s, 'value': v, 'source': f'{where}{model}/{protocol}/{s}'}
                      for s, v in enumerate(values)]}
 
 
@@ -164,61 +163,66 @@ def test_fraction_of_the_gain_kept_against_a_hand_computation():
   assert 'Fraction kept over seeds: undefined' in '\n'.join(comparisons.distill_markdown(no_gain))
 
 
+def test_ablation_rows_against_a_hand_computation():
+  rows = [_row('moe', 3, [50.0, 60.0]), _row('dense', 3, [40.0, 45.0])]
+  variant = [_row('moe', 3, [53.0, 59.0], where='v/'), rows[1]]   # the dense runs are the base's
+  got = comparisons.ablations({'v': {'finetune_aux_loss': False}}, 'm/accuracy', rows,
+                              {'v': variant})
+  moe = next(e for e in got if e['model'] == 'moe')
+  assert moe['difference']['mean'] == pytest.approx(np.mean([3.0, -1.0]))
+  assert moe['difference']['std'] == pytest.approx(np.std([3.0, -1.0], ddof=1))
+  assert moe['variant_score']['mean'] == 56.0 and moe['base_score']['mean'] == 55.0
+  assert not moe['same_runs_as_base']
+  dense = next(e for e in got if e['model'] == 'dense')
+  assert dense['same_runs_as_base'] and dense['difference'] == {'mean': 0.0, 'std': 0.0,
+                                                                'n_seeds': 2}
+  text = '\n'.join(comparisons.ablations_markdown(got, 'm/accuracy', {'3': 'p3'}))
+  assert '| v | finetune_aux_loss = False | moe | 3: p3 | 55.0 ± 7.1 | 56.0 ± 4.2 | 1.0 ± 2.8 |' in text
+  assert "0.0 ± 0.0 (the base's runs) |" in text
+
+
 def _load(path):
   with open(path, encoding='utf-8') as f:
     return json.load(f)
 
 
-def _main(experiment_dir):
-  return flan_moe.main([
-      f'--gin_file={PRESET}', f"--gin.EXPERIMENT_DIR='{experiment_dir}'",
-      '--gin.Experiment.seeds=[0]',
-      "--gin.Experiment.distill={'teacher': 'switch_top1', 'student': 'dense'}",
-      "--gin.Experiment.ablations={'frozen_router': {'finetune_frozen_groups': ['router']}}"])
-
-
 @pytest.mark.usefixtures('persistent_compilation_cache')
-def test_tiny_experiment_with_a_distilled_student_and_an_ablation(tmp_path, capsys):
-  experiment = str(tmp_path)
-  assert _main(experiment) == 0
-  report = _load(os.path.join(experiment, 'report.json'))
-  runs = lambda name: _load(os.path.join(experiment, 'runs', name, 'results.json'))
-  student = runs('dense/seed_0/distill_switch_top1')
+def test_a_distilled_student_on_tiny_checkpoints(tmp_path):
+  """One seed of the tiny preset: the runs the distillation row needs (both pretrainings and
+  instruction tunings, then the student), trained and evaluated by the runner; the report's
+  distillation numbers against the evaluations' results.json files."""
+  from moe_flan.experiments import report as report_lib  # pylint: disable=g-import-not-at-top
+  from moe_flan.experiments import runner  # pylint: disable=g-import-not-at-top
+  from moe_flan.trainer import cli  # pylint: disable=g-import-not-at-top
+  flags = cli.parse_flags([
+      f'--gin_file={PRESET}', f"--gin.EXPERIMENT_DIR='{tmp_path}'", '--gin.Experiment.seeds=[0]',
+      '--gin.Experiment.heldout_eval_mixtures=[]',
+      "--gin.Experiment.distill={'teacher': 'switch_top1', 'student': 'dense'}"])
+  cli.configure_gin(flags)
+  experiment_dir, experiment = preset_lib.flan_moe_experiment()
+  sparse = {m: preset_lib.resolve_model(spec, flags.gin_search_paths).moe is not None
+            for m, spec in experiment.models.items()}
+  runs = [r for r in plan_lib.plan(experiment_dir, experiment, sparse)
+          if r.protocol in (None, 2, plan_lib.DISTILL)]
+  assert [r.name for r in runs][-1] == 'dense/seed_0/distill_switch_top1'
+  for run in runs:
+    runner.execute(run, flags.gin_search_paths, experiment.task_feature_lengths, None)
+  student = runner.finished(runs[-1])
   assert student['train']['step'] == 2 and student['teacher'] == 'switch_top1'
-  assert student['init_from'].endswith('runs/dense/seed_0/pretrain')
-  assert student['teacher_dir'].endswith('runs/switch_top1/seed_0/p2_instruction_tune')
-  assert os.path.isfile(os.path.join(experiment, 'runs/dense/seed_0/distill_switch_top1',
-                                     'teacher.gin'))
-  d = report['distill']
-  mixture, _, metric = report['headline'].partition('/')
-  score = lambda source: _load(os.path.join(experiment, source))['overall']['macro'][metric][
+  assert student['init_from'] == runs[0].model_dir          # the dense pretraining
+  assert student['teacher_dir'] == runs[3].model_dir        # the Switch instruction tuning
+  assert os.path.isfile(os.path.join(runs[-1].model_dir, 'teacher.gin'))
+  d = report_lib.build(experiment_dir, experiment, runs, 'cmd', 0.0, None)['distill']
+  mixture, _, metric = experiment.headline.partition('/')
+  score = lambda source: _load(os.path.join(experiment_dir, source))['overall']['macro'][metric][
       'value']
   (seed,) = d['seeds']
-  assert seed['sources']['student'] == (f'runs/dense/seed_0/distill_switch_top1/eval/{mixture}/'
-                                        'results.json')
+  assert seed['sources'] == {
+      'student': f'runs/dense/seed_0/distill_switch_top1/eval/{mixture}/results.json',
+      'dense': f'runs/dense/seed_0/p2_instruction_tune/eval/{mixture}/results.json',
+      'moe': f'runs/switch_top1/seed_0/p2_instruction_tune/eval/{mixture}/results.json'}
   for key in ('student', 'dense', 'moe'):
     assert seed[key] == score(seed['sources'][key])
   gain = seed['moe'] - seed['dense']
   assert seed['fraction'] == (None if abs(gain) <= comparisons.GAIN_EPSILON else
                               pytest.approx((seed['student'] - seed['dense']) / gain))
-  (ablation,) = [a for a in report['ablations'] if a['model'] == 'switch_top1' and
-                 a['protocol'] == 3]
-  assert not ablation['same_runs_as_base']
-  assert ablation['values'][0]['source'].startswith(
-      'runs/frozen_router/switch_top1/seed_0/p3_instruction_finetune/')
-  assert ablation['difference']['mean'] == pytest.approx(
-      ablation['values'][0]['variant'] - ablation['values'][0]['base'])
-  dense_p1 = next(a for a in report['ablations'] if (a['model'], a['protocol']) == ('dense', 1))
-  assert dense_p1['same_runs_as_base'] and dense_p1['difference']['mean'] == 0
-  assert sorted(os.listdir(os.path.join(experiment, 'runs', 'frozen_router', 'switch_top1',
-                                        'seed_0'))) == ['p1_direct_finetune',
-                                                        'p3_instruction_finetune']
-  with open(os.path.join(experiment, 'report.md'), encoding='utf-8') as f:
-    text = f.read()
-  assert '## Distillation: `switch_top1` (protocol 2) into `dense`' in text
-  assert '| frozen_router | finetune_frozen_groups = [\'router\'] | switch_top1 | 3:' in text
-  capsys.readouterr()
-  assert _main(experiment) == 0   # everything finished: skipped, not rewritten
-  out = capsys.readouterr().out
-  assert out.count('finished, skipped') == 11
-  assert runs('dense/seed_0/distill_switch_top1') == student
