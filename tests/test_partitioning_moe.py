@@ -1,7 +1,10 @@
 """Sharded MoE layer == unsharded, on 8 simulated devices, for every dispatch path; and the
 compiled expert-parallel step moves tokens with all-to-all, never the expert weights."""
 import functools
+import os
 import re
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -12,13 +15,18 @@ from moe_flan import partitioning
 from moe_flan.config import MoeConfig
 from moe_flan.moe import MoeLayer, dispatch_expert_parallel, resharding
 
+from conftest import DISABLE_OPTIMIZATIONS_ENV
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 B, L, D, F = 8, 8, 8, 16     # 64 tokens in 8 groups of 8: the groups split over data x expert
 MESHES = [(8, 1, 1), (2, 4, 1), (1, 4, 2), (2, 2, 2)]
 
 
-def _layer(dispatch: str, num_experts: int, router_type: str = 'tokens_choose', k: int = 2):
+def _layer(dispatch: str, num_experts: int, router_type: str = 'tokens_choose', k: int = 2,
+           group_size: int = 8):
   cfg = MoeConfig(num_experts=num_experts, num_selected_experts=k, router_type=router_type,
-                  dispatch=dispatch, group_size=8, expert_mlp_dim=F, min_capacity=1,
+                  dispatch=dispatch, group_size=group_size, expert_mlp_dim=F, min_capacity=1,
                   # capacity 3 < the 4 = 2 * 8 / 4 selections an expert gets on average: tokens
                   # are dropped, so every path must drop the same ones
                   eval_capacity_factor=0.75, decoder_sparse_layout='none')
@@ -64,10 +72,10 @@ def _run(layer, partitioner=None):
 
 
 @functools.lru_cache(maxsize=None)
-def _unsharded(dispatch, num_experts, router_type='tokens_choose', k=2):
+def _unsharded(dispatch, num_experts, router_type='tokens_choose', k=2, group_size=8):
   # expert_parallel without a mesh is the scatter path; compute the reference with 'scatter'.
   ref_dispatch = 'scatter' if dispatch == 'expert_parallel' else dispatch
-  return _run(_layer(ref_dispatch, num_experts, router_type, k))
+  return _run(_layer(ref_dispatch, num_experts, router_type, k, group_size))
 
 
 def _assert_close(got, want):
@@ -102,6 +110,50 @@ def test_expert_counts_vs_expert_partitions(dispatch, num_experts, mesh_shape, r
   want = _unsharded(dispatch, num_experts)
   got = _run(_layer(dispatch, num_experts), _partitioner(mesh_shape, **rules))
   _assert_close(got, want)
+
+
+# 4 groups of 16 tokens on 8 batch partitions: the group axis does not divide the mesh, so the
+# layer leaves its layout to XLA (resharding.constrain) instead of padding it.
+@pytest.mark.parametrize('dispatch', ['einsum', 'scatter', 'segmented', 'dropless'])
+def test_fewer_groups_than_batch_partitions_match_one_device(dispatch):
+  want = _unsharded(dispatch, 4, group_size=16)
+  got = _run(_layer(dispatch, 4, group_size=16), _partitioner((8, 1, 1)))
+  _assert_close(got, want)
+
+
+# XLA's SPMD partitioner logs this when a constraint has no efficient layout change from the
+# array's sharding (a padded group axis after the batch reshape), and then replicates the tensor.
+_REMAT = 'Involuntary full rematerialization'
+_REMAT_SCRIPT = """
+import jax, jax.numpy as jnp
+from moe_flan import partitioning
+from moe_flan.config import MoeConfig
+from moe_flan.moe import MoeLayer
+x = jnp.ones((16, 8, 16))            # 128 tokens: 4 groups of 32 on 8 batch partitions
+for dispatch in ('einsum', 'scatter', 'segmented', 'dropless'):
+  for mesh_shape in ((8, 1, 1), (2, 4, 1)):
+    layer = MoeLayer(MoeConfig(num_experts=4, dispatch=dispatch, group_size=32,
+                               expert_mlp_dim=16), 16, 'tokens_choose', 2)
+    p = partitioning.Partitioner(partitioning.make_mesh(mesh_shape))
+    with p.activate():
+      params = jax.jit(layer.init)(jax.random.PRNGKey(0), x)
+      loss = lambda params, x: jnp.sum(layer.apply(params, x) ** 2)
+      jax.jit(jax.grad(loss)).lower(params, jax.device_put(x, p.data_sharding)).compile()
+    print('compiled', dispatch, mesh_shape, flush=True)
+"""
+
+
+def test_fewer_groups_than_batch_partitions_compile_without_full_rematerialization():
+  """XLA's warnings are C++ log lines, hidden in this process (TF_CPP_MIN_LOG_LEVEL): compiled
+  in a subprocess that shows them."""
+  env = {**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '0', 'JAX_PLATFORMS': 'cpu',
+         'PYTHONPATH': REPO, **DISABLE_OPTIMIZATIONS_ENV}
+  proc = subprocess.run([sys.executable, '-c', _REMAT_SCRIPT], env=env, capture_output=True,
+                        text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert proc.stdout.count('compiled') == 8, proc.stdout
+  remat = [line for line in proc.stderr.splitlines() if _REMAT in line]
+  assert not remat, '\n'.join(remat[:3])
 
 
 def test_expert_parallel_experts_choose():

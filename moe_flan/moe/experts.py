@@ -25,6 +25,7 @@ import jax.numpy as jnp
 
 from moe_flan import axes
 from moe_flan.kernels.grouped_matmul import grouped_matmul
+from moe_flan.moe import resharding
 # One activation table and kernel naming for dense MLPs and experts (re-exported for dispatchers).
 from moe_flan.layers.mlp import ACTIVATIONS, input_kernel_names  # noqa: F401
 
@@ -86,7 +87,7 @@ class ExpertFFN:
     for act, name in zip(self.activations, input_kernel_names(self.activations)):
       a = ACTIVATIONS[act](jnp.einsum('EGCD,EDF->EGCF', x, self._w(name)))
       h = a if h is None else h * a
-    h = nn.with_logical_constraint(h, (axes.EXPERT, axes.EXPERT_GROUP, axes.CAPACITY, axes.MLP))
+    h = resharding.constrain(h, (axes.EXPERT, axes.EXPERT_GROUP, axes.CAPACITY, axes.MLP))
     h = self._dropout(h)
     return jnp.einsum('EGCF,EFD->EGCD', h, self._w('wo'))
 

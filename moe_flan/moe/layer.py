@@ -31,6 +31,7 @@ from moe_flan.config import MoeConfig
 from moe_flan.moe import capacity as capacity_lib
 from moe_flan.moe import dispatch as dispatch_lib
 from moe_flan.moe import losses
+from moe_flan.moe import resharding
 from moe_flan.moe import routing as routing_lib
 from moe_flan.moe.experts import ExpertFFN, ExpertParams
 
@@ -96,7 +97,7 @@ class MoeLayer(nn.Module):
     if fill:
       tokens = jnp.pad(tokens, ((0, fill), (0, 0)))
       real = jnp.pad(real, (0, fill))
-    tokens = nn.with_logical_constraint(tokens.reshape(g, t, d), _TOKEN_AXES)
+    tokens = resharding.constrain(tokens.reshape(g, t, d), _TOKEN_AXES)
     real = real.reshape(g, t)
 
     logits = routing_lib.Router(cfg.num_experts, cfg.router_init_std, cfg.jitter_noise,
@@ -112,7 +113,7 @@ class MoeLayer(nn.Module):
                     cfg.expert_dropout_rate, self.make_rng('dropout') if use_dropout else None,
                     cfg.grouped_matmul)
     y = dispatch(routing, tokens, ffn)
-    y = nn.with_logical_constraint(y.astype(self.dtype), _TOKEN_AXES)
+    y = resharding.constrain(y.astype(self.dtype), _TOKEN_AXES)
 
     metrics = losses.router_metrics(
         logits, real, routing, cfg.load_balancing_convention, self.num_selected_experts,

@@ -8,6 +8,11 @@ turns into one all-to-all over 'expert'. Constraining only the expert-major resu
 dispatch einsum instead lets XLA all-gather the dispatch mask (same numbers, much more traffic).
 Outside a mesh / without logical-axis rules the constraints are no-ops.
 
+Every constraint here goes through `constrain`, which leaves a dimension that does not divide
+its mesh axes to XLA (e.g. 4 routing groups on 8 data-parallel devices): a padded constraint
+there has no efficient layout change from the reshaped batch, and XLA's SPMD partitioner then
+replicates the whole tensor and splits it again ("Involuntary full rematerialization").
+
     expert_in = to_expert_major(jnp.einsum('GTEC,GTD->GECD', dispatch, x))   # [E, G, C, D]
     expert_out = ffn.batched(expert_in)
     y = jnp.einsum('GTEC,GECD->GTD', combine, to_group_major(expert_out))
@@ -17,9 +22,13 @@ moe_flan.partitioning imports moe_flan.moe; it only needs flax and the names in 
 """
 from __future__ import annotations
 
+import math
+from typing import Optional, Sequence
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec
 
 from moe_flan import axes
 
@@ -28,13 +37,29 @@ GROUP_MAJOR = (axes.EXPERT_GROUP, axes.UNMODELED, axes.CAPACITY, axes.EMBED)
 EXPERT_MAJOR = (axes.EXPERT, axes.EXPERT_GROUP, axes.CAPACITY, axes.EMBED)
 
 
+def constrain(x: jax.Array, names: Sequence[Optional[str]]) -> jax.Array:
+  """`nn.with_logical_constraint(x, names)`, except that a dimension whose size the mesh axes
+  it maps to do not divide is left unconstrained (XLA picks its layout; see the module doc)."""
+  mesh = jax.sharding.get_abstract_mesh()
+  rules = nn.get_logical_axis_rules()
+  if mesh.empty or not rules:
+    return nn.with_logical_constraint(x, names)
+  spec = nn.logical_to_mesh_axes(names, rules)
+  kept = list(names)
+  for i, (size, mesh_axes) in enumerate(zip(x.shape, spec)):
+    mesh_axes = (mesh_axes,) if isinstance(mesh_axes, str) else (mesh_axes or ())
+    if size % math.prod(mesh.shape[a] for a in mesh_axes):
+      kept[i] = PartitionSpec.UNCONSTRAINED
+  return nn.with_logical_constraint(x, tuple(kept))
+
+
 def to_expert_major(x: jax.Array) -> jax.Array:
   """<dtype>[G, E, C, D] (groups split) -> <dtype>[E, G, C, D] (experts split): an all-to-all."""
-  x = nn.with_logical_constraint(x, GROUP_MAJOR)
-  return nn.with_logical_constraint(jnp.swapaxes(x, 0, 1), EXPERT_MAJOR)
+  x = constrain(x, GROUP_MAJOR)
+  return constrain(jnp.swapaxes(x, 0, 1), EXPERT_MAJOR)
 
 
 def to_group_major(x: jax.Array) -> jax.Array:
   """<dtype>[E, G, C, D] (experts split) -> <dtype>[G, E, C, D] (groups split): the reverse."""
-  x = nn.with_logical_constraint(x, EXPERT_MAJOR)
-  return nn.with_logical_constraint(jnp.swapaxes(x, 0, 1), GROUP_MAJOR)
+  x = constrain(x, EXPERT_MAJOR)
+  return constrain(jnp.swapaxes(x, 0, 1), GROUP_MAJOR)
