@@ -53,8 +53,9 @@ TX = optax.adamw(1e-2, eps=1e-3)
 
 
 @functools.lru_cache(maxsize=None)
-def _initial_state(mesh_shape):
-  """(partitioner, TrainState shardings, step-0 state born sharded) on one mesh.
+def _initial_state(mesh_shape, fsdp=False):
+  """(partitioner, TrainState shardings, step-0 state born sharded) on one mesh and rule table
+  (`fsdp`: gin/partitioning/fsdp.gin's, parameters' embed axis over 'data').
 
   Cached per mesh and shared by every dispatcher: the parameter tree, its logical axes and its
   initial values do not depend on the dispatch path, and the init compile costs seconds. The
@@ -63,7 +64,7 @@ def _initial_state(mesh_shape):
   model = EncoderDecoder(_config('einsum'))
   devices = jax.devices()[:int(np.prod(mesh_shape))]
   partitioner = partitioning.Partitioner(partitioning.make_mesh(mesh_shape, devices),
-                                         partitioning.logical_axis_rules())
+                                         partitioning.logical_axis_rules(fsdp=fsdp))
   init = ts.init_params_fn(model, {'inputs': LI, 'targets': LT})
   with partitioner.activate():
     boxed = jax.eval_shape(init, jax.random.PRNGKey(0))
@@ -86,11 +87,11 @@ def _initial_state(mesh_shape):
   return partitioner, shardings, state
 
 
-def _train(dispatch: str, mesh_shape=(1, 1, 1)):
+def _train(dispatch: str, mesh_shape=(1, 1, 1), fsdp=False):
   """Runs NUM_STEPS steps; returns (per-step metrics, final params as numpy, final state)."""
   config = _config(dispatch)
   model = EncoderDecoder(config)
-  partitioner, shardings, state = _initial_state(tuple(mesh_shape))
+  partitioner, shardings, state = _initial_state(tuple(mesh_shape), fsdp)
   frozen = jax.tree.map(lambda _: False, state.params)
   step = step_lib.make_train_step(model, config, TX, lambda s: 1e-2, frozen)
   history = []
@@ -125,24 +126,35 @@ def _assert_same_run(got, want):
     np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6, err_msg=jax.tree_util.keystr(path))
 
 
-def _check_against_one_device(dispatch: str, mesh_shape):
+def _check_against_one_device(dispatch: str, mesh_shape, fsdp=False):
   """NUM_STEPS steps of `dispatch` on `mesh_shape` == its one-device run; params stay sharded."""
-  history, params, state = _train(dispatch, mesh_shape)
+  history, params, state = _train(dispatch, mesh_shape, fsdp)
   _assert_same_run((history, params), _one_device(dispatch))
   assert history[1]['loss'] < history[0]['loss'] + 1.0   # a sane, finite run
   experts = state.params['encoder']['layers_0']['moe']['experts']['wi_0']
-  want = partitioning.Partitioner(partitioning.make_mesh(mesh_shape)).spec_for(
+  want = partitioning.Partitioner(partitioning.make_mesh(mesh_shape),
+                                  partitioning.logical_axis_rules(fsdp=fsdp)).spec_for(
       ('expert', 'embed', 'mlp'), experts.shape)
   assert experts.sharding.spec == want  # the updated params stay sharded
+  assert ('data' in jax.tree.leaves(tuple(want))) == (fsdp and mesh_shape[0] > 1)
 
 
-MESHES = [(8, 1, 1), (2, 4, 1), (1, 4, 2), (2, 2, 2)]
+# The layouts of gin/partitioning/*.gin on 8 devices: (mesh, FSDP rule). expert_parallel_shard_map
+# is expert_parallel's layout with the 'expert_parallel' dispatcher, so it is one of the cases.
+OVERLAYS = {
+    'data_parallel': ((8, 1, 1), False),
+    'expert_parallel': ((2, 4, 1), False),
+    'expert_model_parallel': ((1, 4, 2), False),
+    'expert_model_parallel-2x2x2': ((2, 2, 2), False),
+    'fsdp': ((8, 1, 1), True),
+}
 
 
-# Every built-in dispatch path in DISPATCHERS (a new entry is covered too) on every mesh, each against
-# its own one-device run (computed once per dispatcher). (2, 2, 2) shards all three axes (batch
-# over data x expert, 2 of the 4 experts per expert shard, expert weights split over 'model').
-@pytest.mark.parametrize('mesh_shape', MESHES, ids=lambda s: 'x'.join(map(str, s)))
+# Every built-in dispatch path in DISPATCHERS (a new entry is covered too) under every overlay,
+# each against its own one-device run (computed once per dispatcher). (2, 2, 2) shards all three
+# axes (batch over data x expert, 2 of the 4 experts per expert shard, expert weights split over
+# 'model'); fsdp also splits every weight's embed axis over 'data'.
+@pytest.mark.parametrize('overlay', list(OVERLAYS))
 @pytest.mark.parametrize('dispatch', list(DISPATCHERS))
-def test_train_step_matches_one_device(dispatch, mesh_shape):
-  _check_against_one_device(dispatch, mesh_shape)
+def test_train_step_matches_one_device(dispatch, overlay):
+  _check_against_one_device(dispatch, *OVERLAYS[overlay])
