@@ -3,7 +3,8 @@
 The MFU numerator of the benchmarks and of `moe_flan.aot`'s pod plans.
 Counts matmul FLOPs (2 per multiply-add) of the forward pass and multiplies by 3 for a train
 step (backward = 2x forward). MoE blocks count the *active* expert FLOPs (k experts per token for
-tokens-choose; capacity-factor * k for experts-choose), not capacity padding or one-hot dispatch
+tokens-choose; for experts-choose the slots the experts fill: capacity-factor * k under our
+capacity convention, capacity-factor under flaxformer's), not capacity padding or one-hot dispatch
 work, so a faster dispatcher shows up as a higher utilisation. Elementwise work, softmaxes,
 norms and the optimizer update are left out, as usual for MFU.
 """
@@ -22,7 +23,12 @@ def _ffn_macs(cfg: T5Config, sparse: bool, router_type: str, k: int) -> float:
     return _mlp_macs(cfg.emb_dim, cfg.mlp_dim, len(cfg.mlp_activations))
   moe = cfg.moe
   expert = _mlp_macs(cfg.emb_dim, moe.expert_mlp_dim, len(moe.expert_activations))
-  active = k * (moe.train_capacity_factor if router_type == 'experts_choose' else 1.0)
+  if router_type == 'experts_choose':
+    # Each expert fills its C slots: E * C / T token-slots per token, i.e. cf * k under our
+    # capacity convention and cf under flaxformer's (which has no factor k).
+    active = moe.train_capacity_factor * (k if moe.capacity_convention == 'ours' else 1)
+  else:
+    active = k
   extra = _mlp_macs(cfg.emb_dim, cfg.mlp_dim, len(cfg.mlp_activations)) if moe.extra_dense_mlp else 0
   return cfg.emb_dim * moe.num_experts + active * expert + extra
 
