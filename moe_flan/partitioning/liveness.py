@@ -20,7 +20,9 @@ that dies there is reported, not waited for), then the other processes disconnec
 process 0 goes last.
 
 Limit: losing process 0 loses the coordinator itself; the survivors' JAX clients then abort
-(C++ fatal error) within seconds, before any Python code can run.
+(C++ fatal error) within a second, on a runtime thread, before any Python code can run. JAX's
+client reports it to a `missed_heartbeat_callback` whose default aborts, and jaxlib 0.10.2 cannot
+call a Python one (launch/README.md, "Preemption and lost processes").
 """
 from __future__ import annotations
 
