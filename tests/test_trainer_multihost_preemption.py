@@ -19,7 +19,7 @@ import pytest
 
 from moe_flan.trainer import metrics
 
-from conftest import JAX_CACHE_DIR
+from conftest import DISABLE_OPTIMIZATIONS_ENV, JAX_CACHE_DIR
 from test_trainer_resume import TINY_GIN as RESUME_GIN
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,7 +45,7 @@ def _start(gin_file, model_dir, log_prefix, *flags):
   env.update(JAX_PLATFORMS='cpu', JAX_NUM_CPU_DEVICES='2', PYTHONPATH=REPO,
              JAX_CPU_COLLECTIVES_IMPLEMENTATION='gloo', TF_CPP_MIN_LOG_LEVEL='2',
              JAX_COMPILATION_CACHE_DIR=JAX_CACHE_DIR,
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0', **DISABLE_OPTIMIZATIONS_ENV)
   port, procs, logs = _port(), [], []
   for pid in (0, 1):
     logs.append(f'{log_prefix}_{pid}.log')
