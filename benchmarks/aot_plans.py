@@ -30,20 +30,22 @@ DP = 'gin/partitioning/data_parallel.gin'
 EMP = 'gin/partitioning/expert_model_parallel.gin'
 
 # model -> candidates (topology, overlay, extra gin flags), smallest first. MoE models use the
-# explicit expert-parallel dispatcher, to which the all-to-all goal applies.
+# explicit expert-parallel dispatcher, to which the all-to-all goal applies. Its routing groups
+# must split over every (data x expert) shard in both stacks, or the trainer refuses the run:
+# the decoder's 64 x 128 = 8,192 tokens make 4 groups of 2,048 for 4 shards (the encoder 16),
+# 8 of 1,024 for 8 shards, 16 of 512 for data 2 x expert 8.
+EP4 = ['--gin.EXPERT_PARTITIONS=4', '--gin.MoeConfig.group_size=2048']
+EP8 = ['--gin.EXPERT_PARTITIONS=8', '--gin.MoeConfig.group_size=1024']
 CANDIDATES: dict[str, list[tuple[str, str, list[str]]]] = {
     't5_1_1_base': [('v5e:2x2', DP, []), ('v5p:2x2x1', DP, [])],
-    'gshard_base': [('v5e:2x2', EP, ['--gin.EXPERT_PARTITIONS=4']),
-                    ('v5p:2x2x1', EP, ['--gin.EXPERT_PARTITIONS=4'])],
-    'st_moe_base': [('v5e:2x2', EP, ['--gin.EXPERT_PARTITIONS=4']),
-                    ('v5p:2x2x1', EP, ['--gin.EXPERT_PARTITIONS=4'])],
-    'expert_choice_base': [('v5e:2x2', EP, ['--gin.EXPERT_PARTITIONS=4']),
-                           ('v5p:2x2x1', EP, ['--gin.EXPERT_PARTITIONS=4'])],
-    'switch_base': [('v5p:2x2x1', EP, ['--gin.EXPERT_PARTITIONS=4']),
-                    ('v5p:2x2x2', EP, ['--gin.EXPERT_PARTITIONS=8'])],
+    'gshard_base': [('v5e:2x2', EP, EP4), ('v5p:2x2x1', EP, EP4)],
+    'st_moe_base': [('v5e:2x2', EP, EP4), ('v5p:2x2x1', EP, EP4)],
+    'expert_choice_base': [('v5e:2x2', EP, EP4), ('v5p:2x2x1', EP, EP4)],
+    'switch_base': [('v5p:2x2x1', EP, EP4), ('v5p:2x2x2', EP, EP8)],
     # Expert x model x data (FSDP) parallelism: 8 x 4 x 2 on 64 v5p chips.
     'st_moe_32b': [('v5p:4x4x4', EMP, ['--gin.EXPERT_PARTITIONS=8', '--gin.MODEL_PARTITIONS=4',
                                        '--gin.logical_axis_rules.fsdp=True',
+                                       '--gin.MoeConfig.group_size=512',
                                        "--gin.MoeConfig.dispatch='expert_parallel'"])],
 }
 

@@ -102,6 +102,20 @@ def test_expert_parallel_moves_tokens_over_expert_only_data_parallel_never():
   assert ep['memory_per_chip']['parameters'] < dp['memory_per_chip']['parameters']
 
 
+def test_encoder_and_decoder_moe_layers_do_the_same_collectives_per_token():
+  """Both stacks' groups split over all 4 'expert' shards: the same all-to-all bytes per token
+  (the decoder has half the encoder's tokens) and no extra all-gathers or permutes in either.
+  A stack with fewer groups than shards ran XLA's sharding of the 'scatter' path instead, with
+  twice the all-to-all bytes per token plus all-gathers and permutes; it is now refused (below)."""
+  enc, dec = _report('expert_parallel_shard_map.gin')['moe_layers']
+  assert enc['layer'].startswith('encoder/') and dec['layer'].startswith('decoder/')
+  assert enc['ratio'] == pytest.approx(dec['ratio'])
+  assert enc['all_to_all_count'] == dec['all_to_all_count'] == 4
+  assert enc['all_to_all_bytes_per_chip'] / 16 == dec['all_to_all_bytes_per_chip'] / 8
+  assert set(enc['other_collective_bytes_per_chip']) == set(dec['other_collective_bytes_per_chip'])
+  assert set(dec['other_collective_bytes_per_chip']) <= {'all-reduce'}
+
+
 def test_command_writes_json_and_batch_changes_the_compiled_step(tmp_path):
   """The command end to end at 4x the batch, against the in-process plan at batch 8.
 
@@ -162,6 +176,10 @@ def no_compile(monkeypatch):
     (TOPOLOGY, 'expert_parallel.gin', ['EXPERT_PARTITIONS = 4', 'MoeConfig.num_experts = 6'],
      "('expert') has size 6"),
     (TOPOLOGY, 'data_parallel.gin', ['BATCH_SIZE = 6'], 'batch size 6 is not divisible'),
+    # The decoder's 8 x 8 tokens form 2 groups of 32 for 4 'expert' shards (the encoder's 4).
+    (TOPOLOGY, 'expert_parallel_shard_map.gin',
+     ['EXPERT_PARTITIONS = 4', 'MoeConfig.group_size = 32'],
+     'the decoder (targets length 8, batch 8) forms 2 routing group(s)'),
 ])
 def test_bad_input_fails_before_compiling(no_compile, topology_name, overlay, extra, message):
   files = MODEL + [f'gin/partitioning/{overlay}']
@@ -178,6 +196,27 @@ def test_num_slices_put_the_data_axis_over_slices():
   assert (slices[:2] == 0).all() and (slices[2:] == 1).all()   # 'data' crosses the DCN
   with pytest.raises(ValueError, match='--num_slices=2 must divide the data axis'):
     compiled_step.mesh_for(topology.devices(s), 2, mesh_shape=(1, 8, 1))
+
+
+def test_two_slices_exchange_only_the_gradients_over_dcn():
+  """2 x v5e:2x2, mesh data 2 (one per slice) x expert 4: the only cross-slice transfers are the
+  gradients' all-reduce; the tokens' all-to-alls stay inside each slice. Each chip sends its
+  experts' float32 gradients whole (they are not replicated in the slice); XLA reduce-scatters
+  some replicated gradients inside the slice first and sends a quarter of those, so the total
+  lies between the expert gradients' bytes and the parameters' bytes per chip."""
+  r = cli.plan(MODEL + ['gin/partitioning/expert_parallel_shard_map.gin'],
+               TINY + ['EXPERT_PARTITIONS = 4'], TOPOLOGY, num_slices=2,
+               search_paths=[os.path.join(ROOT, 'gin')])
+  assert r['num_slices'] == 2 and r['num_chips'] == 8 and r['mesh'] == {'data': 2, 'expert': 4,
+                                                                         'model': 1}
+  dcn = [c for c in r['collectives'] if 'DCN' in c['mesh_axes']]
+  assert [(c['kind'], c['mesh_axes']) for c in dcn] == [('all-reduce', 'slices (DCN)')]
+  expert_grads = 2 * 3 * (4 // 4) * 128 * 256 * 4        # 2 layers x wi_0, wi_1, wo, 1 expert
+  assert expert_grads < dcn[0]['bytes_per_chip'] <= r['memory_per_chip']['parameters']
+  assert dcn[0]['link_bytes_per_chip'] == 0
+  a2a = [c for c in r['collectives'] if c['kind'] == 'all-to-all']
+  assert a2a and {c['mesh_axes'] for c in a2a} == {'expert'}
+  assert r['memory_per_chip']['fits']
 
 
 def test_without_libtpu_says_how_to_install(monkeypatch):
