@@ -128,6 +128,35 @@ def test_preset_json_keeps_its_old_form_and_a_changed_ablation_is_refused(tmp_pa
     preset_lib.store_or_check(str(tmp_path), preset_lib.resolved(changed, {}), '')
 
 
+
+def test_a_preset_may_gain_rows_but_not_change_them(tmp_path):
+  """Adding a distillation row or a new ablation to a finished experiment keeps its runs (the
+  preset.json is rewritten); changing or dropping a row already stored is refused."""
+  d = str(tmp_path)
+  preset_lib.store_or_check(d, preset_lib.resolved(_experiment(), {}), '')
+  grown = _experiment(distill=DISTILL, ablations={'no_aux': {'finetune_aux_loss': False}})
+  preset_lib.store_or_check(d, preset_lib.resolved(grown, {}), 'grown')
+  with open(os.path.join(d, preset_lib.PRESET_FILE), encoding='utf-8') as f:
+    stored = json.load(f)
+  assert stored['experiment']['distill'] == DISTILL and stored['preset_gin'] == 'grown'
+  more = _experiment(distill=DISTILL, ablations={'no_aux': {'finetune_aux_loss': False},
+                                                 'frozen': {'finetune_frozen_groups': ['router']}})
+  preset_lib.store_or_check(d, preset_lib.resolved(more, {}), '')
+  for changed, match in [
+      (_experiment(distill=DISTILL, ablations={'no_aux': {'finetune_aux_loss': True},
+                                               'frozen': {'finetune_frozen_groups': ['router']}}),
+       'no_aux.finetune_aux_loss: false -> true'),
+      (_experiment(ablations={'no_aux': {'finetune_aux_loss': False},
+                              'frozen': {'finetune_frozen_groups': ['router']}}),
+       r'experiment\.distill\.student: "dense" -> "\(absent\)"'),
+      (_experiment(distill=DISTILL, finetune_steps=3,
+                   ablations={'no_aux': {'finetune_aux_loss': False},
+                              'frozen': {'finetune_frozen_groups': ['router']}}),
+       'finetune_steps')]:
+    with pytest.raises(ValueError, match=match):
+      preset_lib.store_or_check(d, preset_lib.resolved(changed, {}), '')
+
+
 def _row(model, protocol, values, mixture='m', metric='accuracy', where=''):
   return {'model': model, 'protocol': protocol, 'mixture': mixture, 'metric': metric,
           'scope': 'overall',

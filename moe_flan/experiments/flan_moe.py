@@ -9,7 +9,8 @@ pretrained model on the downstream tasks), protocol 2 (instruction-tune, then ze
 evaluation on the held-out clusters) and protocol 3 (finetune protocol 2's model on the
 downstream tasks); every run is a MODEL_DIR under EXPERIMENT_DIR/runs with its own results.json
 (moe_flan/experiments/plan.py). Rerunning the command skips finished runs and resumes an
-unfinished one from its checkpoint; another preset in the same EXPERIMENT_DIR is refused.
+unfinished one from its checkpoint; another preset in the same EXPERIMENT_DIR is refused
+(one that only adds a distillation row or ablations adds their runs).
 Writes EXPERIMENT_DIR/report.md, report.json and PNG plots.
 
 Exit status: 0 done, 2 bad input (or a changed preset), 75 stopped by SIGTERM after saving.

@@ -234,21 +234,40 @@ def differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
   return out
 
 
+# Settings that only add runs: a preset may gain them in an existing EXPERIMENT_DIR (the runs
+# already there stay valid); changing or removing them is a change like any other.
+ADDABLE_SETTINGS = ('experiment.distill', 'experiment.ablations.')
+
+
 def store_or_check(experiment_dir: str, current: Mapping[str, Any], gin_text: str) -> None:
   """Writes EXPERIMENT_DIR/preset.json on the first run; later, a ValueError (one line) naming
-  what differs when `current` is not the stored preset."""
+  what differs when `current` is not the stored preset, unless `current` only adds rows (a
+  distillation row, new ablations): then preset.json is rewritten and the finished runs stay."""
   path = os.path.join(experiment_dir, PRESET_FILE)
   if os.path.exists(path):
     with open(path, encoding='utf-8') as f:
       stored = json.load(f)
-    diff = differences({k: stored.get(k) for k in ('experiment', 'models')}, current)
-    if diff:
+    old = {k: stored.get(k) for k in ('experiment', 'models')}
+    diff = differences(old, current)
+    if not diff:
+      return
+    old_keys = _flatten(old)
+    changed = [d for d in diff if not _is_addition(d.split(': ', 1)[0], old_keys)]
+    if changed:
       raise ValueError(f'{experiment_dir} holds an experiment of another preset ({path}); '
-                       f'changed: {"; ".join(diff)}. Use a new EXPERIMENT_DIR or the stored '
+                       f'changed: {"; ".join(changed)}. Use a new EXPERIMENT_DIR or the stored '
                        'preset.')
-    return
   os.makedirs(experiment_dir, exist_ok=True)
   write_json(path, {**current, 'preset_gin': gin_text})
+
+
+def _is_addition(key: str, old_keys: Mapping[str, Any]) -> bool:
+  """Whether `key` is a new setting under ADDABLE_SETTINGS whose whole row the old preset lacks."""
+  for prefix in ADDABLE_SETTINGS:
+    if key.startswith(prefix):
+      row = prefix if not prefix.endswith('.') else prefix + key[len(prefix):].split('.')[0]
+      return not any(k == row or k.startswith(row + '.') for k in old_keys)
+  return False
 
 
 def write_json(path: str, value: Mapping[str, Any]) -> None:
