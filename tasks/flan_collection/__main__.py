@@ -42,6 +42,10 @@ def parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                  help='skip (and report) unreadable files instead of stopping')
   p.add_argument('--batch_rows', type=int, default=4096, help='Parquet rows read at a time')
   p.add_argument('--buffer_mb', type=int, default=32, help='spill write buffer (MiB)')
+  p.add_argument('--vocabulary', default='',
+                 help="also store token ids: 'default' (the tasks' vocabulary), 'byte', or a "
+                      'SentencePiece model path; training then reads ids instead of '
+                      'tokenizing text (several times faster). Empty: text only')
   return parser.parse_args(argv)
 
 
@@ -53,7 +57,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                   validation_fraction=args.validation_fraction,
                   columns=tuple(sorted(args.columns.items())),
                   skip_bad_files=args.skip_bad_files, batch_rows=args.batch_rows,
-                  buffer_bytes=args.buffer_mb << 20)
+                  buffer_bytes=args.buffer_mb << 20, vocabulary=args.vocabulary)
   return 0
 
 

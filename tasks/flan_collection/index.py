@@ -4,6 +4,8 @@ Layout (format 'moe_flan.flan_collection/1'):
   settings      the prepare settings (sources, shards, validation fraction, column names)
   inputs        {file: {'rows', 'valid', 'bad_rows': {reason: n}}}; skipped_files {file: error}
   bad_rows      {reason: n} over all files
+  vocabulary    null (text only) or tokens.describe() of the vocabulary whose ids the shards
+                also hold (`inputs_ids`, `targets_ids`)
   units         one per (task source, task, template type), sorted by name:
                 {'name', 'task_source', 'task_name', 'template_type',
                  'splits': {split: {'examples', 'duplicates', 'shards': [{'file', 'examples',

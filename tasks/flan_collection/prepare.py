@@ -28,7 +28,7 @@ from absl import logging
 import numpy as np
 
 from tasks.flan_collection import index as index_lib
-from tasks.flan_collection import reading, sources, spill, validation, writing
+from tasks.flan_collection import reading, sources, spill, tokens, validation, writing
 
 WORK_DIR = '.prepare'
 SPLITS = ('train', 'validation')
@@ -45,6 +45,7 @@ class Settings:
   skip_bad_files: bool = False
   batch_rows: int = 4096
   buffer_bytes: int = 32 << 20
+  vocabulary: str = ''   # '' text only; 'default', 'byte' or a SentencePiece model: store ids
 
   def __post_init__(self):
     if self.num_shards < 1:
@@ -61,6 +62,9 @@ class Settings:
     for volatile in ('batch_rows', 'buffer_bytes', 'skip_bad_files'):
       keep.pop(volatile)
     keep['columns'] = dict(self.columns)
+    # The vocabulary's identity (not its path) decides the stored ids.
+    keep['vocabulary'] = (tokens.describe(tokens.load(self.vocabulary)) if self.vocabulary
+                          else None)
     keep['inputs'] = {p: os.path.getsize(p) for p in files}
     return keep
 
@@ -83,6 +87,13 @@ def _unit_id(source: str, task: str, template_type: str) -> str:
   return h.hexdigest()
 
 
+def _encode(row: validation.Row, tokenizer: Optional[tokens.Tokenizer]) -> bytes:
+  if tokenizer is None:
+    return writing.encode(row)
+  return writing.encode(row, {f: tokenizer(getattr(row, k))
+                             for k, f in tokens.ID_FEATURES.items()})
+
+
 def _spill_file(path: str, settings: Settings, store: spill.SpillStore,
                 units: Dict[str, List[str]]) -> Dict[str, Any]:
   """Streams one file into the spill; returns its stats {'rows', 'valid', 'bad_rows',
@@ -91,6 +102,7 @@ def _spill_file(path: str, settings: Settings, store: spill.SpillStore,
   bad_by_task: Dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
   rows = valid = 0
   ids: Dict[Tuple[str, str, str], str] = {}
+  tokenizer = tokens.Tokenizer(tokens.load(settings.vocabulary)) if settings.vocabulary else None
   for item in reading.iter_rows(path, dict(settings.columns), settings.batch_rows):
     rows += 1
     if isinstance(item, str):
@@ -111,7 +123,7 @@ def _spill_file(path: str, settings: Settings, store: spill.SpillStore,
       units.setdefault(uid, list(triple))
     key = row_key(source, row)
     store.append(f'{uid}.{split_of(key, settings.validation_fraction)}', key,
-                 writing.encode(dataclasses.replace(row, task_source=source)))
+                 _encode(dataclasses.replace(row, task_source=source), tokenizer))
     valid += 1
   return {'rows': rows, 'valid': valid, 'bad_rows': dict(sorted(bad.items())),
           'bad_by_task': {t: dict(c) for t, c in sorted(bad_by_task.items())}}
@@ -220,7 +232,7 @@ def _check_out_dir(out: str, fingerprint: Dict[str, Any]) -> Optional[Dict[str, 
   work = os.path.join(out, WORK_DIR)
   if os.path.exists(os.path.join(out, index_lib.INDEX)):
     existing = index_lib.load(out)
-    if existing['settings'] != fingerprint:
+    if dict({'vocabulary': None}, **existing['settings']) != fingerprint:
       raise ValueError(f'--out {out!r} already holds a prepared collection made with other '
                        'settings or inputs; choose a new --out')
     return existing
@@ -228,7 +240,7 @@ def _check_out_dir(out: str, fingerprint: Dict[str, Any]) -> Optional[Dict[str, 
   if os.path.exists(saved):
     with open(saved, encoding='utf-8') as f:
       import json  # pylint: disable=g-import-not-at-top
-      if json.load(f) != fingerprint:
+      if dict({'vocabulary': None}, **json.load(f)) != fingerprint:
         raise ValueError(f'--out {out!r} holds an unfinished prepare with other settings or '
                          f'inputs; rerun that command, or delete {work} to start over')
   elif os.path.isdir(out) and any(n != WORK_DIR for n in os.listdir(out)):
@@ -257,6 +269,7 @@ def prepare(src: str, out: str, log=print, **kwargs) -> Dict[str, Any]:
     raise ValueError(f'--src {src!r}: no valid rows in {len(files)} files (rejected rows by '
                      f'reason: {bad.by_reason()}; skipped files: {sorted(state["skipped_files"])})')
   index = {'format': index_lib.FORMAT, 'settings': fingerprint,
+           'vocabulary': fingerprint['vocabulary'],
            'inputs': {p: {k: s[k] for k in ('rows', 'valid', 'bad_rows')}
                       for p, s in sorted(state['inputs'].items())},
            'skipped_files': state['skipped_files'], 'bad_rows': bad.by_reason(),

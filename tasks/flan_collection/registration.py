@@ -10,8 +10,10 @@ One seqio Task per unit of the index (task source, task, template type), named
 all its template types (`flan_collection.{source}.{task}`). Each reads its own shards with
 `seqio.TFExampleDataSource`; with `shard_info` a host reads only every n-th shard (or, for a
 task with fewer shards than hosts, every n-th example), so packing, caching and resumable
-positions work as for any seqio task. Examples are tokenized with the task vocabulary
-(`tasks.vocab`) and get EOS; the metadata features stay on disk.
+positions work as for any seqio task. Shards prepared with a vocabulary (`--vocabulary`) are
+read as stored token ids (after checking that vocabulary is the tasks'); others are tokenized
+with the task vocabulary (`tasks.vocab`) as they are read. Either way examples get EOS and the
+metadata features stay on disk.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ import collections
 import hashlib
 import json
 import os
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import gin
 import seqio
@@ -27,7 +29,7 @@ import tensorflow as tf
 
 from tasks import registry, vocab
 from tasks.flan_collection import index as index_lib
-from tasks.flan_collection import mixtures, writing
+from tasks.flan_collection import mixtures, tokens, writing
 
 PREFIX = 'flan_collection'
 GROUP_BY = ('template', 'task')
@@ -35,6 +37,12 @@ GROUP_BY = ('template', 'task')
 
 def _text_only(dataset: tf.data.Dataset) -> tf.data.Dataset:
   return dataset.map(lambda ex: {'inputs': ex['inputs'], 'targets': ex['targets']},
+                     num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def _ids_only(dataset: tf.data.Dataset) -> tf.data.Dataset:
+  return dataset.map(lambda ex: {k: tf.cast(ex[f], tf.int32)
+                                 for k, f in tokens.ID_FEATURES.items()},
                      num_parallel_calls=tf.data.AUTOTUNE)
 
 
@@ -55,30 +63,48 @@ def groups(index: Dict[str, Any], group_by: str, prefix: str = '') -> Dict[str, 
 
 
 def _add_task(name: str, group: Dict[str, Any], data_dir: str, fingerprint: str,
-              shuffle_buffer_size: int) -> None:
+              shuffle_buffer_size: int, use_tokens: bool) -> None:
   files = {split: sorted(os.path.join(data_dir, f) for f in fs)
            for split, fs in sorted(group['files'].items())}
+  # Stored ids: parse only the int lists (no text, no SentencePiece) -- the fast path.
+  description = ({f: tf.io.RaggedFeature(tf.int64) for f in tokens.ID_FEATURES.values()}
+                 if use_tokens else writing.feature_description())
   source = seqio.TFExampleDataSource(
-      split_to_filepattern=files, feature_description=writing.feature_description(),
+      split_to_filepattern=files, feature_description=description,
       num_input_examples=dict(group['examples']))
-  registry.add_task(name, fingerprint=f'{fingerprint}:{name}', source=source,
+  first = [_ids_only] if use_tokens else [_text_only, seqio.preprocessors.tokenize]
+  registry.add_task(name, fingerprint=f'{fingerprint}:{use_tokens}:{name}', source=source,
                     output_features=vocab.output_features(),
-                    preprocessors=[_text_only, seqio.preprocessors.tokenize,
-                                   seqio.CacheDatasetPlaceholder(),
-                                   seqio.preprocessors.append_eos_after_trim],
+                    preprocessors=first + [seqio.CacheDatasetPlaceholder(),
+                                           seqio.preprocessors.append_eos_after_trim],
                     shuffle_buffer_size=shuffle_buffer_size)
+
+
+def _use_tokens(index: Dict[str, Any], use_tokens: Optional[bool], data_dir: str) -> bool:
+  recorded = index.get('vocabulary')
+  if use_tokens is None:
+    use_tokens = recorded is not None
+  if use_tokens and recorded is None:
+    raise ValueError(f'{data_dir}/index.json: the shards hold no token ids (prepared without '
+                     '--vocabulary); register with use_tokens=False or None')
+  if use_tokens:
+    tokens.check(recorded, vocab.default_vocabulary(), data_dir)
+  return use_tokens
 
 
 @gin.configurable
 def register(data_dir: str = gin.REQUIRED, group_by: str = 'template',
-             name_prefix: str = '', shuffle_buffer_size: int = seqio.SHUFFLE_BUFFER_SIZE
-             ) -> Dict[str, List[str]]:
+             name_prefix: str = '', shuffle_buffer_size: int = seqio.SHUFFLE_BUFFER_SIZE,
+             use_tokens: Optional[bool] = None) -> Dict[str, List[str]]:
   """Registers (idempotently) the tasks and mixtures of a prepared DATA_DIR.
 
   `name_prefix` goes in front of every task and mixture name (e.g. 'v2_' gives
   'v2_flan2022'), so two collections can be registered side by side. `shuffle_buffer_size` is
   per task (seqio's default, 1,000 tokenized examples): a mixture of T tasks holds up to
   T x shuffle_buffer_size examples per host, which bounds it for the 1,800+ FLAN 2022 tasks.
+  `use_tokens`: read the token ids stored by `prepare --vocabulary` (None: when the index has
+  them; they must have been made with the tasks' vocabulary, else ValueError naming both), or
+  (False) tokenize the stored text while reading. Both give the same examples.
 
   Returns {'tasks': task names, 'mixtures': mixture names}. ValueError if the index is
   missing, unfinished, or does not match the shard files.
@@ -87,9 +113,10 @@ def register(data_dir: str = gin.REQUIRED, group_by: str = 'template',
   index = index_lib.load(data_dir)
   with open(os.path.join(data_dir, index_lib.INDEX), 'rb') as f:
     fingerprint = f'flan_collection:{data_dir}:{hashlib.sha1(f.read()).hexdigest()[:12]}'
+  use_tokens = _use_tokens(index, use_tokens, data_dir)
   task_groups = groups(index, group_by, name_prefix)
   for name, group in task_groups.items():
-    _add_task(name, group, data_dir, fingerprint, shuffle_buffer_size)
+    _add_task(name, group, data_dir, fingerprint, shuffle_buffer_size, use_tokens)
   names = mixtures.register_mixtures(task_groups, fingerprint, name_prefix)
   return {'tasks': sorted(task_groups), 'mixtures': names}
 
