@@ -7,20 +7,23 @@ each beside a trivial reader of the same data, and the pipeline against a train 
    template_type), half Parquet and half JSONL: 5 sources x --tasks_per_source tasks x 4
    template types (zs/fs x opt/noopt), few-shot inputs ~4x longer, 1% exact duplicates, 0.1%
    rows with an empty `inputs`.
-2. Prepare (`tasks.flan_collection.prepare`) and a baseline that only parses the same files
+2. Prepare (`tasks.flan_collection.prepare`, storing token ids: `vocabulary='default'`) and a
+   baseline that only parses the same files
    (pyarrow batches, json.loads per line), each in a fresh child process: rows/s, their ratio,
    and each child's peak resident memory (VmHWM), also above a child that only imports the
    same modules (the bound prepare must keep whatever the input size).
-3. In one fresh child process, registers the result and times, round-robin over the rounds,
-   packed `flan2022` batches at instruction-tuning lengths (2048 -> 512, seqio tasks grouped by
-   task) from `tasks.pipeline.get_batches`, against a trivial reader of the same train shards
+3. In one fresh child process, registers the result twice (reading the stored ids; and, unless
+   --no_text_path, tokenizing the stored text while reading, as a collection prepared without
+   a vocabulary is read) and times, round-robin over the rounds, packed `flan2022` batches at
+   instruction-tuning lengths (2048 -> 512, seqio tasks grouped by task) from
+   `tasks.pipeline.get_batches` of each, against a trivial reader of the same train shards
    (`tf.data.TFRecordDataset` + parse, batched by 64, no tokenizing, mixing or packing), each
    round after a few untimed batches that empty the prefetch stock: examples/s, the
-   pipeline's tokens/s (non-padding) and token slots/s, their ratio, start-up time and the
-   child's peak memory.
-4. Headroom: the pipeline's token slots/s over those of the train steps recorded in
+   pipelines' tokens/s (non-padding) and token slots/s, their ratios to the reader, start-up
+   times and the child's peak memory.
+4. Headroom: the ids pipeline's token slots/s over those of the train steps recorded in
    benchmarks/results (CPU 'base-like', H200 'switch-base-like'), i.e. how many such steps one
-   host's pipeline keeps fed.
+   host's pipeline keeps fed, also per core of this machine (tf.data uses every core).
 Writes benchmarks/results/flan_collection/cpu[_quick].json.
 """
 from __future__ import annotations
@@ -149,10 +152,12 @@ def child_read_raw(src_dir: str) -> Dict[str, Any]:
   return {'rows': n, 'chars': chars, 'seconds': time.perf_counter() - start}
 
 
-def child_prepare(src_dir: str, out: str, num_shards: int) -> Dict[str, Any]:
+def child_prepare(src_dir: str, out: str, num_shards: int, vocabulary: str = 'default'
+                  ) -> Dict[str, Any]:
   from tasks.flan_collection import prepare  # pylint: disable=g-import-not-at-top
   start = time.perf_counter()
-  index = prepare.prepare(src_dir, out, log=lambda *a: None, num_shards=num_shards)
+  index = prepare.prepare(src_dir, out, log=lambda *a: None, num_shards=num_shards,
+                          vocabulary=vocabulary)
   return {'seconds': time.perf_counter() - start, 'bad_rows': index['bad_rows'],
           'units': len(index['units']),
           'examples': sum(s['examples'] for u in index['units'] for s in u['splits'].values()),
@@ -164,13 +169,21 @@ def _baseline_iterator(data_dir: str):
   """Parsed train examples of every shard, interleaved: the trivial reader."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   # pylint: disable=g-import-not-at-top
-  from tasks.flan_collection import index as index_lib, writing
+  from tasks.flan_collection import index as index_lib, tokens, writing
   index = index_lib.load(data_dir)
+  description = writing.feature_description(tokens.ID_FEATURES.values() if index.get(
+      'vocabulary') else ())
   files = sorted(os.path.join(data_dir, s['file']) for u in index['units']
                  for s in u['splits'].get('train', {}).get('shards', []))
   ds = tf.data.Dataset.from_tensor_slices(files).interleave(
       tf.data.TFRecordDataset, cycle_length=16, num_parallel_calls=tf.data.AUTOTUNE)
-  ds = ds.map(lambda r: tf.io.parse_single_example(r, writing.feature_description()),
+  def parse(record):   # every feature parsed; the id lists are reduced to their count
+    ex = tf.io.parse_single_example(record, description)
+    return {'inputs': ex['inputs'], 'targets': ex['targets'],
+            'ids': sum((tf.size(ex[k]) for k in description if k.endswith('_ids')),
+                       tf.constant(0))}
+
+  ds = ds.map(parse,
               num_parallel_calls=tf.data.AUTOTUNE).repeat().batch(BASELINE_BATCH)
   return ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
 
@@ -205,44 +218,56 @@ def _time_pipeline(it, n: int) -> Tuple[float, int, int]:
   return time.perf_counter() - start, tokens, examples
 
 
-def child_pipeline(data_dir: str, batch_size: int, batches: int, rounds: int) -> Dict[str, Any]:
-  """Round-robin: per round `batches` packed batches, and as many raw examples as the previous
-  pipeline round packed (at least BASELINE_MIN_EXAMPLES), in alternating order."""
+def child_pipeline(data_dir: str, batch_size: int, batches: int, rounds: int,
+                   text_path: int = 1) -> Dict[str, Any]:
+  """Round-robin: per round `batches` packed batches from the stored token ids ('p'), as many
+  from the text path ('t', tokenizing while reading; when `text_path`), and as many raw
+  examples as the previous ids round packed (at least BASELINE_MIN_EXAMPLES), in rotating
+  order."""
   import tasks  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
   from tasks import flan_collection, pipeline  # pylint: disable=g-import-not-at-top
-  start = time.perf_counter()
-  registered = flan_collection.register(data_dir, group_by='task')
-  it = pipeline.get_batches('flan2022', 'train', LENGTHS, batch_size, seed=0)
-  next(it)
-  startup = time.perf_counter() - start
+  iterators, startup = {}, {}
+  for who, prefix, use_tokens in (('p', '', True), ('t', 'text_', False))[:1 + bool(text_path)]:
+    start = time.perf_counter()
+    registered = flan_collection.register(data_dir, group_by='task', name_prefix=prefix,
+                                          use_tokens=use_tokens)
+    iterators[who] = pipeline.get_batches(f'{prefix}flan2022', 'train', LENGTHS, batch_size,
+                                          seed=0)
+    next(iterators[who])
+    startup[who] = time.perf_counter() - start
   base = _baseline_iterator(data_dir)
   next(base)
   per_round = []
   for r in range(rounds):
-    order = ('pipeline', 'baseline') if r % 2 == 0 else ('baseline', 'pipeline')
+    order = (list(iterators) + ['b'])
+    order = order[r % len(order):] + order[:r % len(order)]
     got: Dict[str, Any] = {}
     for who in order:
-      if who == 'pipeline':
-        got['p_s'], got['tokens'], got['examples'] = _time_pipeline(it, batches)
-      else:   # as many examples as a pipeline round packs (~), from the previous round
-        n = max(BASELINE_MIN_EXAMPLES, per_round[-1]['examples'] if per_round else 0)
+      if who != 'b':
+        got[f'{who}_s'], got[f'{who}_tokens'], got[f'{who}_examples'] = _time_pipeline(
+            iterators[who], batches)
+      else:   # as many examples as an ids round packs (~), from the previous round
+        n = max(BASELINE_MIN_EXAMPLES, per_round[-1]['p_examples'] if per_round else 0)
         got['b_s'], got['b_chars'], got['b_examples'] = _time_baseline(base, n)
     per_round.append(got)
-  return {'startup_s': startup, 'seqio_tasks': len(registered['tasks']), 'rounds': per_round,
+  return {'startup_s': startup['p'], 'text_startup_s': startup.get('t'),
+          'seqio_tasks': len(registered['tasks']), 'rounds': per_round,
           'batch_size': batch_size, 'batches_per_round': batches}
 
 
-def summarise_pipeline(res: Dict[str, Any]) -> Dict[str, Any]:
-  """Per-round rates and their medians; ratio = pipeline examples/s / baseline examples/s."""
+def summarise_pipeline(res: Dict[str, Any], who: str = 'p') -> Dict[str, Any]:
+  """Per-round rates of contender `who` ('p' ids, 't' text) and their medians; ratio =
+  its examples/s / the trivial reader's examples/s in the same round."""
   import statistics  # pylint: disable=g-import-not-at-top
   slots_per_batch = res['batch_size'] * sum(LENGTHS.values())
   rr = []
   for r in res['rounds']:
-    p_ex, b_ex = r['examples'] / r['p_s'], r['b_examples'] / r['b_s']
+    seconds = r[f'{who}_s']
+    p_ex, b_ex = r[f'{who}_examples'] / seconds, r['b_examples'] / r['b_s']
     rr.append({'pipeline_examples_per_s': p_ex, 'baseline_examples_per_s': b_ex,
-               'pipeline_tokens_per_s': r['tokens'] / r['p_s'],
-               'pipeline_token_slots_per_s': res['batches_per_round'] * slots_per_batch / r['p_s'],
-               'pipeline_batches_per_s': res['batches_per_round'] / r['p_s'],
+               'pipeline_tokens_per_s': r[f'{who}_tokens'] / seconds,
+               'pipeline_token_slots_per_s': res['batches_per_round'] * slots_per_batch / seconds,
+               'pipeline_batches_per_s': res['batches_per_round'] / seconds,
                'ratio': p_ex / b_ex})
   med = {k: statistics.median(x[k] for x in rr) for k in rr[0]}
   med['ratio_min'] = min(x['ratio'] for x in rr)
@@ -288,7 +313,7 @@ def run(args: argparse.Namespace, workdir: str) -> Dict[str, Any]:
   print(f'generated {n_rows} rows, {size / 2**20:.0f} MiB in {time.perf_counter() - t:.0f} s',
         flush=True)
   raw = _child(['read_raw', src])
-  prep = _child(['prepare', src, data, str(args.num_shards)])
+  prep = _child(['prepare', src, data, str(args.num_shards), 'default'])
   prep['imports_rss_mib'] = _child(['imports', PREPARE_MODULES])['peak_rss_mib']
   prep['peak_above_imports_mib'] = prep['peak_rss_mib'] - prep['imports_rss_mib']
   prepare = {'input_rows': n_rows, 'input_bytes': size, **prep,
@@ -300,25 +325,46 @@ def run(args: argparse.Namespace, workdir: str) -> Dict[str, Any]:
         f'{prep["peak_above_imports_mib"]:.0f} above its imports) vs raw '
         f'read {prepare["raw_rows_per_s"]:.0f} rows/s (peak {raw["peak_rss_mib"]:.0f} MiB): '
         f'{prepare["ratio_prepare_to_raw_read"]:.3f}x', flush=True)
-  pipe_raw = _child(['pipeline', data, str(args.batch_size), str(args.batches), str(args.rounds)])
+  pipe_raw = _child(['pipeline', data, str(args.batch_size), str(args.batches), str(args.rounds),
+                     str(int(not args.no_text_path))])
   imports = _child(['imports', PIPELINE_MODULES])['peak_rss_mib']
+  cores = len(os.sched_getaffinity(0))
   pipe = dict(summarise_pipeline(pipe_raw), startup_s=pipe_raw['startup_s'],
               imports_rss_mib=imports, peak_above_imports_mib=pipe_raw['peak_rss_mib'] - imports,
               seqio_tasks=pipe_raw['seqio_tasks'], peak_rss_mib=pipe_raw['peak_rss_mib'],
-              batch_size=args.batch_size, lengths=LENGTHS, rounds=pipe_raw['rounds'])
-  print(f'pipeline {pipe["pipeline_examples_per_s"]:.0f} examples/s, '
+              batch_size=args.batch_size, lengths=LENGTHS, cores=cores, rounds=pipe_raw['rounds'])
+  pipe['token_slots_per_s_per_core'] = pipe['pipeline_token_slots_per_s'] / cores
+  _print_pipeline('stored ids', pipe)
+  if not args.no_text_path:
+    pipe['text_path'] = dict(summarise_pipeline(pipe_raw, 't'),
+                             startup_s=pipe_raw['text_startup_s'])
+    pipe['ids_over_text'] = (pipe['pipeline_token_slots_per_s'] /
+                             pipe['text_path']['pipeline_token_slots_per_s'])
+    _print_pipeline('text path', dict(pipe['text_path'], seqio_tasks=pipe['seqio_tasks']))
+  print(f'peak {pipe["peak_rss_mib"]:.0f} MiB ({pipe["peak_above_imports_mib"]:.0f} above its '
+        f'imports); {cores} cores: {pipe["token_slots_per_s_per_core"]:.0f} token slots/s per '
+        'core', flush=True)
+  headroom = {}
+  for name, c in consumption().items():
+    headroom[name] = dict(c, headroom=pipe['pipeline_token_slots_per_s'] / c['token_slots_per_s'],
+                          headroom_per_core=pipe['token_slots_per_s_per_core'] /
+                          c['token_slots_per_s'])
+    if 'text_path' in pipe:
+      headroom[name]['text_path_headroom'] = (pipe['text_path']['pipeline_token_slots_per_s'] /
+                                              c['token_slots_per_s'])
+    print(f'headroom vs {name}: {headroom[name]["headroom"]:.2f}x, per core '
+          f'{headroom[name]["headroom_per_core"]:.2f}x ({c["token_slots_per_s"]:.0f} token '
+          'slots/s)', flush=True)
+  return {'prepare': prepare, 'pipeline': pipe, 'headroom': headroom}
+
+
+def _print_pipeline(label: str, pipe: Dict[str, Any]) -> None:
+  print(f'{label}: {pipe["pipeline_examples_per_s"]:.0f} examples/s, '
         f'{pipe["pipeline_tokens_per_s"]:.0f} tokens/s ({pipe["pipeline_token_slots_per_s"]:.0f} '
         f'slots/s, fill {pipe["fill"]:.2f}) vs trivial reader '
         f'{pipe["baseline_examples_per_s"]:.0f} examples/s: {pipe["ratio"]:.3f}x '
         f'[{pipe["ratio_min"]:.3f}-{pipe["ratio_max"]:.3f}]; start-up {pipe["startup_s"]:.0f} s '
-        f'({pipe["seqio_tasks"]} seqio tasks); peak {pipe["peak_rss_mib"]:.0f} MiB '
-        f'({pipe["peak_above_imports_mib"]:.0f} above its imports)', flush=True)
-  headroom = {}
-  for name, c in consumption().items():
-    headroom[name] = dict(c, headroom=pipe['pipeline_token_slots_per_s'] / c['token_slots_per_s'])
-    print(f'headroom vs {name}: {headroom[name]["headroom"]:.2f}x '
-          f'({c["token_slots_per_s"]:.0f} token slots/s)', flush=True)
-  return {'prepare': prepare, 'pipeline': pipe, 'headroom': headroom}
+        f'({pipe["seqio_tasks"]} seqio tasks)', flush=True)
 
 
 def _parse(argv):
@@ -331,11 +377,13 @@ def _parse(argv):
   p.add_argument('--batch_size', type=int, default=None, help='packed rows per batch (8; quick 2)')
   p.add_argument('--batches', type=int, default=None, help='batches per round (100; quick: 2)')
   p.add_argument('--rounds', type=int, default=None, help='timed rounds (5; quick: 2)')
+  p.add_argument('--no_text_path', action='store_true',
+                 help='skip timing the text path (tokenizing while reading) beside the ids')
   p.add_argument('--results_dir', default=os.path.join(RESULTS, 'flan_collection'))
   p.add_argument('--workdir', default=None, help='where to generate (default: a temp dir)')
   args = p.parse_args(argv)
   for key, full, quick in (('size_mb', 256, 2), ('tasks_per_source', 12, 2), ('batch_size', 8, 2),
-                           ('batches', 100, 2), ('rounds', 5, 2)):
+                           ('batches', 300, 2), ('rounds', 5, 2)):
     if getattr(args, key) is None:
       setattr(args, key, quick if args.quick else full)
   return args
@@ -347,7 +395,7 @@ def main(argv=None) -> Dict[str, Any]:
     kind, rest = argv[1], argv[2:]
     fn = {'imports': lambda: child_imports(rest[0]),
           'read_raw': lambda: child_read_raw(*rest),
-          'prepare': lambda: child_prepare(rest[0], rest[1], int(rest[2])),
+          'prepare': lambda: child_prepare(rest[0], rest[1], int(rest[2]), rest[3]),
           'pipeline': lambda: child_pipeline(rest[0], *map(int, rest[1:]))}[kind]
     out = fn()
     print(_MARK + json.dumps(dict(out, peak_rss_mib=_peak_rss_mib())), flush=True)
@@ -367,7 +415,7 @@ def main(argv=None) -> Dict[str, Any]:
                         'platform': platform.platform(), **_versions()},
             'settings': {k: getattr(args, k) for k in ('size_mb', 'tasks_per_source',
                                                        'num_shards', 'batch_size', 'batches',
-                                                       'rounds')},
+                                                       'rounds', 'no_text_path')},
             **measured}
   os.makedirs(args.results_dir, exist_ok=True)
   path = os.path.join(args.results_dir, 'cpu_quick.json' if args.quick else 'cpu.json')

@@ -34,9 +34,12 @@ def test_generated_export_has_the_published_schema_and_its_defects(tmp_path):
 
 
 def test_pipeline_summary_is_per_round_medians():
-  rounds = [{'p_s': 2.0, 'tokens': 4000, 'examples': 100, 'b_s': 1.0, 'b_examples': 200},
-            {'p_s': 1.0, 'tokens': 3000, 'examples': 90, 'b_s': 2.0, 'b_examples': 100},
-            {'p_s': 4.0, 'tokens': 8000, 'examples': 200, 'b_s': 1.0, 'b_examples': 400}]
+  rounds = [{'p_s': 2.0, 'p_tokens': 4000, 'p_examples': 100, 'b_s': 1.0, 'b_examples': 200,
+             't_s': 10.0, 't_tokens': 4000, 't_examples': 100},
+            {'p_s': 1.0, 'p_tokens': 3000, 'p_examples': 90, 'b_s': 2.0, 'b_examples': 100,
+             't_s': 20.0, 't_tokens': 3000, 't_examples': 90},
+            {'p_s': 4.0, 'p_tokens': 8000, 'p_examples': 200, 'b_s': 1.0, 'b_examples': 400,
+             't_s': 8.0, 't_tokens': 8000, 't_examples': 200}]
   out = bench.summarise_pipeline({'rounds': rounds, 'batch_size': 2, 'batches_per_round': 5})
   # Per-round ratios: (100/2)/(200/1)=0.25, (90/1)/(100/2)=1.8, (200/4)/(400/1)=0.125.
   assert out['ratio'] == pytest.approx(0.25)
@@ -44,3 +47,8 @@ def test_pipeline_summary_is_per_round_medians():
   assert out['pipeline_examples_per_s'] == pytest.approx(50.0)       # median of 50, 90, 50
   assert out['pipeline_token_slots_per_s'] == pytest.approx(5 * 2 * 2560 / 2.0)
   assert out['pipeline_tokens_per_s'] == pytest.approx(2000.0)       # median of 2000, 3000, 2000
+  text = bench.summarise_pipeline({'rounds': rounds, 'batch_size': 2, 'batches_per_round': 5},
+                                  who='t')
+  # Text-path ratios: (100/10)/200=0.05, (90/20)/50=0.09, (200/8)/400=0.0625.
+  assert text['ratio'] == pytest.approx(0.0625)
+  assert text['pipeline_batches_per_s'] == pytest.approx(5 / 10.0)   # median of 0.5, .25, .625
