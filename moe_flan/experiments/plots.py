@@ -8,11 +8,12 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import matplotlib
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402  pylint: disable=g-import-not-at-top
+import matplotlib.ticker  # noqa: E402  pylint: disable=g-import-not-at-top
 
 
 def _headline_rows(report: Mapping[str, Any]) -> list[Mapping[str, Any]]:
@@ -27,23 +28,37 @@ def score_vs_flops(path: str, report: Mapping[str, Any]) -> None:
   fig, axes = plt.subplots(1, len(protocols), figsize=(4.2 * len(protocols), 3.6), sharey=True,
                            squeeze=False)
   for ax, protocol in zip(axes[0], protocols):
-    for r in (r for r in rows if r['protocol'] == protocol):
+    for i, r in enumerate(r for r in rows if r['protocol'] == protocol):
       info = report['models'][r['model']]
       ax.errorbar(info['flops_per_token'], r['mean'], yerr=r['std'] or 0.0, capsize=3,
                   marker='^' if info['sparse'] else 'o', linestyle='none',
                   color='tab:red' if info['sparse'] else 'tab:blue')
       ax.annotate(r['model'], (info['flops_per_token'], r['mean']), fontsize=7,
-                  xytext=(4, 4), textcoords='offset points')
-    ax.set_xscale('log')
-    ax.set_xlabel('forward FLOPs per token')
+                  xytext=(6, 6 - 9 * i), textcoords='offset points')   # stacked: no overlap
+    _flops_axis(ax, [report['models'][r['model']]['flops_per_token'] for r in rows])
     ax.set_title(f'{protocol}: {report["protocols"][str(protocol)]}', fontsize=9)
     ax.grid(alpha=0.3)
   axes[0][0].set_ylabel(report['headline'] + ' (%)')
-  fig.suptitle('held-out score vs FLOPs per token (▲ sparse, ● dense; bars: std over seeds)',
+  fig.suptitle('headline score vs FLOPs per token (▲ sparse, ● dense; bars: std over seeds)',
                fontsize=9)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
+
+
+def _flops_axis(ax: Any, flops: Sequence[float]) -> None:
+  """Log scale over a wide FLOPs range (the paper's Figure 1); models of equal FLOPs per token
+  (within 2x) get a linear axis in MFLOPs, whose labels do not run into each other."""
+  low, high = min(flops), max(flops)
+  if high > 2 * low:
+    ax.set_xscale('log')
+    ax.set_xlabel('forward FLOPs per token')
+    return
+  margin = max(0.05 * low, high - low)
+  ax.set_xlim(low - margin, high + margin)
+  ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(3))
+  ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f'{x / 1e6:.3g}'))
+  ax.set_xlabel('forward MFLOPs per token')
 
 
 def moe_minus_dense(path: str, report: Mapping[str, Any]) -> None:
