@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
+from moe_flan import atomic_file
 from moe_flan.config import T5Config
 
 MODEL_GIN = 'model.gin'   # the file name in MODEL_DIR and in converted checkpoint directories
@@ -49,9 +50,5 @@ def write_model_gin(directory: str, config: T5Config, header: str = '',
                     name: str = MODEL_GIN) -> str:
   """Writes `directory/name` (model.gin unless named; replacing an older one) and returns its
   path."""
-  path = os.path.join(directory, name)
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    f.write(config_to_gin(config, header or 'The model of this directory (moe_flan.load reads it).'))
-  os.replace(tmp, path)   # readers never see a half-written file
-  return path
+  return atomic_file.write_text(os.path.join(directory, name), config_to_gin(
+      config, header or 'The model of this directory (moe_flan.load reads it).'))

@@ -3,9 +3,9 @@ modules import each other (directly or through others), and no two packages of m
 (moe_flan/<name>) do either, counting imports inside functions too.
 
 Layers, bottom to top (moe_flan/<name>, the first component after `moe_flan.`):
-  config, axes, config_gin  ->  layers, kernels  ->  moe  ->  model  ->  partitioning  ->
-  decoding  ->  evaluation  ->  trainer  ->  convert  ->  entry points (train, evaluate, infer,
-  list_shardings, loading, aot, experiments, and the package itself).
+  config, axes, config_gin, atomic_file  ->  layers, kernels  ->  moe  ->  model  ->
+  partitioning  ->  decoding  ->  evaluation  ->  trainer  ->  convert  ->  entry points (train,
+  evaluate, infer, list_shardings, loading, aot, experiments, and the package itself).
 `tasks` (SeqIO tasks) stands beside the model stack: it imports nothing of moe_flan, and only
 the evaluation layer and above import it.
 """
@@ -16,7 +16,7 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAYERS = [
-    {'config', 'axes', 'config_gin'},
+    {'config', 'axes', 'config_gin', 'atomic_file'},
     {'layers', 'kernels'},
     {'moe'},
     {'model'},

@@ -12,10 +12,11 @@ minimum; --out writes the same as JSON. MODEL_DIR need not be set.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import Any, Optional, Sequence
+
+from moe_flan import atomic_file
 
 GIB = 1024 ** 3
 
@@ -119,8 +120,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   print(format_report(result), flush=True)
   if args.out:
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, 'w') as f:
-      json.dump(result, f, indent=1)
+    atomic_file.write_json(args.out, result, sort_keys=False)
   return 0 if result['memory_per_chip']['fits'] else 1
 
 

@@ -10,7 +10,6 @@ via `moe_flan.trainer.checkpoints.load_params`.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from typing import Any, Dict, Optional
@@ -19,6 +18,7 @@ import flax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from moe_flan import atomic_file
 from moe_flan import config_gin
 from moe_flan.config import T5Config
 from moe_flan.trainer import checkpoints
@@ -43,11 +43,10 @@ def save(directory: str, params: Any, config: T5Config, hf_config: Optional[Dict
   ckptr = ocp.StandardCheckpointer()
   ckptr.save(os.path.join(directory, STATE), {'params': params})
   ckptr.wait_until_finished()
-  with open(os.path.join(directory, MODEL_GIN), 'w') as f:
-    f.write(config_gin.config_to_gin(config, header))
+  atomic_file.write_text(os.path.join(directory, MODEL_GIN),
+                         config_gin.config_to_gin(config, header))
   if hf_config is not None:
-    with open(os.path.join(directory, HF_CONFIG), 'w') as f:
-      json.dump(hf_config, f, indent=2, sort_keys=True)
+    atomic_file.write_json(os.path.join(directory, HF_CONFIG), hf_config, indent=2)
   if spm_path is not None:
     shutil.copyfile(spm_path, os.path.join(directory, SPM))
 

@@ -20,6 +20,8 @@ import numpy as np
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
+from moe_flan import atomic_file
+
 CONFIG_NAME = 'config.json'
 SINGLE_NAME = 'model.safetensors'
 INDEX_NAME = 'model.safetensors.index.json'
@@ -158,8 +160,7 @@ def write_checkpoint(directory: str, config: Mapping, tensors: Mapping[str, np.n
                      max_shard_bytes: int = 5 * 2**30) -> None:
   """Writes config.json and the tensors, sharded HF-style when they exceed max_shard_bytes."""
   os.makedirs(directory, exist_ok=True)
-  with open(os.path.join(directory, CONFIG_NAME), 'w') as f:
-    json.dump(dict(config), f, indent=2, sort_keys=True)
+  atomic_file.write_json(os.path.join(directory, CONFIG_NAME), dict(config), indent=2)
   tensors = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
   shards = _shards(tensors, max_shard_bytes)
   metadata = {'format': 'pt'}  # transformers refuses safetensors files without this tag
@@ -172,6 +173,5 @@ def write_checkpoint(directory: str, config: Mapping, tensors: Mapping[str, np.n
     save_file(shard, os.path.join(directory, name), metadata=metadata)
     weight_map.update({k: name for k in shard})
   total = int(sum(v.nbytes for v in tensors.values()))
-  with open(os.path.join(directory, INDEX_NAME), 'w') as f:
-    json.dump({'metadata': {'total_size': total}, 'weight_map': weight_map}, f, indent=2,
-              sort_keys=True)
+  atomic_file.write_json(os.path.join(directory, INDEX_NAME),
+                         {'metadata': {'total_size': total}, 'weight_map': weight_map}, indent=2)

@@ -13,10 +13,11 @@ sqrt(sum (n se)^2) / N (exact for means of independent examples).
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from typing import Any, Callable, Mapping, Optional, Sequence
+
+from moe_flan import atomic_file
 
 COUNT_METRICS = ('unparsable',)
 
@@ -78,9 +79,7 @@ def write_predictions(directory: str, records: Mapping[str, Sequence[Mapping[str
                       ) -> None:
   os.makedirs(directory, exist_ok=True)
   for task, rows in records.items():
-    with open(os.path.join(directory, f'{task}.jsonl'), 'w', encoding='utf-8') as f:
-      for r in rows:
-        f.write(json.dumps(r, ensure_ascii=False) + '\n')
+    atomic_file.write_jsonl(os.path.join(directory, f'{task}.jsonl'), rows, ensure_ascii=False)
 
 
 def scalars(results: Mapping[str, Any]) -> dict[str, float]:
@@ -130,8 +129,7 @@ def write_all(output_dir: str, results: Mapping[str, Any],
               records: Mapping[str, Sequence[Mapping[str, Any]]]) -> None:
   """results.json, predictions/, TensorBoard events (tensorboard/) under `output_dir`."""
   os.makedirs(output_dir, exist_ok=True)
-  with open(os.path.join(output_dir, 'results.json'), 'w', encoding='utf-8') as f:
-    json.dump(results, f, indent=1, sort_keys=True)
+  atomic_file.write_json(os.path.join(output_dir, 'results.json'), results)
   write_predictions(os.path.join(output_dir, 'predictions'), records)
   write_tensorboard(os.path.join(output_dir, 'tensorboard'), results['checkpoint_step'],
                     scalars(results))

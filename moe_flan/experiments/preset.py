@@ -18,6 +18,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import gin
 
+from moe_flan import atomic_file
 from moe_flan import config as config_lib
 from moe_flan.trainer import cli
 from moe_flan.trainer import freezing
@@ -258,7 +259,7 @@ def store_or_check(experiment_dir: str, current: Mapping[str, Any], gin_text: st
                        f'changed: {"; ".join(changed)}. Use a new EXPERIMENT_DIR or the stored '
                        'preset.')
   os.makedirs(experiment_dir, exist_ok=True)
-  write_json(path, {**current, 'preset_gin': gin_text})
+  atomic_file.write_json(path, {**current, 'preset_gin': gin_text})
 
 
 def _is_addition(key: str, old_keys: Mapping[str, Any]) -> bool:
@@ -268,11 +269,3 @@ def _is_addition(key: str, old_keys: Mapping[str, Any]) -> bool:
       row = prefix if not prefix.endswith('.') else prefix + key[len(prefix):].split('.')[0]
       return not any(k == row or k.startswith(row + '.') for k in old_keys)
   return False
-
-
-def write_json(path: str, value: Mapping[str, Any]) -> None:
-  """Atomically: a kill leaves the old file or the new one, never half of one."""
-  tmp = path + '.tmp'
-  with open(tmp, 'w', encoding='utf-8') as f:
-    json.dump(value, f, indent=1, sort_keys=True)
-  os.replace(tmp, path)

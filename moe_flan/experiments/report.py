@@ -13,6 +13,7 @@ import datetime
 import os
 from typing import Any, Mapping, Optional, Sequence
 
+from moe_flan import atomic_file
 from moe_flan.experiments import comparisons
 from moe_flan.experiments import plan as plan_lib
 from moe_flan.experiments import plots
@@ -274,6 +275,5 @@ def markdown(report: Mapping[str, Any]) -> str:
 def write(experiment_dir: str, report: dict[str, Any]) -> None:
   """The plots, report.json and report.md (in that order: the report lists the plots)."""
   report['plots'] = plots.write_all(experiment_dir, report)
-  preset_lib.write_json(os.path.join(experiment_dir, 'report.json'), report)
-  with open(os.path.join(experiment_dir, 'report.md'), 'w', encoding='utf-8') as f:
-    f.write(markdown(report))
+  atomic_file.write_json(os.path.join(experiment_dir, 'report.json'), report)
+  atomic_file.write_text(os.path.join(experiment_dir, 'report.md'), markdown(report))

@@ -26,10 +26,10 @@ import flax.linen as nn
 import jax
 import numpy as np
 
+from moe_flan import atomic_file
 from moe_flan import config as config_lib
 from moe_flan.trainer import checkpoint_eval
 from moe_flan.experiments import plan as plan_lib
-from moe_flan.experiments import preset as preset_lib
 from moe_flan.model import abstract_params
 from moe_flan.model import flops
 from moe_flan.trainer import cli
@@ -129,7 +129,7 @@ def execute(run: plan_lib.Run, search_paths: Sequence[str], lengths: Mapping[str
       'evaluations': evaluations, 'started': _iso(started), 'finished': _iso(now),
       'started_unix': started, 'finished_unix': now, 'wall_s': now - started, 'timing': timing,
       'commit': commit}
-  preset_lib.write_json(os.path.join(run.model_dir, RESULTS_FILE), results)
+  atomic_file.write_json(os.path.join(run.model_dir, RESULTS_FILE), results)
   return results
 
 

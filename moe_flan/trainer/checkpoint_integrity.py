@@ -16,6 +16,8 @@ import os
 import zlib
 from typing import Optional
 
+from moe_flan import atomic_file
+
 MANIFEST = 'checksums.json'
 _CHUNK = 1 << 24
 
@@ -47,10 +49,8 @@ def seal(step_dir: str) -> None:
   """Writes `step_dir/checksums.json` (size and CRC-32 of every file), atomically."""
   files = {rel: {'size': os.path.getsize(os.path.join(step_dir, rel)),
                  'crc32': _crc32(os.path.join(step_dir, rel))} for rel in _files(step_dir)}
-  tmp = os.path.join(step_dir, MANIFEST + '.tmp')
-  with open(tmp, 'w') as f:
-    json.dump({'algorithm': 'crc32', 'files': files}, f, indent=0, sort_keys=True)
-  os.replace(tmp, os.path.join(step_dir, MANIFEST))
+  atomic_file.write_json(os.path.join(step_dir, MANIFEST), {'algorithm': 'crc32', 'files': files},
+                         indent=0)
 
 
 def is_sealed(step_dir: str) -> bool:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Optional, Sequence
 
@@ -10,6 +9,7 @@ import gin
 import jax
 import numpy as np
 
+from moe_flan import atomic_file
 from moe_flan import config as config_lib
 from moe_flan import decoding
 from moe_flan.partitioning import mesh as mesh_lib
@@ -87,7 +87,5 @@ def infer(model_dir: str = gin.REQUIRED, model: config_lib.T5Config = gin.REQUIR
       model_dir, settings.output_file)
   if jax.process_index() == 0:
     os.makedirs(os.path.dirname(out_path) or '.', exist_ok=True)
-    with open(out_path, 'w') as f:
-      for r in rows:
-        f.write(json.dumps(r) + '\n')
+    atomic_file.write_jsonl(out_path, rows)
   return rows

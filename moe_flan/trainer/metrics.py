@@ -14,6 +14,8 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
+from moe_flan import atomic_file
+
 
 def to_python(metrics: Mapping[str, Any]) -> dict[str, Any]:
   """Device arrays -> floats / nested lists (JSON-able)."""
@@ -82,6 +84,4 @@ def truncate_after(path: str, step: int) -> None:
   records = [r for r in read_jsonl(path) if r['step'] <= step]
   if jax.process_index() != 0 or not os.path.exists(path):
     return
-  with open(path, 'w') as f:
-    for r in records:
-      f.write(json.dumps(r) + '\n')
+  atomic_file.write_jsonl(path, records)   # a crash here must not lose the kept records

@@ -9,13 +9,13 @@
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
 import gin
 import jax
 
+from moe_flan import atomic_file
 from moe_flan import config as config_lib
 
 CONFIG_GIN = 'config.gin'
@@ -45,8 +45,7 @@ def write(model_dir: str, mesh: jax.sharding.Mesh, model_config: config_lib.T5Co
   """Writes MODEL_DIR/config.gin and mesh.json (process 0 only) and returns the log line."""
   facts = describe(mesh, model_config)
   if jax.process_index() == 0:
-    with open(os.path.join(model_dir, CONFIG_GIN), 'w') as f:
-      f.write(gin.operative_config_str())
-    with open(os.path.join(model_dir, MESH_JSON), 'w') as f:
-      json.dump(facts, f, indent=1)
+    atomic_file.write_text(os.path.join(model_dir, CONFIG_GIN), gin.operative_config_str())
+    # Unsorted: the mesh axes keep their order.
+    atomic_file.write_json(os.path.join(model_dir, MESH_JSON), facts, sort_keys=False)
   return log_line(facts)
