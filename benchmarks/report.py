@@ -14,6 +14,8 @@ from typing import Any, Iterable
 
 import jax
 
+from moe_flan import atomic_file
+
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results')
 
 
@@ -50,11 +52,10 @@ def build(suite: str, quick: bool, command: str, peak: dict, records: list[dict]
 def write(result: dict, path: str) -> None:
   """Writes atomically (a temp file renamed into place), so a killed run leaves no half file."""
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
+  def dump(f):
     json.dump(result, f, indent=1, sort_keys=False, default=float)
     f.write('\n')
-  os.replace(tmp, path)
+  atomic_file.write_with(path, dump)
 
 
 def _fmt_ratio(row: dict) -> str:
