@@ -37,29 +37,44 @@ GROUP_MAJOR = (axes.EXPERT_GROUP, axes.UNMODELED, axes.CAPACITY, axes.EMBED)
 EXPERT_MAJOR = (axes.EXPERT, axes.EXPERT_GROUP, axes.CAPACITY, axes.EMBED)
 
 
-def constrain(x: jax.Array, names: Sequence[Optional[str]]) -> jax.Array:
-  """`nn.with_logical_constraint(x, names)`, except that a dimension whose size the mesh axes
-  it maps to do not divide is left unconstrained (XLA picks its layout; see the module doc)."""
+def _unfit(x: jax.Array, names: Sequence[Optional[str]]) -> Optional[list[bool]]:
+  """Per dimension: True where the mesh axes the rules map it to do not divide its size; None
+  outside a mesh or without rules (constraints are no-ops there)."""
   mesh = jax.sharding.get_abstract_mesh()
   rules = nn.get_logical_axis_rules()
   if mesh.empty or not rules:
-    return nn.with_logical_constraint(x, names)
+    return None
   spec = nn.logical_to_mesh_axes(names, rules)
-  kept = list(names)
-  for i, (size, mesh_axes) in enumerate(zip(x.shape, spec)):
-    mesh_axes = (mesh_axes,) if isinstance(mesh_axes, str) else (mesh_axes or ())
-    if size % math.prod(mesh.shape[a] for a in mesh_axes):
-      kept[i] = PartitionSpec.UNCONSTRAINED
-  return nn.with_logical_constraint(x, tuple(kept))
+  return [bool(size % math.prod(mesh.shape[a] for a in
+                                ((m,) if isinstance(m, str) else (m or ()))))
+          for size, m in zip(x.shape, spec)]
+
+
+def constrain(x: jax.Array, names: Sequence[Optional[str]]) -> jax.Array:
+  """`nn.with_logical_constraint(x, names)`, except that a dimension whose size the mesh axes
+  it maps to do not divide is left unconstrained (XLA picks its layout; see the module doc)."""
+  unfit = _unfit(x, names)
+  if unfit is None:
+    return nn.with_logical_constraint(x, names)
+  return nn.with_logical_constraint(x, tuple(PartitionSpec.UNCONSTRAINED if u else n
+                                             for u, n in zip(unfit, names)))
+
+
+def _group_major(x: jax.Array) -> jax.Array:
+  """<dtype>[G, E, C, D] constrained GROUP_MAJOR; left as it is when the groups do not divide
+  their mesh axes: the experts then stay split where XLA has them (an unsplit E beside
+  unsplittable groups has no efficient layout change from the expert-major buffers)."""
+  unfit = _unfit(x, GROUP_MAJOR)
+  return x if unfit and unfit[0] else constrain(x, GROUP_MAJOR)
 
 
 def to_expert_major(x: jax.Array) -> jax.Array:
   """<dtype>[G, E, C, D] (groups split) -> <dtype>[E, G, C, D] (experts split): an all-to-all."""
-  x = constrain(x, GROUP_MAJOR)
+  x = _group_major(x)
   return constrain(jnp.swapaxes(x, 0, 1), EXPERT_MAJOR)
 
 
 def to_group_major(x: jax.Array) -> jax.Array:
   """<dtype>[E, G, C, D] (experts split) -> <dtype>[G, E, C, D] (groups split): the reverse."""
   x = constrain(x, EXPERT_MAJOR)
-  return constrain(jnp.swapaxes(x, 0, 1), GROUP_MAJOR)
+  return _group_major(jnp.swapaxes(x, 0, 1))
