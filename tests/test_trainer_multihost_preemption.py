@@ -165,7 +165,9 @@ def test_sigterm_to_one_process_stops_both_at_one_step_and_resumes_exactly(runs)
   assert runs['mesh'] == {'mesh': {'data': 4, 'expert': 1, 'model': 1}, 'processes': 2,
                           'devices': 4, 'local_devices': 2, 'platform': 'cpu',
                           'moe_dispatch': 'einsum'}
-  assert f"MODEL_DIR = '{runs['dirs']['ref']}'" in runs['config_gin']
+  # gin continues a long value on the next line ('MODEL_DIR = \\' + newline): compare unwrapped.
+  unwrapped = ''.join(runs['config_gin'].replace('\\\n', ' ').split())
+  assert f"MODEL_DIR='{runs['dirs']['ref']}'" in unwrapped
   assert 'train.model_dir = %MODEL_DIR' in runs['config_gin']
 
 
