@@ -1,11 +1,9 @@
 """The experiment's distillation row and ablations: which runs they add and which base runs they
 reuse, the fraction of the MoE-over-dense gain a distilled student keeps (against a hand
-computation), the preset check, and one seed of gin/experiments/tiny.gin end to end with a
-distilled student and a frozen-router ablation."""
+computation) and the preset check. The distillation row end to end: test_experiments_flan_moe.py."""
 import json
 import os
 
-import gin
 import numpy as np
 import pytest
 
@@ -13,18 +11,10 @@ from moe_flan.experiments import comparisons
 from moe_flan.experiments import plan as plan_lib
 from moe_flan.experiments import preset as preset_lib
 
-PRESET = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'gin',
-                      'experiments', 'tiny.gin')
 DENSE = preset_lib.ModelSpec('models/t5_1_1_tiny.gin')
 MOE = preset_lib.ModelSpec('models/flan_moe_tiny.gin')
 SPARSE = {'dense': False, 'moe': True}
 DISTILL = {'teacher': 'moe', 'student': 'dense'}
-
-
-@pytest.fixture(scope='module', autouse=True)
-def clear_gin_after_module():
-  yield
-  gin.clear_config()
 
 
 def _experiment(**kw):
@@ -209,49 +199,3 @@ def test_ablation_rows_against_a_hand_computation():
   assert '| v | finetune_aux_loss = False | moe | 3: p3 | 55.0 ± 7.1 | 56.0 ± 4.2 | 1.0 ± 2.8 |' in text
   assert "0.0 ± 0.0 (the base's runs) |" in text
 
-
-def _load(path):
-  with open(path, encoding='utf-8') as f:
-    return json.load(f)
-
-
-@pytest.mark.usefixtures('persistent_compilation_cache')
-def test_a_distilled_student_on_tiny_checkpoints(tmp_path):
-  """One seed of the tiny preset: the runs the distillation row needs (both pretrainings and
-  instruction tunings, then the student), trained and evaluated by the runner; the report's
-  distillation numbers against the evaluations' results.json files."""
-  from moe_flan.experiments import report as report_lib  # pylint: disable=g-import-not-at-top
-  from moe_flan.experiments import runner  # pylint: disable=g-import-not-at-top
-  from moe_flan.trainer import cli  # pylint: disable=g-import-not-at-top
-  flags = cli.parse_flags([
-      f'--gin_file={PRESET}', f"--gin.EXPERIMENT_DIR='{tmp_path}'", '--gin.Experiment.seeds=[0]',
-      '--gin.Experiment.heldout_eval_mixtures=[]',
-      "--gin.Experiment.distill={'teacher': 'switch_top1', 'student': 'dense'}"])
-  cli.configure_gin(flags)
-  experiment_dir, experiment = preset_lib.flan_moe_experiment()
-  sparse = {m: preset_lib.resolve_model(spec, flags.gin_search_paths).moe is not None
-            for m, spec in experiment.models.items()}
-  runs = [r for r in plan_lib.plan(experiment_dir, experiment, sparse)
-          if r.protocol in (None, 2, plan_lib.DISTILL)]
-  assert [r.name for r in runs][-1] == 'dense/seed_0/distill_switch_top1'
-  for run in runs:
-    runner.execute(run, flags.gin_search_paths, experiment.task_feature_lengths, None)
-  student = runner.finished(runs[-1])
-  assert student['train']['step'] == 2 and student['teacher'] == 'switch_top1'
-  assert student['init_from'] == runs[0].model_dir          # the dense pretraining
-  assert student['teacher_dir'] == runs[3].model_dir        # the Switch instruction tuning
-  assert os.path.isfile(os.path.join(runs[-1].model_dir, 'teacher.gin'))
-  d = report_lib.build(experiment_dir, experiment, runs, 'cmd', 0.0, None)['distill']
-  mixture, _, metric = experiment.headline.partition('/')
-  score = lambda source: _load(os.path.join(experiment_dir, source))['overall']['macro'][metric][
-      'value']
-  (seed,) = d['seeds']
-  assert seed['sources'] == {
-      'student': f'runs/dense/seed_0/distill_switch_top1/eval/{mixture}/results.json',
-      'dense': f'runs/dense/seed_0/p2_instruction_tune/eval/{mixture}/results.json',
-      'moe': f'runs/switch_top1/seed_0/p2_instruction_tune/eval/{mixture}/results.json'}
-  for key in ('student', 'dense', 'moe'):
-    assert seed[key] == score(seed['sources'][key])
-  gain = seed['moe'] - seed['dense']
-  assert seed['fraction'] == (None if abs(gain) <= comparisons.GAIN_EPSILON else
-                              pytest.approx((seed['student'] - seed['dense']) / gain))

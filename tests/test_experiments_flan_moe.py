@@ -169,6 +169,45 @@ def test_a_changed_preset_is_refused(experiment):
   assert '\n' not in str(e.value)
 
 
+
+def test_a_distillation_row_added_to_the_finished_experiment(experiment, capsys):
+  """The preset grows by the distillation row: only the students run (every finished run is
+  skipped), each from its seed's dense pretraining with that seed's Switch protocol-2 model as
+  teacher; the report's distillation numbers against the evaluations' results.json files."""
+  from moe_flan.experiments import comparisons  # pylint: disable=g-import-not-at-top
+  before = _run_results(experiment)
+  capsys.readouterr()
+  assert _main(experiment,
+               "--gin.Experiment.distill={'teacher': 'switch_top1', 'student': 'dense'}") == 0
+  out = capsys.readouterr().out
+  assert _run_results(experiment) == before
+  assert all(f'{name}: finished, skipped' in out for name in RUN_NAMES)
+  mixture, _, metric = 'flan_embedded_downstream_scoring/accuracy'.partition('/')
+  for seed in (0, 1):
+    student = _load(os.path.join(experiment, 'runs', 'dense', f'seed_{seed}',
+                                 'distill_switch_top1', 'results.json'))
+    assert student['train']['step'] == 2 and student['teacher'] == 'switch_top1'
+    assert student['init_from'] == os.path.join(experiment, 'runs', 'dense', f'seed_{seed}',
+                                                'pretrain')
+    assert student['teacher_dir'] == os.path.join(experiment, 'runs', 'switch_top1',
+                                                  f'seed_{seed}', 'p2_instruction_tune')
+    assert os.path.isfile(os.path.join(experiment, 'runs', 'dense', f'seed_{seed}',
+                                       'distill_switch_top1', 'teacher.gin'))
+  d = _load(os.path.join(experiment, 'report.json'))['distill']
+  assert [s['seed'] for s in d['seeds']] == [0, 1]
+  for seed in d['seeds']:
+    s = seed['seed']
+    assert seed['sources'] == {
+        'student': f'runs/dense/seed_{s}/distill_switch_top1/eval/{mixture}/results.json',
+        'dense': f'runs/dense/seed_{s}/p2_instruction_tune/eval/{mixture}/results.json',
+        'moe': f'runs/switch_top1/seed_{s}/p2_instruction_tune/eval/{mixture}/results.json'}
+    for key in ('student', 'dense', 'moe'):
+      assert seed[key] == _score(_load(os.path.join(experiment, seed['sources'][key])),
+                                 'overall', metric)
+    gain = seed['moe'] - seed['dense']
+    assert seed['fraction'] == (None if abs(gain) <= comparisons.GAIN_EPSILON else
+                                pytest.approx((seed['student'] - seed['dense']) / gain))
+
 def test_differences_and_settings_checks():
   assert preset_lib.differences({'a': {'b': 1, 'c': [1]}}, {'a': {'b': 2, 'c': [1]}, 'd': 0}) == [
       'a.b: 1 -> 2', 'd: "(absent)" -> 0']
