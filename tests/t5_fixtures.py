@@ -21,6 +21,21 @@ TINY_GIN_MODEL = [
 ]
 
 
+
+def write_step0_model_dir(model_dir: str) -> None:
+  """A MODEL_DIR of the tiny sparse model (TINY_GIN_MODEL, quickstart run file) whose only
+  checkpoint is the initial state: step 0, so nothing is compiled and no evaluation runs."""
+  import gin  # pylint: disable=g-import-not-at-top
+  from moe_flan.trainer import cli, loop  # pylint: disable=g-import-not-at-top
+  cli.configure_gin(cli.Flags(('runs/quickstart.gin',), tuple(TINY_GIN_MODEL + [
+      f"MODEL_DIR = '{model_dir}'", 'TRAIN_STEPS = 0', 'RunConfig.write_plots = False',
+      'RunConfig.final_eval_mixtures = ()', "MIXTURE_OR_TASK_NAME = 'emb_nli'",
+      'DataConfig.truncation_check_examples = 0']), ()))
+  try:
+    loop.train()
+  finally:
+    gin.clear_config()
+
 def tiny_config(moe: bool = False, **overrides) -> T5Config:
   fields = dict(vocab_size=32, emb_dim=16, num_heads=2, head_dim=8, num_encoder_layers=2,
                 num_decoder_layers=2, mlp_dim=24)

@@ -13,12 +13,11 @@ import os
 import subprocess
 import sys
 
-import gin
 import pytest
 
 import benchmark_fixtures as bf
 from conftest import DISABLE_OPTIMIZATIONS_ENV, JAX_CACHE_DIR
-from t5_fixtures import TINY_GIN_MODEL
+from t5_fixtures import TINY_GIN_MODEL, write_step0_model_dir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT_S = 600
@@ -42,19 +41,6 @@ def _write_bbh(root: str) -> str:
     with open(os.path.join(root, 'cot-prompts', f'{name}.txt'), 'w') as f:
       f.write(prompts[name])
   return root
-
-
-def _step0_model_dir(model_dir: str) -> None:
-  """A MODEL_DIR whose only checkpoint is the initial state of the tiny sparse model."""
-  from moe_flan.trainer import cli, loop  # pylint: disable=g-import-not-at-top
-  cli.configure_gin(cli.Flags(('runs/quickstart.gin',), tuple(TINY_GIN_MODEL + [
-      f"MODEL_DIR = '{model_dir}'", 'TRAIN_STEPS = 0', 'RunConfig.write_plots = False',
-      'RunConfig.final_eval_mixtures = ()', "MIXTURE_OR_TASK_NAME = 'emb_nli'",
-      'DataConfig.truncation_check_examples = 0']), ()))
-  try:
-    loop.train()
-  finally:
-    gin.clear_config()
 
 
 def _args(model_dir, bbh_dir, out):
@@ -83,7 +69,7 @@ def _read(path):
 def runs(tmp_path_factory):
   root = tmp_path_factory.mktemp('eval_multihost')
   model_dir, bbh = str(root / 'model'), _write_bbh(str(root / 'bbh'))
-  _step0_model_dir(model_dir)
+  write_step0_model_dir(model_dir)
   out = {n: str(root / n) for n in ('one', 'two')}
   logs = root / 'logs'
   two = subprocess.Popen(

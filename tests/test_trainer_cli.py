@@ -11,8 +11,8 @@ import sys
 import gin
 import pytest
 
-from moe_flan.trainer import cli, data as data_lib, loop
-from t5_fixtures import TINY_GIN_MODEL
+from moe_flan.trainer import cli, data as data_lib
+from t5_fixtures import TINY_GIN_MODEL, write_step0_model_dir
 from conftest import DISABLE_OPTIMIZATIONS_ENV
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -57,14 +57,7 @@ def test_missing_gin_file_is_one_error_line_with_the_search_paths(tmp_path):
 def step0_model_dir(tmp_path_factory):
   """A MODEL_DIR whose only checkpoint is the initial state (step 0: nothing to compile)."""
   model_dir = str(tmp_path_factory.mktemp('cli_run'))
-  cli.configure_gin(cli.Flags(('runs/quickstart.gin',), tuple(TINY + [
-      f"MODEL_DIR = '{model_dir}'", 'TRAIN_STEPS = 0', 'RunConfig.write_plots = False',
-      "MIXTURE_OR_TASK_NAME = 'emb_nli'", 'DataConfig.truncation_check_examples = 0',
-      'RunConfig.final_eval_mixtures = []']), ()))
-  try:
-    loop.train()
-  finally:
-    gin.clear_config()
+  write_step0_model_dir(model_dir)
   return model_dir
 
 
