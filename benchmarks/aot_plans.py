@@ -16,6 +16,7 @@ import argparse
 import datetime
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -42,8 +43,11 @@ CANDIDATES: dict[str, list[tuple[str, str, list[str]]]] = {
     'st_moe_base': [('v5e:2x2', EP, EP4), ('v5p:2x2x1', EP, EP4)],
     'expert_choice_base': [('v5e:2x2', EP, EP4), ('v5p:2x2x1', EP, EP4)],
     'switch_base': [('v5p:2x2x1', EP, EP4), ('v5p:2x2x2', EP, EP8)],
-    # Expert x model x data (FSDP) parallelism: 8 x 4 x 2 on 64 v5p chips.
-    'st_moe_32b': [('v5p:4x4x4', EMP, ['--gin.EXPERT_PARTITIONS=8', '--gin.MODEL_PARTITIONS=4',
+    # Expert x model x data (FSDP) parallelism, 4 x 4 x 4 on 64 v5p chips: one torus axis each.
+    # (Expert 8 x model 4 x data 2 is refused by jax.make_mesh, before compiling: 8 and 2 are not
+    # products of the 4x4x4 torus's axes.) With FSDP every weight, the experts' too, is split
+    # 64 ways; 512-token routing groups split both stacks' groups over the 16 data x expert shards.
+    'st_moe_32b': [('v5p:4x4x4', EMP, ['--gin.EXPERT_PARTITIONS=4', '--gin.MODEL_PARTITIONS=4',
                                        '--gin.logical_axis_rules.fsdp=True',
                                        '--gin.MoeConfig.group_size=512',
                                        "--gin.MoeConfig.dispatch='expert_parallel'"])],
@@ -56,11 +60,12 @@ def command(model: str, topology: str, overlay: str, extra: list[str], out: str)
           f'--out={out}']
 
 
-def plan_model(model: str, timeout_s: float) -> dict[str, Any]:
-  """Tries `model`'s candidates in order until one fits; returns every attempt."""
+def plan_model(model: str, timeout_s: float, max_candidates: int = 0) -> dict[str, Any]:
+  """Tries `model`'s candidates in order (the first `max_candidates`, all if 0) until one
+  fits; returns every attempt."""
   os.makedirs(os.path.join(RESULTS, 'aot'), exist_ok=True)
   attempts = []
-  for topology, overlay, extra in CANDIDATES[model]:
+  for topology, overlay, extra in CANDIDATES[model][:max_candidates or None]:
     out = os.path.join(tempfile.gettempdir(), f'aot_plan.{model}.{topology.replace(":", "_")}.json')
     cmd = command(model, topology, overlay, extra, out)
     t0 = time.time()
@@ -72,8 +77,10 @@ def plan_model(model: str, timeout_s: float) -> dict[str, Any]:
       rc, tail = proc.returncode, (proc.stdout + proc.stderr)[-3000:]
     except subprocess.TimeoutExpired:
       rc, tail = None, f'no result within {timeout_s:.0f} s'
+    # The largest resident set of any compile this process has waited for so far (Linux: KiB).
+    peak_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
     attempt = {'command': ' '.join(cmd[1:]), 'wall_s': round(time.time() - t0, 1),
-               'returncode': rc, 'output_tail': tail}
+               'returncode': rc, 'peak_rss_bytes_so_far': peak_rss, 'output_tail': tail}
     if rc in (0, 1) and os.path.exists(out):
       with open(out) as f:
         attempt['report'] = json.load(f)
@@ -140,10 +147,12 @@ def main() -> int:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--model', action='append', default=[], choices=sorted(CANDIDATES))
   parser.add_argument('--timeout_s', type=float, default=4 * 3600)
+  parser.add_argument('--max_candidates', type=int, default=0,
+                      help="try only each model's first N candidates (0: all)")
   parser.add_argument('--assemble', action='store_true')
   args = parser.parse_args()
   for model in args.model:
-    plan_model(model, args.timeout_s)
+    plan_model(model, args.timeout_s, args.max_candidates)
   if args.assemble:
     print(assemble())
   return 0

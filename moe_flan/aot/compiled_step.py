@@ -52,7 +52,8 @@ def mesh_for(devices: Sequence[Any], num_slices: int = 1,
   with several slices the 'data' axis spans them (data parallelism over DCN).
 
   Raises:
-    ValueError: naming the mesh shape, device count or slice count when they do not fit.
+    ValueError: naming the mesh shape, device count or slice count when they do not fit, or
+      the mesh shape when its axes do not map onto the torus's axes.
   """
   if mesh_shape is None:
     mesh_shape = gin.get_bindings(mesh_lib.make_mesh).get('mesh_shape')
@@ -63,7 +64,12 @@ def mesh_for(devices: Sequence[Any], num_slices: int = 1,
     raise ValueError(f'the overlay does not fit the topology\'s {n} devices: {e}') from None
   axis_types = (jax.sharding.AxisType.Auto,) * len(mesh_lib.MESH_AXES)
   if num_slices == 1:
-    return jax.make_mesh(shape, mesh_lib.MESH_AXES, axis_types=axis_types, devices=devices)
+    try:
+      return jax.make_mesh(shape, mesh_lib.MESH_AXES, axis_types=axis_types, devices=devices)
+    except NotImplementedError as e:   # jax's device assignment for the physical torus
+      raise ValueError(f'mesh_shape={shape} (data, expert, model) does not lay out on the '
+                       f"slice's torus: each axis size must be a product of some of the torus's "
+                       f'axis lengths (JAX: {e})') from None
   if shape[0] % num_slices:
     raise ValueError(f'--num_slices={num_slices} must divide the data axis of mesh_shape='
                      f'{shape} (data parallelism runs over the slices)')

@@ -1,0 +1,59 @@
+"""benchmarks/aot_plans.py: every candidate passes the checks that refuse a plan before the
+compiler starts (mesh on the slice's torus, batch partitions, routing groups over the expert
+shards, experts over the 'expert' axis), so no compile hour goes to a refused configuration.
+Nothing is built or compiled: gin, the slice's devices and the mesh only (seconds)."""
+import os
+
+import gin
+import pytest
+
+pytest.importorskip('libtpu', reason="libtpu comes with the test extra (pip install -e '.[test]')")
+
+from benchmarks import aot_plans  # noqa: E402
+from moe_flan.aot import cli, compiled_step, topology  # noqa: E402
+from moe_flan.partitioning import mesh as mesh_lib  # noqa: E402
+from moe_flan.partitioning import partitioner as part_lib  # noqa: E402
+from moe_flan.trainer import builder  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CANDIDATES = [(model, *c) for model, cs in aot_plans.CANDIDATES.items() for c in cs]
+
+
+@pytest.fixture(autouse=True)
+def clean_gin():
+  gin.clear_config()
+  yield
+  gin.clear_config()
+
+
+def _precompile_checks(model, topology_name, overlay, extra):
+  """The command's own flags parsed as it parses them; the checks `moe_flan.aot` runs before
+  compiling that need no model: the mesh, the batch and the routing groups."""
+  cmd = aot_plans.command(model, topology_name, overlay, extra, out='unused.json')
+  args, bindings = cli.parse_args(cmd[3:])
+  s = topology.parse(args.topology, args.num_slices)
+  cli.configure(args.gin_file, bindings, [os.path.join(ROOT, 'gin')])
+  mesh = compiled_step.mesh_for(topology.devices(s), s.num_slices)
+  run = compiled_step.train_run_from_gin()
+  partitioner = part_lib.Partitioner(mesh)
+  partitioner.check_batch_size(run.data.batch_size)
+  builder.check_expert_parallel_groups(run.model, run.data, partitioner)
+  if run.model.moe is not None:
+    experts = mesh.shape[mesh_lib.EXPERT]
+    assert run.model.moe.num_experts % experts == 0, (run.model.moe.num_experts, experts)
+  return dict(mesh.shape)
+
+
+@pytest.mark.parametrize('model, topology_name, overlay, extra', CANDIDATES)
+def test_every_candidate_passes_the_precompile_checks(model, topology_name, overlay, extra):
+  shape = _precompile_checks(model, topology_name, overlay, extra)
+  assert shape['data'] * shape['expert'] * shape['model'] == topology.parse(
+      topology_name).num_chips
+
+
+def test_a_mesh_off_the_torus_axes_is_refused():
+  # Expert 8 x model 4 x data 2 on v5p:4x4x4: 8 and 2 are no products of the torus's 4s.
+  extra = ['--gin.EXPERT_PARTITIONS=8', '--gin.MODEL_PARTITIONS=4',
+           '--gin.MoeConfig.group_size=512', "--gin.MoeConfig.dispatch='expert_parallel'"]
+  with pytest.raises(ValueError, match=r"mesh_shape=\(2, 8, 4\) .* does not lay out on the "):
+    _precompile_checks('st_moe_32b', 'v5p:4x4x4', aot_plans.EMP, extra)
