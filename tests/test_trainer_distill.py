@@ -18,7 +18,8 @@ from moe_flan import config as config_lib
 from moe_flan import config_gin, partitioning
 from moe_flan.convert import checkpoint_dir
 from moe_flan.model import distillation
-from moe_flan.trainer import builder, checkpoints as ck, cli, data as data_lib, distill, loop
+from moe_flan.trainer import builder, checkpoints as ck, cli, data as data_lib, distill, gin_checks
+from moe_flan.trainer import loop
 from moe_flan.trainer import model_setup, optimizers, train_state as ts
 from moe_flan.trainer import train_step as step_lib
 
@@ -311,8 +312,13 @@ def test_the_teacher_gin_is_parsed_apart_from_the_run(tmp_path):
   _configure(STUDENT_BINDINGS + [f"MODEL_DIR = '{tmp_path}'", "TEACHER_CHECKPOINT_PATH = '/t'"])
   try:
     before = config_lib.T5Config()
+    # A read of the run's configuration (as run_layout_bindings reads MoeConfig.dispatch) still
+    # counts after the teacher's gin files were parsed and the run's put back.
+    assert 'DistillConfig.teacher_checkpoint_path' in gin_checks.unused_bindings(())
+    gin_checks.query_parameter('DistillConfig.teacher_checkpoint_path')
     teacher = distill.model_config_from_gin('models/flan_moe_tiny.gin',   # under gin/, as --gin_file
                                             ['MoeConfig.num_experts = 4'])
+    assert 'DistillConfig.teacher_checkpoint_path' not in gin_checks.unused_bindings(())
     assert teacher.emb_dim == 128 and teacher.moe.num_experts == 4
     assert teacher.dropout_rate == 0.0            # its own macros, not the run's DROPOUT_RATE
     assert config_lib.T5Config() == before and before.moe is None and before.emb_dim == 16

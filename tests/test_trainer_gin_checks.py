@@ -34,8 +34,10 @@ t/early.b = 8
 @pytest.fixture(autouse=True)
 def clean_gin():
   gin.clear_config()
+  gin_checks.forget_queries()
   yield
   gin.clear_config()
+  gin_checks.forget_queries()
 
 
 def _parse(command_line=()):
@@ -87,8 +89,26 @@ def test_a_binding_read_by_query_parameter_is_used():
   assert gin_checks.query_parameter('s/other.x') == 9
   assert gin_checks.query_parameter('t/early.b') == 8
   assert gin_checks.unused_bindings(()) == ['s/early.b']
-  with gin_checks.watch_bindings('moe_flan.train', ()):   # a new run forgets the old reads
-    assert gin_checks.unused_bindings(()) == ['s/early.b', 't/early.b', 's/other.x']
+
+
+def test_reads_count_for_the_configuration_they_were_made_in(tmp_path):
+  """Runs in one process (the experiment runner, tests): each parses its own configuration
+  (cli.parse_gin); a read of an earlier one does not count in a later one, a read made before
+  the run's watch starts does."""
+  from moe_flan.trainer import cli  # pylint: disable=g-import-not-at-top
+  path = tmp_path / 'run.gin'
+  path.write_text(CONFIG)
+  cli.parse_gin([str(path)], ['s/other.x = 9'])
+  early(), other()
+  assert gin_checks.query_parameter('t/early.b') == 8
+  assert gin_checks.unused_bindings(()) == ['s/early.b', 's/other.x']
+  cli.parse_gin([str(path)], ['s/other.x = 9'])   # the next run: the same bindings, new config
+  early(), other()
+  assert gin_checks.unused_bindings(()) == ['s/early.b', 't/early.b', 's/other.x']
+  assert gin_checks.query_parameter('s/other.x') == 9
+  with gin_checks.watch_bindings('moe_flan.train', ()) as watch:
+    with pytest.raises(ValueError, match=r'never used the gin binding\(s\) s/early.b, t/early.b: '):
+      watch.check_all()
 
 
 def test_watch_checks_built_once_skipping_late_configurables_then_all(monkeypatch):

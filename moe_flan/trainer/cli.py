@@ -170,6 +170,7 @@ def parse_gin(gin_files: Sequence[str], gin_bindings: Sequence[str],
   gin_checks.check_gin_files(gin_files, search_paths)
   files = [os.path.abspath(f) if os.path.isfile(f) else f for f in gin_files]
   gin.clear_config()
+  gin_checks.forget_queries()
   _search_paths_first(search_paths)
   quiet = _QuietGinProbes()
   logging.getLogger().addFilter(quiet)

@@ -91,7 +91,8 @@ def _gin_set_aside() -> Iterator[None]:
            list(g._LOCATION_PREFIXES), g._CONFIG_IS_LOCKED)
   gin.clear_config()
   try:
-    yield
+    with gin_checks.queries_set_aside():
+      yield
   finally:
     gin.clear_config()
     g._CONFIG.update(saved[0])

@@ -118,8 +118,28 @@ LATE_CONFIGURABLES = frozenset({
 })
 
 
-# (scope, selector, parameter) of the bindings read by `query_parameter` in this process.
+# (scope, selector, parameter) of the bindings read by `query_parameter` from the current gin
+# configuration; `forget_queries` empties it when a new configuration is parsed (cli.parse_gin),
+# so in a process that runs several entry points in turn (the experiment runner, tests) a read
+# of an earlier run's configuration does not make a later run's binding count as used.
 _QUERIED: set[tuple[str, str, str]] = set()
+
+
+def forget_queries() -> None:
+  """A new gin configuration replaces the current one: no binding of it has been read yet."""
+  _QUERIED.clear()
+
+
+@contextlib.contextmanager
+def queries_set_aside() -> Iterator[None]:
+  """The reads of the current configuration survive a block that parses another one (e.g. a
+  distillation teacher's gin files, parsed mid-run and then replaced by the run's again)."""
+  saved = set(_QUERIED)
+  try:
+    yield
+  finally:
+    _QUERIED.clear()
+    _QUERIED.update(saved)
 
 
 def query_parameter(binding_key: str) -> Any:
@@ -203,7 +223,6 @@ def watch_bindings(prog: str, command_line: Sequence[str]) -> Iterator[UnusedBin
   `loop.train` etc. outside an entry point are not checked."""
   global _WATCH
   _WATCH = UnusedBindingsWatch(prog, tuple(command_line))
-  _QUERIED.clear()
   try:
     yield _WATCH
   finally:
