@@ -16,7 +16,6 @@ import argparse
 import datetime
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -60,32 +59,69 @@ def command(model: str, topology: str, overlay: str, extra: list[str], out: str)
           f'--out={out}']
 
 
-def plan_model(model: str, timeout_s: float, max_candidates: int = 0) -> dict[str, Any]:
+def _rss_bytes(pid: int) -> int:
+  """The resident set of process `pid` now (Linux /proc), 0 once it is gone."""
+  try:
+    with open(f'/proc/{pid}/status') as f:
+      return next((int(line.split()[1]) * 1024 for line in f if line.startswith('VmRSS:')), 0)
+  except OSError:
+    return 0
+
+
+def run_limited(cmd: list[str], env: dict[str, str], timeout_s: float,
+                max_rss_bytes: float) -> dict[str, Any]:
+  """Runs `cmd`, stopping it past `timeout_s` of wall time or `max_rss_bytes` of resident set
+  (0: no limit), sampled every 2 s. Returns its exit status (None when stopped), why it was
+  stopped, the last 3,000 characters of its output, wall and CPU seconds and peak resident
+  set (the kernel's own count for this child, from wait4)."""
+  t0 = time.time()
+  with tempfile.TemporaryFile('w+') as log:
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            text=True)
+    stopped = None
+    while True:
+      pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+      if pid:
+        break
+      rss, elapsed = _rss_bytes(proc.pid), time.time() - t0
+      if max_rss_bytes and rss > max_rss_bytes:
+        stopped = (f'stopped at a resident set of {rss / 2 ** 30:.2f} GiB (limit '
+                   f'{max_rss_bytes / 2 ** 30:.2f} GiB) after {elapsed:.0f} s')
+      elif elapsed > timeout_s:
+        stopped = f'no result within {timeout_s:.0f} s'
+      if stopped:
+        proc.kill()
+        _, status, usage = os.wait4(proc.pid, 0)
+        break
+      time.sleep(2)
+    proc.returncode = os.waitstatus_to_exitcode(status)   # reaped here, not by Popen
+    log.seek(0)
+    tail = log.read()[-3000:]
+  return {'returncode': None if stopped else proc.returncode, 'stopped': stopped,
+          'wall_s': round(time.time() - t0, 1), 'cpu_s': round(usage.ru_utime + usage.ru_stime),
+          'peak_rss_bytes': usage.ru_maxrss * 1024, 'output_tail': stopped or tail}
+
+
+def plan_model(model: str, timeout_s: float, max_candidates: int = 0,
+               max_rss_bytes: float = 0) -> dict[str, Any]:
   """Tries `model`'s candidates in order (the first `max_candidates`, all if 0) until one
-  fits; returns every attempt."""
+  fits, each within `timeout_s` and `max_rss_bytes` (see run_limited); returns every attempt
+  and writes them to results/aot/<model>.json."""
   os.makedirs(os.path.join(RESULTS, 'aot'), exist_ok=True)
   attempts = []
   for topology, overlay, extra in CANDIDATES[model][:max_candidates or None]:
     out = os.path.join(tempfile.gettempdir(), f'aot_plan.{model}.{topology.replace(":", "_")}.json')
     cmd = command(model, topology, overlay, extra, out)
-    t0 = time.time()
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         p for p in (ROOT, os.environ.get('PYTHONPATH')) if p))
-    try:
-      proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
-                            timeout=timeout_s)
-      rc, tail = proc.returncode, (proc.stdout + proc.stderr)[-3000:]
-    except subprocess.TimeoutExpired:
-      rc, tail = None, f'no result within {timeout_s:.0f} s'
-    # The largest resident set of any compile this process has waited for so far (Linux: KiB).
-    peak_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
-    attempt = {'command': ' '.join(cmd[1:]), 'wall_s': round(time.time() - t0, 1),
-               'returncode': rc, 'peak_rss_bytes_so_far': peak_rss, 'output_tail': tail}
-    if rc in (0, 1) and os.path.exists(out):
+    attempt = {'command': ' '.join(cmd[1:]), 'date': datetime.datetime.now(
+        datetime.timezone.utc).isoformat(timespec='seconds'), 'load_average': os.getloadavg()}
+    attempt.update(run_limited(cmd, env, timeout_s, max_rss_bytes))
+    if attempt['returncode'] in (0, 1) and os.path.exists(out):
       with open(out) as f:
         attempt['report'] = json.load(f)
     attempts.append(attempt)
-    if rc == 0:
+    if attempt['returncode'] == 0:
       break
   result = {'model': model, 'attempts': attempts}
   with open(os.path.join(RESULTS, 'aot', f'{model}.json'), 'w') as f:
@@ -149,10 +185,12 @@ def main() -> int:
   parser.add_argument('--timeout_s', type=float, default=4 * 3600)
   parser.add_argument('--max_candidates', type=int, default=0,
                       help="try only each model's first N candidates (0: all)")
+  parser.add_argument('--max_rss_gb', type=float, default=0,
+                      help='stop a compile whose resident set passes this many GiB (0: no limit)')
   parser.add_argument('--assemble', action='store_true')
   args = parser.parse_args()
   for model in args.model:
-    plan_model(model, args.timeout_s, args.max_candidates)
+    plan_model(model, args.timeout_s, args.max_candidates, args.max_rss_gb * 2 ** 30)
   if args.assemble:
     print(assemble())
   return 0

@@ -3,6 +3,7 @@ compiler starts (mesh on the slice's torus, batch partitions, routing groups ove
 shards, experts over the 'expert' axis), so no compile hour goes to a refused configuration.
 Nothing is built or compiled: gin, the slice's devices and the mesh only (seconds)."""
 import os
+import sys
 
 import gin
 import pytest
@@ -57,3 +58,25 @@ def test_a_mesh_off_the_torus_axes_is_refused():
            '--gin.MoeConfig.group_size=512', "--gin.MoeConfig.dispatch='expert_parallel'"]
   with pytest.raises(ValueError, match=r"mesh_shape=\(2, 8, 4\) .* does not lay out on the "):
     _precompile_checks('st_moe_32b', 'v5p:4x4x4', aot_plans.EMP, extra)
+
+
+def _python(code):
+  return [sys.executable, '-c', code]
+
+
+def test_run_limited_reports_exit_output_and_the_childs_own_peak_memory():
+  r = aot_plans.run_limited(_python("b = bytearray(300 << 20); print('done', len(b))"),
+                            dict(os.environ), timeout_s=60, max_rss_bytes=0)
+  assert r['returncode'] == 0 and r['stopped'] is None and 'done 314572800' in r['output_tail']
+  assert 300 << 20 < r['peak_rss_bytes'] < 1 << 30
+
+
+def test_run_limited_stops_a_child_past_its_memory_or_time():
+  grow = "import time\nb = []\nwhile True:\n  b.append(bytearray(50 << 20)); time.sleep(0.05)"
+  r = aot_plans.run_limited(_python(grow), dict(os.environ), timeout_s=60,
+                            max_rss_bytes=400 << 20)
+  assert r['returncode'] is None and r['stopped'].startswith('stopped at a resident set of')
+  assert r['peak_rss_bytes'] > 400 << 20 and r['wall_s'] < 30
+  r = aot_plans.run_limited(_python('import time; time.sleep(60)'), dict(os.environ),
+                            timeout_s=1, max_rss_bytes=0)
+  assert r['stopped'] == r['output_tail'] == 'no result within 1 s' and r['wall_s'] < 10
