@@ -132,6 +132,12 @@ def plan_model(model: str, timeout_s: float, max_candidates: int = 0,
 def _row(model: str, result: dict[str, Any]) -> str:
   fit = next((a for a in result['attempts'] if a.get('returncode') == 0), None)
   shown = fit or (result['attempts'][-1] if result['attempts'] else None)
+  if shown is not None and shown.get('stopped'):
+    flags = dict(a.split('=', 1) for a in shown['command'].split() if '=' in a)
+    topology, overlay = flags['--topology'], os.path.basename(flags['--gin_file'])
+    return (f"| {model} | {topology}, tried | {overlay.removesuffix('.gin')} | not finished: "
+            f"{shown['stopped']} ({shown['date'][:10]}, load {shown['load_average'][0]:.0f}) "
+            '| | | | |')
   if shown is None or 'report' not in shown:
     why = shown['output_tail'].strip().splitlines()[-1] if shown else 'not run'
     return f'| {model} | - | - | not planned: {why} | | | | |'
@@ -149,7 +155,9 @@ def _row(model: str, result: dict[str, Any]) -> str:
           + (f"{max(ratios):.2f}x" if ratios else '-') +
           f" | {f['model_flops_per_step']:.3g} / {f['xla_flops_per_step']:.3g} | "
           + (f"{100 * f['mfu_upper_bound']:.0f}%" if f['mfu_upper_bound'] else '-')
-          + f" | {r['compile_s']:.0f} s |")
+          + f" | {r['compile_s']:.0f} s"
+          + (f", {gib(shown['peak_rss_bytes'])} GiB RSS" if 'peak_rss_bytes' in shown else '')
+          + ' |')
 
 
 def assemble() -> str:

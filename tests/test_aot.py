@@ -116,6 +116,21 @@ def test_encoder_and_decoder_moe_layers_do_the_same_collectives_per_token():
   assert set(dec['other_collective_bytes_per_chip']) <= {'all-reduce'}
 
 
+def test_all_to_all_minimum_counts_the_slots_the_capacity_convention_fills():
+  """gshard_base at batch 64 x 512 input tokens, groups of 2048, top-2, capacity factor 1.25:
+  16 groups x 64 experts x round(1.25 x 2048 / 64) = 40 slots under 'flaxformer' (no factor k),
+  twice that, ceil(1.25 x 2 x 2048 / 64) = 80, under 'ours'; tokens x k without a capacity."""
+  from moe_flan import config as config_lib
+  from moe_flan.aot import report
+  moe = dict(num_experts=64, num_selected_experts=2, train_capacity_factor=1.25,
+             group_size=2048, dispatch='expert_parallel')
+  slots = lambda **kw: report._dispatched_slots(  # pylint: disable=protected-access
+      config_lib.T5Config(moe=config_lib.MoeConfig(**{**moe, **kw})), 64, 512, 2)
+  assert slots(capacity_convention='flaxformer') == 16 * 64 * 40 == 1.25 * 64 * 512
+  assert slots(capacity_convention='ours') == 16 * 64 * 80 == 2 * 1.25 * 64 * 512
+  assert slots(dispatch='dropless') == 2 * 64 * 512
+
+
 def test_command_writes_json_and_batch_changes_the_compiled_step(tmp_path):
   """The command end to end at 4x the batch, against the in-process plan at batch 8.
 

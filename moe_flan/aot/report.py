@@ -17,6 +17,8 @@ from moe_flan.aot import hlo
 from moe_flan.aot import topology
 from moe_flan.aot.compiled_step import CompiledStep
 from moe_flan.model import flops as flops_lib
+from moe_flan.moe import capacity as capacity_lib
+from moe_flan.moe import dispatch as dispatch_lib
 from moe_flan.partitioning import mesh as mesh_lib
 
 # The performance goals this report checks (see `goals`).
@@ -105,11 +107,27 @@ def collective_table(found: list[hlo.Collective], mesh_shape: dict[str, int]) ->
   return sorted(rows.values(), key=lambda r: (order[r['kind']], r['mesh_axes']))
 
 
+def _dispatched_slots(cfg, batch: int, length: int, k: int) -> int:
+  """Expert slots one MoE layer fills per step in training, G groups x E experts x capacity C,
+  as the layer computes them (its capacity convention: 'flaxformer' has no factor k, so a
+  top-2 layer fills about half the slots of tokens x k x capacity factor); tokens x k for
+  a dropless dispatch."""
+  moe = cfg.moe
+  if dispatch_lib.is_dropless(moe.dispatch):
+    return batch * length * k
+  g, t = capacity_lib.token_groups(batch, length, moe.group_size, moe.routing_groups,
+                                   training=True)
+  c = capacity_lib.expert_capacity(t, moe.num_experts, k, moe.train_capacity_factor,
+                                   moe.min_capacity, moe.capacity_convention)
+  return g * moe.num_experts * c
+
+
 def moe_layers(step: CompiledStep, found: list[hlo.Collective], mesh: jax.sharding.Mesh
                ) -> list[dict]:
   """Each MoE layer's collectives and its all-to-all bytes per chip vs the analytic minimum:
-  2 passes (forward, backward) x 2 exchanges (dispatch, combine) x tokens per chip x k x
-  capacity factor x d_model x bytes per activation element."""
+  2 passes (forward, backward) x 2 exchanges (dispatch, combine) x the expert slots the layer
+  fills per step (groups x experts x capacity; about tokens x k x capacity factor) per chip x
+  d_model x bytes per activation element."""
   cfg = step.run.model
   if cfg.moe is None:
     return []
@@ -124,8 +142,8 @@ def moe_layers(step: CompiledStep, found: list[hlo.Collective], mesh: jax.shardi
     encoder = path.startswith('encoder/')
     length = data.task_feature_lengths['inputs' if encoder else 'targets']
     k = cfg.moe.num_selected_experts if encoder else cfg.moe.decoder_effective_num_selected_experts
-    tokens = data.batch_size * length / partitions
-    minimum = 4 * tokens * k * cfg.moe.train_capacity_factor * cfg.emb_dim * itemsize
+    slots = _dispatched_slots(cfg, data.batch_size, length, k) / partitions
+    minimum = 4 * slots * cfg.emb_dim * itemsize
     mine = [c for c in found if c.moe_layer == path]
     a2a = sum(c.buffer_bytes * c.executions for c in mine if c.kind == 'all-to-all')
     other = collections.Counter()
