@@ -142,6 +142,8 @@ def _row(model: str, result: dict[str, Any]) -> str:
     why = shown['output_tail'].strip().splitlines()[-1] if shown else 'not run'
     return f'| {model} | - | - | not planned: {why} | | | | |'
   r = shown['report']
+  if result.get('superseded'):   # a configuration the command now refuses, kept as measured
+    model = f"{model} ({result['superseded']})"
   m, f = r['memory_per_chip'], r['flops']
   ratios = [l['ratio'] for l in r['moe_layers'] if l['ratio'] is not None]
   a2a = sum(c['bytes_per_chip'] for c in r['collectives'] if c['kind'] == 'all-to-all')
@@ -160,6 +162,19 @@ def _row(model: str, result: dict[str, Any]) -> str:
           + ' |')
 
 
+def _host() -> dict[str, Any]:
+  """What compiled the plans: package versions, CPU count and memory of this host."""
+  from importlib import metadata  # pylint: disable=g-import-not-at-top
+  versions = {}
+  for package in ('jax', 'jaxlib', 'libtpu'):
+    try:
+      versions[package] = metadata.version(package)
+    except metadata.PackageNotFoundError:
+      versions[package] = None
+  return {**versions, 'cpus': os.cpu_count(),
+          'memory_bytes': os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')}
+
+
 def assemble() -> str:
   """results/aot/<model>.json -> results/aot.json; returns the Markdown table."""
   models, rows = {}, []
@@ -171,7 +186,7 @@ def assemble() -> str:
     rows.append(_row(model, models.get(model, {'attempts': []})))
   commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=ROOT, capture_output=True,
                           text=True).stdout.strip()
-  doc = {'date': datetime.date.today().isoformat(), 'commit': commit,
+  doc = {'date': datetime.date.today().isoformat(), 'commit': commit, 'host': _host(),
          'run_file': RUN_FILE, 'goals': {
              'all_to_all_ratio': 'expert-parallel all-to-all bytes per MoE layer <= 1.25x the '
                                  'analytic minimum (scatter / expert_parallel dispatch)',

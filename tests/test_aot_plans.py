@@ -80,3 +80,13 @@ def test_run_limited_stops_a_child_past_its_memory_or_time():
   r = aot_plans.run_limited(_python('import time; time.sleep(60)'), dict(os.environ),
                             timeout_s=1, max_rss_bytes=0)
   assert r['stopped'] == r['output_tail'] == 'no result within 1 s' and r['wall_s'] < 10
+
+
+def test_a_stopped_compile_is_a_not_finished_row_naming_why():
+  attempt = {'command': f'-m moe_flan.aot --gin_file=gin/models/m.gin --gin_file={aot_plans.EP} '
+                        '--topology=v5e:2x2 --out=x.json',
+             'date': '2026-12-04T20:31:07+00:00', 'load_average': [9.2, 7, 4], 'returncode': None,
+             'stopped': 'no result within 60 s', 'output_tail': 'no result within 60 s'}
+  row = aot_plans._row('m', {'attempts': [attempt]})  # pylint: disable=protected-access
+  assert row.startswith('| m | v5e:2x2, tried | expert_parallel_shard_map | not finished: no '
+                        'result within 60 s (2026-12-04, load 9) |'), row
