@@ -13,6 +13,10 @@
 #   COMMAND="-m moe_flan.train"  what each process runs before the arguments (a script path works)
 #   PYTHON=.venv/bin/python      interpreter;  LOG_DIR=<temp dir>  one log per process
 #   TIMEOUT_S=1800               kill everything after this long
+#   EXTERNAL_COORDINATOR=1       serve jax.distributed's coordinator from its own process
+#                                (python -m moe_flan.partitioning.coordinator, log coordinator.log)
+#                                instead of process 0, and pass --external_coordinator: losing
+#                                process 0 then stops the others cleanly too
 # Exits non-zero (and stops the other processes) as soon as one process fails. A process that exits
 # 75 (stopped by SIGTERM after saving: preempted, requeue) is no failure: the others stop after the
 # same step by themselves, and the script then exits 75 too.
@@ -37,12 +41,39 @@ export JAX_CPU_COLLECTIVES_IMPLEMENTATION=gloo
 unset XLA_FLAGS   # a forced host device count would override JAX_NUM_CPU_DEVICES
 
 pids=()
-cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; }
+coordinator_pid=
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  # The coordinator last (a training process still running aborts without it): at most 60 s.
+  if [[ -n "$coordinator_pid" ]]; then
+    for ((t = 0; t < 300; t++)); do
+      alive=0
+      for pid in "${pids[@]}"; do if kill -0 "$pid" 2>/dev/null; then alive=1; fi; done
+      if [[ $alive -eq 0 ]]; then break; fi
+      sleep 0.2
+    done
+    kill "$coordinator_pid" 2>/dev/null || true; wait "$coordinator_pid" 2>/dev/null || true
+  fi
+}
 trap cleanup EXIT
+distributed_flags=()
+if [[ "${EXTERNAL_COORDINATOR:-0}" == 1 ]]; then
+  coordinator_args=(--bind_address="127.0.0.1:$PORT" --num_processes="$NUM_PROCESSES")
+  for a in "$@"; do   # the processes' heartbeat timeout is the service's
+    if [[ "$a" == --distributed_heartbeat_timeout_s=* ]]; then
+      coordinator_args+=(--heartbeat_timeout_s="${a#*=}")
+    fi
+  done
+  "$PYTHON" -m moe_flan.partitioning.coordinator "${coordinator_args[@]}" \
+      > "$LOG_DIR/coordinator.log" 2>&1 &
+  coordinator_pid=$!
+  distributed_flags+=(--external_coordinator)
+fi
 for ((i = 0; i < NUM_PROCESSES; i++)); do
   # shellcheck disable=SC2086  # COMMAND is deliberately split into words
   timeout "$TIMEOUT_S" "$PYTHON" $COMMAND "$@" --coordinator_address="127.0.0.1:$PORT" \
-      --num_processes="$NUM_PROCESSES" --process_id="$i" > "$LOG_DIR/process_$i.log" 2>&1 &
+      --num_processes="$NUM_PROCESSES" --process_id="$i" ${distributed_flags[@]+"${distributed_flags[@]}"} \
+      > "$LOG_DIR/process_$i.log" 2>&1 &
   pids+=($!)
 done
 echo "started $NUM_PROCESSES processes (coordinator 127.0.0.1:$PORT); logs in $LOG_DIR" >&2

@@ -12,6 +12,10 @@ first thing in `main`, before any other JAX call.
 A started runtime runs with `jax_enable_recoverability` and a `liveness.Watchdog`: a process
 that dies makes the others exit 1 within `heartbeat_timeout_s` (plus a poll), naming it, instead
 of aborting or waiting for it; at the end all processes leave together (see liveness.py).
+By default process 0 serves JAX's coordination service, and losing process 0 aborts the others
+(liveness.py); with `external_coordinator` (`--external_coordinator`,
+MOE_FLAN_EXTERNAL_COORDINATOR=1) the service runs in a process of its own
+(`python -m moe_flan.partitioning.coordinator`) and losing any process is a clean stop.
 """
 from __future__ import annotations
 
@@ -30,6 +34,11 @@ from moe_flan.partitioning import liveness
 ENV_COORDINATOR = 'MOE_FLAN_COORDINATOR_ADDRESS'
 ENV_NUM_PROCESSES = 'MOE_FLAN_NUM_PROCESSES'
 ENV_PROCESS_ID = 'MOE_FLAN_PROCESS_ID'
+ENV_EXTERNAL_COORDINATOR = 'MOE_FLAN_EXTERNAL_COORDINATOR'
+# jax.distributed.initialize always starts a coordination service on process 0; under an
+# external coordinator that one is never used (every client connects to the external one), so
+# it listens on an ephemeral loopback port where nothing can reach it by mistake.
+_UNUSED_SERVICE_BIND_ADDRESS = '127.0.0.1:0'
 _SLURM_VARS = ('SLURM_JOB_ID', 'SLURM_STEP_NODELIST', 'SLURM_NTASKS', 'SLURM_PROCID',
                'SLURM_LOCALID')
 DEFAULT_TIMEOUT_S = 300
@@ -72,12 +81,26 @@ def check_settings(coordinator_address: Optional[str], num_processes: Optional[i
       raise ValueError(f'coordinator_address={coordinator_address!r} must look like HOST:PORT')
 
 
-def wait_for_coordinator(coordinator_address: str, timeout_s: float) -> None:
+def accepts_connections(coordinator_address: str) -> bool:
+  """True if HOST:PORT accepts a TCP connection now."""
+  host, _, port = coordinator_address.rpartition(':')
+  try:
+    with socket.create_connection((host.strip('[]'), int(port)), timeout=2.0):
+      return True
+  except OSError:
+    return False
+
+
+def wait_for_coordinator(coordinator_address: str, timeout_s: float,
+                         external: bool = False) -> None:
   """Blocks until HOST:PORT accepts TCP connections; RuntimeError after `timeout_s`.
 
   JAX's own client aborts the whole process (a C++ fatal error, no Python exception) when the
-  coordinator never answers, so non-zero processes check reachability first and fail cleanly.
+  coordinator never answers, so the processes that do not serve it check reachability first
+  and fail cleanly.
   """
+  who = ('start `python -m moe_flan.partitioning.coordinator` there' if external else
+         'start process 0 (which serves it)')
   host, _, port = coordinator_address.rpartition(':')
   deadline = time.monotonic() + timeout_s
   while True:
@@ -88,7 +111,7 @@ def wait_for_coordinator(coordinator_address: str, timeout_s: float) -> None:
       if time.monotonic() >= deadline:
         raise RuntimeError(
             f'coordinator_address={coordinator_address!r} is not reachable after {timeout_s}s '
-            f'({e}); start process 0 (which serves it) or fix --coordinator_address') from e
+            f'({e}); {who} or fix --coordinator_address') from e
       time.sleep(0.25)
 
 
@@ -100,11 +123,13 @@ def initialize(coordinator_address: Optional[str] = None,
                local_device_ids: Optional[list[int]] = None,
                timeout_s: int = DEFAULT_TIMEOUT_S,
                heartbeat_timeout_s: int = DEFAULT_HEARTBEAT_TIMEOUT_S,
+               external_coordinator: Optional[bool] = None,
                prog: str = 'moe_flan') -> bool:
   """Starts JAX's distributed runtime when this is a multi-process run.
 
   Args:
-    coordinator_address: 'host:port' of process 0 (which also serves it).
+    coordinator_address: 'host:port' of the coordination service: process 0's, or the
+      external one's.
     num_processes: total processes in the job.
     process_id: this process's index in [0, num_processes).
     auto_detect: let JAX find the cluster (Cloud TPU VM pods, SLURM, Open MPI, k8s).
@@ -112,6 +137,9 @@ def initialize(coordinator_address: Optional[str] = None,
     timeout_s: give up (raise) when the processes have not all connected by then, instead of
       waiting forever for a coordinator that is not there.
     heartbeat_timeout_s: a process silent this long counts as lost (the others then stop).
+    external_coordinator: the service runs in its own process (moe_flan.partitioning.coordinator,
+      started first with the same heartbeat timeout), and every process here is a client only;
+      None reads $MOE_FLAN_EXTERNAL_COORDINATOR (1 or 0), default False.
     prog: the program name that starts the lost-process messages.
   Returns:
     True if a distributed runtime was started, False for a plain single-process run.
@@ -123,6 +151,8 @@ def initialize(coordinator_address: Optional[str] = None,
   num_processes = num_processes if num_processes is not None else _env_int(ENV_NUM_PROCESSES)
   process_id = process_id if process_id is not None else _env_int(ENV_PROCESS_ID)
   check_settings(coordinator_address, num_processes, process_id)
+  if external_coordinator is None:
+    external_coordinator = bool(_env_int(ENV_EXTERNAL_COORDINATOR))
   if jax.distributed.is_initialized():
     return True
   if coordinator_address is None and not (auto_detect or slurm_detected()):
@@ -131,12 +161,22 @@ def initialize(coordinator_address: Optional[str] = None,
   if coordinator_address is not None:
     kwargs = dict(coordinator_address=coordinator_address, num_processes=num_processes,
                   process_id=process_id)
-  print(f'moe_flan: jax.distributed.initialize({kwargs or "auto-detect"}), timeout {timeout_s}s',
+  external = ', coordinator in its own process' if external_coordinator else ''
+  print(f'moe_flan: jax.distributed.initialize({kwargs or "auto-detect"}){external}, '
+        f'timeout {timeout_s}s',
         file=sys.stderr, flush=True)
-  if coordinator_address is not None and process_id != 0:
-    wait_for_coordinator(coordinator_address, timeout_s)
   if heartbeat_timeout_s < 1:
     raise ValueError(f'heartbeat_timeout_s={heartbeat_timeout_s} must be >= 1')
+  if coordinator_address is not None and (process_id != 0 or external_coordinator):
+    wait_for_coordinator(coordinator_address, timeout_s, external_coordinator)
+  elif coordinator_address is not None and accepts_connections(coordinator_address):
+    # Process 0 would serve a second service on the same port (gRPC may share it).
+    raise RuntimeError(
+        f'coordinator_address={coordinator_address!r} is already served by another process: '
+        f'if it is moe_flan.partitioning.coordinator, pass --external_coordinator to every '
+        f'process; else pick a free port')
+  if external_coordinator:
+    kwargs['coordinator_bind_address'] = _UNUSED_SERVICE_BIND_ADDRESS
   # Without it, the coordinator aborts every process (a C++ fatal error, wherever it is) once
   # one stops sending heartbeats; with it, the watchdog below stops them cleanly.
   jax.config.update('jax_enable_recoverability', True)
@@ -149,17 +189,18 @@ def initialize(coordinator_address: Optional[str] = None,
         f'jax.distributed.initialize failed (coordinator_address={coordinator_address!r}, '
         f'num_processes={num_processes}, process_id={process_id}, timeout {timeout_s}s): '
         f'{e}') from e
-  _watch(prog, heartbeat_timeout_s)
+  _watch(prog, heartbeat_timeout_s, external_coordinator)
   return True
 
 
-def _watch(prog: str, heartbeat_timeout_s: int) -> None:
+def _watch(prog: str, heartbeat_timeout_s: int, external_coordinator: bool) -> None:
   """Logs the processes and devices; starts a multi-process run's lost-process watchdog."""
   logging.info('process %d of %d; %d local / %d global devices', jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())
   if jax.process_count() > 1:
     from jax._src import distributed as jax_distributed  # pylint: disable=g-import-not-at-top
-    liveness.start(jax_distributed.global_state.client, prog, heartbeat_timeout_s)
+    liveness.start(jax_distributed.global_state.client, prog, heartbeat_timeout_s,
+                   external_coordinator=external_coordinator)
 
 
 # ---- flags ------------------------------------------------------------------------------------
@@ -180,6 +221,11 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
                       default=DEFAULT_HEARTBEAT_TIMEOUT_S,
                       help='seconds without heartbeats after which a process counts as lost '
                            'and the others stop')
+  parser.add_argument('--external_coordinator', action='store_true', default=None,
+                      help='the coordination service runs in its own process (python -m '
+                           'moe_flan.partitioning.coordinator) at --coordinator_address, so '
+                           f'that losing any process stops the others cleanly (or '
+                           f'${ENV_EXTERNAL_COORDINATOR}=1)')
 
 
 def initialize_from_flags(args: argparse.Namespace) -> bool:
@@ -187,4 +233,5 @@ def initialize_from_flags(args: argparse.Namespace) -> bool:
   return initialize(args.coordinator_address, args.num_processes, args.process_id,
                     auto_detect=args.distributed_auto_detect,
                     timeout_s=args.distributed_timeout_s,
-                    heartbeat_timeout_s=args.distributed_heartbeat_timeout_s)
+                    heartbeat_timeout_s=args.distributed_heartbeat_timeout_s,
+                    external_coordinator=args.external_coordinator)

@@ -14,15 +14,18 @@ the others' watchdogs stop them at their next poll, naming it, so nobody waits f
 has given up.
 
 Leaving. Under recoverability JAX's shutdown no longer waits for all processes, and process 0,
-which serves the coordinator, leaving first would make the others' clients abort. So at exit
+when it serves the coordinator, leaving first would make the others' clients abort. So at exit
 every process records `done`, waits at a last barrier while the watchdog still watches (a peer
 that dies there is reported, not waited for), then the other processes disconnect and
 process 0 goes last.
 
-Limit: losing process 0 loses the coordinator itself; the survivors' JAX clients then abort
-(C++ fatal error) within a second, on a runtime thread, before any Python code can run. JAX's
-client reports it to a `missed_heartbeat_callback` whose default aborts, and jaxlib 0.10.2 cannot
-call a Python one (launch/README.md, "Preemption and lost processes").
+Limit of the default layout: losing process 0 loses the coordinator itself; the survivors' JAX
+clients then abort (C++ fatal error) within a second, on a runtime thread, before any Python
+code can run. JAX's client reports it to a `missed_heartbeat_callback` whose default aborts,
+and jaxlib 0.10.2 cannot call a Python one (launch/README.md, "Preemption and lost processes").
+With the coordinator in a process of its own (coordinator.py, `--external_coordinator`) no
+training process serves it (`external_coordinator`), and losing process 0 is
+reported like losing any other.
 """
 from __future__ import annotations
 
@@ -73,13 +76,16 @@ class Watchdog:
   passed the last barrier, which all processes reach before any leaves.
   """
 
-  def __init__(self, client, prog: str, heartbeat_timeout_s: float, poll_s: float = POLL_S):
+  def __init__(self, client, prog: str, heartbeat_timeout_s: float, poll_s: float = POLL_S,
+               external_coordinator: bool = False):
     self.client = client
+    self.external_coordinator = external_coordinator
     self.prog = prog
     self.heartbeat_timeout_s = heartbeat_timeout_s
     self.poll_s = poll_s
     self.me, self.count = jax.process_index(), jax.process_count()
     self.others = frozenset(range(self.count)) - {self.me}
+    self.serves_coordinator = self.me == 0 and not external_coordinator
     self.leaving: Optional[str] = None    # this process's own key value, once set
     self.error: Optional[BaseException] = None   # what the main thread ran into, if anything
     self._live = frozenset(range(self.count))    # the poller's latest answer
@@ -125,6 +131,8 @@ class Watchdog:
         leaving = self._leaving_keys()
       except Exception as e:  # pylint: disable=broad-except  # the coordinator is gone
         if self.leaving is None:
+          if self.external_coordinator:
+            self.exit(f'lost the external coordinator: {_first_line(e)}')
           self.exit(f'lost the coordinator (process 0): {_first_line(e)}', dead=frozenset({0}))
         return
       gone = self.others - self._live
@@ -152,7 +160,7 @@ class Watchdog:
     print(f'{self.prog}: error: process {self.me} of {self.count} stops: {line}',
           file=sys.stderr, flush=True)
     self._record(_FAILED + line)
-    if self.me == 0:
+    if self.serves_coordinator:
       self._wait_until_others_exit(dead)
     else:
       _bounded(lambda: self.client.key_value_set(_EXITED + str(self.me), '1'), 10)
@@ -182,8 +190,8 @@ class Watchdog:
     self.exit(None, error, status=status)
 
   def _wait_until_others_exit(self, dead: frozenset[int]) -> None:
-    """Process 0 serves the coordinator, and the others' clients abort once it is gone: it
-    waits (bounded) until every other process is about to exit (its last act is a key) or is
+    """Process 0 serves the coordinator (by default), and the others' clients abort once it is
+    gone: it waits (bounded) until every other process is about to exit (its last act is a key) or is
     dead. The poller keeps running meanwhile: the others' polls need this process's."""
     deadline = self._deadline()
     while time.monotonic() < deadline:
@@ -198,7 +206,7 @@ class Watchdog:
 
   def leave_done(self) -> None:
     """The normal end: all processes meet at a last barrier, then the others disconnect and
-    process 0 (the coordinator) goes last."""
+    process 0, when it serves the coordinator, goes last."""
     if self.leaving is not None:
       return
     self.leaving = _DONE
@@ -207,7 +215,7 @@ class Watchdog:
       self.client.wait_at_barrier('moe_flan/leave', LEAVE_TIMEOUT_S * 1000)
     except Exception as e:  # pylint: disable=broad-except  # a peer never arrived
       self.exit(f'not all processes reached the end: {_first_line(e)}')
-    if self.me == 0:
+    if self.serves_coordinator:
       self._judge.join(LEAVE_TIMEOUT_S)   # returns once the others have disconnected
     self._closing.set()
     self._judge.join(self.poll_s + 10)
@@ -221,11 +229,12 @@ def watching() -> bool:
   return _watchdog is not None
 
 
-def start(client, prog: str, heartbeat_timeout_s: float, poll_s: float = POLL_S) -> Watchdog:
+def start(client, prog: str, heartbeat_timeout_s: float, poll_s: float = POLL_S,
+          external_coordinator: bool = False) -> Watchdog:
   """Starts this process's watchdog and registers the ordered leave at interpreter exit
   (after JAX's own exit handler is registered, so it runs before JAX shuts the client down)."""
   global _watchdog
-  _watchdog = Watchdog(client, prog, heartbeat_timeout_s, poll_s).start()
+  _watchdog = Watchdog(client, prog, heartbeat_timeout_s, poll_s, external_coordinator).start()
   atexit.register(_watchdog.leave_done)
   return _watchdog
 

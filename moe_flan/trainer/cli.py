@@ -58,6 +58,7 @@ class Flags:
   distributed_timeout_s: int = distributed.DEFAULT_TIMEOUT_S
   distributed_heartbeat_timeout_s: int = distributed.DEFAULT_HEARTBEAT_TIMEOUT_S
   prog: str = 'moe_flan'
+  external_coordinator: Optional[bool] = None   # None: $MOE_FLAN_EXTERNAL_COORDINATOR
 
 
 def split_commas(values: Sequence[str]) -> tuple[str, ...]:
@@ -104,7 +105,7 @@ def parse_flags(argv: Sequence[str], prog: str = 'moe_flan') -> Flags:
   return Flags(split_commas(args.gin_file), tuple(bindings), split_commas(args.gin_search_paths),
                args.coordinator_address, args.num_processes, args.process_id,
                args.distributed_auto_detect, args.distributed_timeout_s,
-               args.distributed_heartbeat_timeout_s, prog)
+               args.distributed_heartbeat_timeout_s, prog, args.external_coordinator)
 
 
 def import_configurables() -> None:
@@ -205,7 +206,7 @@ def initialize_distributed(flags: Flags) -> None:
                          auto_detect=flags.distributed_auto_detect,
                          timeout_s=flags.distributed_timeout_s,
                          heartbeat_timeout_s=flags.distributed_heartbeat_timeout_s,
-                         prog=flags.prog)
+                         external_coordinator=flags.external_coordinator, prog=flags.prog)
 
 
 def start(argv: Optional[Sequence[str]], prog: str) -> Flags:
