@@ -115,6 +115,20 @@ def wait_for_coordinator(coordinator_address: str, timeout_s: float,
       time.sleep(0.25)
 
 
+def _check_coordinator(coordinator_address: str, process_id: int, external: bool,
+                       timeout_s: float) -> None:
+  """Processes that do not serve the coordinator wait until it is reachable; process 0, which
+  will serve it, refuses an address another process serves already (gRPC may share the port:
+  two services, the clients split between them)."""
+  if process_id != 0 or external:
+    wait_for_coordinator(coordinator_address, timeout_s, external)
+  elif accepts_connections(coordinator_address):
+    raise RuntimeError(
+        f'coordinator_address={coordinator_address!r} is already served by another process: '
+        f'if it is moe_flan.partitioning.coordinator, pass --external_coordinator to every '
+        f'process; else pick a free port')
+
+
 def initialize(coordinator_address: Optional[str] = None,
                num_processes: Optional[int] = None,
                process_id: Optional[int] = None,
@@ -163,34 +177,33 @@ def initialize(coordinator_address: Optional[str] = None,
                   process_id=process_id)
   external = ', coordinator in its own process' if external_coordinator else ''
   print(f'moe_flan: jax.distributed.initialize({kwargs or "auto-detect"}){external}, '
-        f'timeout {timeout_s}s',
-        file=sys.stderr, flush=True)
+        f'timeout {timeout_s}s', file=sys.stderr, flush=True)
   if heartbeat_timeout_s < 1:
     raise ValueError(f'heartbeat_timeout_s={heartbeat_timeout_s} must be >= 1')
-  if coordinator_address is not None and (process_id != 0 or external_coordinator):
-    wait_for_coordinator(coordinator_address, timeout_s, external_coordinator)
-  elif coordinator_address is not None and accepts_connections(coordinator_address):
-    # Process 0 would serve a second service on the same port (gRPC may share it).
-    raise RuntimeError(
-        f'coordinator_address={coordinator_address!r} is already served by another process: '
-        f'if it is moe_flan.partitioning.coordinator, pass --external_coordinator to every '
-        f'process; else pick a free port')
+  if coordinator_address is not None:
+    _check_coordinator(coordinator_address, process_id, external_coordinator, timeout_s)
   if external_coordinator:
     kwargs['coordinator_bind_address'] = _UNUSED_SERVICE_BIND_ADDRESS
+  _start_runtime(kwargs, local_device_ids, timeout_s, heartbeat_timeout_s,
+                 f'coordinator_address={coordinator_address!r}, num_processes={num_processes}, '
+                 f'process_id={process_id}')
+  _watch(prog, heartbeat_timeout_s, external_coordinator)
+  return True
+
+
+def _start_runtime(kwargs: dict, local_device_ids: Optional[list[int]], timeout_s: int,
+                   heartbeat_timeout_s: int, settings: str) -> None:
+  """`jax.distributed.initialize(**kwargs)`, recoverable; RuntimeError naming `settings`."""
   # Without it, the coordinator aborts every process (a C++ fatal error, wherever it is) once
-  # one stops sending heartbeats; with it, the watchdog below stops them cleanly.
+  # one stops sending heartbeats; with it, the watchdog stops them cleanly.
   jax.config.update('jax_enable_recoverability', True)
   try:
     jax.distributed.initialize(local_device_ids=local_device_ids,
                                initialization_timeout=timeout_s,
                                heartbeat_timeout_seconds=heartbeat_timeout_s, **kwargs)
   except (RuntimeError, ValueError) as e:  # XlaRuntimeError is a RuntimeError
-    raise RuntimeError(
-        f'jax.distributed.initialize failed (coordinator_address={coordinator_address!r}, '
-        f'num_processes={num_processes}, process_id={process_id}, timeout {timeout_s}s): '
-        f'{e}') from e
-  _watch(prog, heartbeat_timeout_s, external_coordinator)
-  return True
+    raise RuntimeError(f'jax.distributed.initialize failed ({settings}, timeout '
+                       f'{timeout_s}s): {e}') from e
 
 
 def _watch(prog: str, heartbeat_timeout_s: int, external_coordinator: bool) -> None:
