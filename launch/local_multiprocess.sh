@@ -72,8 +72,8 @@ fi
 for ((i = 0; i < NUM_PROCESSES; i++)); do
   # shellcheck disable=SC2086  # COMMAND is deliberately split into words
   timeout "$TIMEOUT_S" "$PYTHON" $COMMAND "$@" --coordinator_address="127.0.0.1:$PORT" \
-      --num_processes="$NUM_PROCESSES" --process_id="$i" ${distributed_flags[@]+"${distributed_flags[@]}"} \
-      > "$LOG_DIR/process_$i.log" 2>&1 &
+      --num_processes="$NUM_PROCESSES" --process_id="$i" \
+      ${distributed_flags[@]+"${distributed_flags[@]}"} > "$LOG_DIR/process_$i.log" 2>&1 &
   pids+=($!)
 done
 echo "started $NUM_PROCESSES processes (coordinator 127.0.0.1:$PORT); logs in $LOG_DIR" >&2

@@ -24,8 +24,8 @@ clients then abort (C++ fatal error) within a second, on a runtime thread, befor
 code can run. JAX's client reports it to a `missed_heartbeat_callback` whose default aborts,
 and jaxlib 0.10.2 cannot call a Python one (launch/README.md, "Preemption and lost processes").
 With the coordinator in a process of its own (coordinator.py, `--external_coordinator`) no
-training process serves it (`external_coordinator`), and losing process 0 is
-reported like losing any other.
+training process serves it, nobody needs to leave last, and losing process 0 is reported like
+losing any other.
 """
 from __future__ import annotations
 
@@ -190,9 +190,9 @@ class Watchdog:
     self.exit(None, error, status=status)
 
   def _wait_until_others_exit(self, dead: frozenset[int]) -> None:
-    """Process 0 serves the coordinator (by default), and the others' clients abort once it is
-    gone: it waits (bounded) until every other process is about to exit (its last act is a key) or is
-    dead. The poller keeps running meanwhile: the others' polls need this process's."""
+    """Process 0 serves the coordinator (by default), and the others' clients abort once it
+    is gone: it waits (bounded) until every other process is about to exit (its last act is a
+    key) or is dead. The poller keeps running meanwhile: the others' polls need this process's."""
     deadline = self._deadline()
     while time.monotonic() < deadline:
       try:
