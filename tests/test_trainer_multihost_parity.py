@@ -5,6 +5,8 @@ crosses the process boundary.
 
 One chain of runs, shared by every test here (each process start costs seconds of imports):
 - `one`: one process trains steps 1-6, saving steps 2, 4 and 6 (the uninterrupted reference);
+- `scratch`: two processes train steps 1-4 from step 0 (the same processes, before `two`:
+  tests/multihost_train_twice.py);
 - `two`: two processes resume `one`'s step-2 checkpoint (1 -> 2 processes) and train steps 3-4,
   saving step 4 together;
 - `back`: one process resumes `two`'s step-4 checkpoint (2 -> 1) and trains steps 5-6;
@@ -58,9 +60,14 @@ def _here(main, argv):
     gin.clear_config()
 
 
-def _two_processes(gin_file, model_dir, steps, log_dir):
+def _two_processes(gin_file, model_dir, steps, log_dir, scratch_dir):
+  """Two processes that first train `scratch_dir` from step 0 to step 4, then the run."""
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  # The coordinator in its own process (the opt-in layout): a whole run under it, normal end.
   env.update(PYTHON=sys.executable, DEVICES_PER_PROCESS='4', LOG_DIR=str(log_dir),
+             EXTERNAL_COORDINATOR='1',
+             COMMAND=os.path.join(REPO, 'tests', 'multihost_train_twice.py'),
+             SCRATCH_MODEL_DIR=str(scratch_dir), SCRATCH_STEPS='4',
              TIMEOUT_S='600', JAX_PLATFORMS='cpu', PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL='2',
              JAX_COMPILATION_CACHE_DIR=JAX_CACHE_DIR,
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
@@ -70,7 +77,8 @@ def _two_processes(gin_file, model_dir, steps, log_dir):
        *_train_flags(gin_file, model_dir, steps)],
       cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
       timeout=660)
-  logs = [(log_dir / f'process_{i}.log').read_text() for i in (0, 1)]
+  logs = [(log_dir / name).read_text() for name in ('process_0.log', 'process_1.log',
+                                                    'coordinator.log')]
   return proc.returncode, logs, proc.stdout
 
 
@@ -115,10 +123,10 @@ def runs(tmp_path_factory, persistent_compilation_cache):
   root = tmp_path_factory.mktemp('multihost_parity')
   gin_file = root / 'tiny.gin'
   gin_file.write_text(TINY_GIN)
-  one, two, back = root / 'one', root / 'two', root / 'back'
+  one, two, back, scratch = root / 'one', root / 'two', root / 'back', root / 'scratch'
   _here(train_cli.main, _train_flags(gin_file, one, 6))
   _copy_until(one, two, 2)
-  rc, logs, launcher = _two_processes(gin_file, two, 4, root / 'two_logs')
+  rc, logs, launcher = _two_processes(gin_file, two, 4, root / 'two_logs', scratch)
   assert rc == 0, (launcher[-2000:], logs[0][-3000:], logs[1][-3000:])
   _copy_until(two, back, 4)
   _here(train_cli.main, _train_flags(gin_file, back, 6))
@@ -126,7 +134,17 @@ def runs(tmp_path_factory, persistent_compilation_cache):
                (('one', one), ('two', two))}
   return dict(one=one, two=two, back=back, logs=logs, evaluated=evaluated,
               losses={name: _losses(d) for name, d in (('one', one), ('two', two),
-                                                        ('back', back))})
+                                                        ('back', back), ('scratch', scratch))})
+
+
+def test_two_processes_from_step_0_train_like_one(runs):
+  """Initialisation, data order and every step on 2 processes x 4 devices: the losses of
+  steps 1-4 are the 1-process run's to a few float32 ulps."""
+  ref, got = runs['losses']['one'], runs['losses']['scratch']
+  assert sorted(got) == [1, 2, 3, 4], got
+  for step in got:
+    assert _ulps(got[step], ref[step]) <= MAX_ULPS, (step, got[step], ref[step])
+  assert 'moe_flan: starting at step 0' in runs['logs'][0], runs['logs'][0][:3000]
 
 
 def test_two_processes_resume_one_process_checkpoint_and_train_alike(runs):
@@ -137,9 +155,13 @@ def test_two_processes_resume_one_process_checkpoint_and_train_alike(runs):
   assert 'resuming from step 2 ' in log0, log0[-3000:]
   assert ("mesh data=1 x expert=8 x model=1 on 8 cpu device(s) in 2 process(es); MoE "
           "dispatch 'expert_parallel'") in log0, log0[-3000:]
-  for log in runs['logs']:
-    assert 'moe_flan.train: finished at step 4' in log, log[-3000:]
-    assert 'routing group(s) do not divide' not in log, log[-3000:]   # no scatter fallback
+  for log in runs['logs'][:2]:
+    assert 'coordinator in its own process, timeout' in log, log[:3000]
+    finished = 'moe_flan.train: finished at step 4'
+    assert log.count(finished) == 2, log[-3000:]        # from step 0, then the resumed run
+    resumed = log[log.index(finished) + len(finished):]
+    assert 'routing group(s) do not divide' not in resumed, log[-3000:]   # no scatter fallback
+  assert 'serving 2 processes on 127.0.0.1:' in runs['logs'][2], runs['logs'][2]
   assert [got[s] for s in (1, 2)] == [ref[s] for s in (1, 2)]   # kept from the copied run
   for step in (3, 4):
     assert _ulps(got[step], ref[step]) <= MAX_ULPS, (step, got[step], ref[step])

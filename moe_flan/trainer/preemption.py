@@ -18,6 +18,7 @@ A process that dies leaves the others waiting at this barrier or in a collective
 """
 from __future__ import annotations
 
+import itertools
 import signal
 import threading
 
@@ -33,7 +34,6 @@ class StopFlag:
 
   def __init__(self):
     self.set = False
-    self.calls = 0   # `agreed` calls so far: each has its own barrier and keys
     self._old = None
 
   def __enter__(self) -> 'StopFlag':
@@ -51,6 +51,9 @@ class StopFlag:
 
 
 _AGREEMENT_TIMEOUT_MS = 60 * 60 * 1000   # the slowest process's step, first compile included
+# `agreed` calls so far in this process: each has its own barrier and keys, also when a process
+# runs several entry points in turn (a barrier id the coordinator has seen passed is no use).
+_calls = itertools.count()
 
 
 def _client():
@@ -68,8 +71,7 @@ def agreed(flag: StopFlag) -> bool:
   if jax.process_count() == 1:
     return flag.set
   client = _client()
-  call = flag.calls
-  flag.calls += 1
+  call = next(_calls)
   prefix = f'moe_flan/stop_agreement/{call}/'
   if flag.set:
     client.key_value_set(prefix + str(jax.process_index()), '1')
