@@ -48,13 +48,15 @@ def scatter_dispatch(routing: Routing, x: jax.Array, ffn: ExpertFFN) -> jax.Arra
   e, c = routing.num_experts, routing.capacity
   slots = buffer_slots(routing)                                      # [G, T, S]
   sources = slot_sources(slots, e * c)                               # [G, E*C]
-  zero_row = jnp.zeros((g, 1, d), x.dtype)
-  x_padded = jnp.concatenate([x, zero_row], axis=1)                  # [G, T+1, D]
-  buffers = jnp.take_along_axis(x_padded, sources[..., None], axis=1)   # [G, E*C, D]
+  # Empty slots (source T) and unrouted selections (slot E * C) index one past the end and read
+  # zeros (`mode='fill'`). Not a zero row concatenated to the tokens: where a group's tokens are
+  # split over devices (fewer groups than batch partitions), XLA can re-split that odd-length
+  # buffer only by replicating it whole ("Involuntary full rematerialization").
+  buffers = jnp.take_along_axis(x, sources[..., None], axis=1, mode='fill', fill_value=0)
   buffers = to_expert_major(buffers.reshape(g, e, c, d))             # [E, G, C, D]
   y = to_group_major(ffn.batched(buffers).astype(x.dtype))          # [G, E, C, D]
-  y_padded = jnp.concatenate([y.reshape(g, e * c, d), zero_row], axis=1)   # [G, E*C+1, D]
   s = slots.shape[-1]
-  picked = jnp.take_along_axis(y_padded, slots.reshape(g, t * s, 1), axis=1)
+  picked = jnp.take_along_axis(y.reshape(g, e * c, d), slots.reshape(g, t * s, 1), axis=1,
+                               mode='fill', fill_value=0)           # [G, T*S, D]
   picked = picked.reshape(g, t, s, d)
   return jnp.einsum('GTSD,GTS->GTD', picked, routing.combine_weight.astype(x.dtype))
