@@ -152,8 +152,9 @@ def test_an_external_coordinator_turns_losing_process_0_into_a_clean_stop():
   assert status == 1, (status, out[-3000:])
   assert ('worker: error: process 1 of 2 stops: lost process 0 (no heartbeat for 5 s; see its '
           'log)') in out, out[-3000:]
-  # The 5 s heartbeat timeout, a watchdog poll; not the 100 s default.
-  assert seconds < 40, seconds
+  # The 5 s heartbeat timeout and a watchdog poll (slack for a loaded machine); not the 100 s
+  # default, nor a wait for process 0.
+  assert seconds < 60, seconds
   for noise in ('passed the barrier', 'Check failed', 'Fatal', 'terminate called', 'Aborted',
                 'Terminating process'):
     assert noise not in out, out[-3000:]
