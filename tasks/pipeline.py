@@ -15,9 +15,10 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from tasks import quality, registry
+from tasks import packing, quality, registry
 
 FEATURES = ('inputs', 'targets')
+PACKERS = ('vectorized', 'seqio')
 _UNCACHED_WARNING = 'Using an uncached FunctionDataset for training'
 
 
@@ -97,8 +98,9 @@ class BatchIterator:
 def get_dataset(mixture_or_task_name: str, split: str, task_feature_lengths: Mapping[str, int],
                 seed: int, shard_id: int = 0, num_shards: int = 1, shuffle: bool = True,
                 repeat: bool = True, use_cached: bool = False,
-                try_in_mem_cache: bool = False) -> tf.data.Dataset:
-  """Tokenized examples {'inputs', 'targets'} (+ EOS), over-long ones truncated and counted."""
+                try_in_mem_cache: bool = False, truncate: bool = True) -> tf.data.Dataset:
+  """Tokenized examples {'inputs', 'targets'} (+ EOS), over-long ones truncated and counted
+  (unless `truncate=False`: the packer then cuts and counts them, `get_batches`)."""
   provider = registry.get(mixture_or_task_name)
   lengths = {k: int(task_feature_lengths[k]) for k in FEATURES}
   ds = provider.get_dataset(
@@ -109,17 +111,32 @@ def get_dataset(mixture_or_task_name: str, split: str, task_feature_lengths: Map
       else None,
       num_epochs=None if repeat else 1, trim_output_features=False,
       try_in_mem_cache=try_in_mem_cache)
-  feats = provider.output_features
-  eos = {k: (feats[k].vocabulary.eos_id if feats[k].add_eos else -1) for k in FEATURES}
   ds = ds.map(lambda ex: {k: ex[k] for k in FEATURES}, num_parallel_calls=tf.data.AUTOTUNE)
-  return quality.truncate_and_count(ds, lengths, eos)
+  return quality.truncate_and_count(ds, lengths, _eos_ids(provider)) if truncate else ds
+
+
+def _eos_ids(provider) -> Dict[str, int]:
+  feats = provider.output_features
+  return {k: (feats[k].vocabulary.eos_id if feats[k].add_eos else -1) for k in FEATURES}
+
+
+def _converter(mixture_or_task_name: str, pack: bool, packer: str
+               ) -> seqio.EncDecFeatureConverter:
+  if packer not in PACKERS:
+    raise ValueError(f'packer={packer!r}: choose one of {PACKERS}')
+  if not pack or packer == 'seqio':
+    return seqio.EncDecFeatureConverter(pack=pack)
+  # The vectorised packer also does truncate_and_count's cuts and counts, per block.
+  return packing.PackingEncDecFeatureConverter(
+      eos=_eos_ids(registry.get(mixture_or_task_name)),
+      truncated={k: quality.counter(f'truncated_{k}', 'all') for k in FEATURES})
 
 
 def get_batches(mixture_or_task_name: str, split: str, task_feature_lengths: Mapping[str, int],
                 batch_size: int, seed: int, shard_id: int = 0, num_shards: int = 1,
                 pack: bool = True, shuffle: bool = True, repeat: bool = True,
                 start_batch: int = 0, use_cached: bool = False,
-                try_in_mem_cache: bool = False) -> BatchIterator:
+                try_in_mem_cache: bool = False, packer: str = 'vectorized') -> BatchIterator:
   """Batches of seqio EncDecFeatureConverter features for this host's shard.
 
   Args:
@@ -137,6 +154,8 @@ def get_batches(mixture_or_task_name: str, split: str, task_feature_lengths: Map
       start_batch + k of the uninterrupted one.
     use_cached, try_in_mem_cache: passed to seqio. The in-memory cache is off by default: it
       would replay the first epoch's order forever (and tfds mock data cannot use it).
+    packer: 'vectorized' (tasks.packing: seqio's rows, several times faster) or 'seqio'
+      (seqio.utils.trim_and_pack_dataset); both give the same batches.
 
   Returns:
     A BatchIterator of {feature: <int32>[batch_size, L]} with features encoder_input_tokens,
@@ -145,10 +164,11 @@ def get_batches(mixture_or_task_name: str, split: str, task_feature_lengths: Map
   """
   hide_accelerators_from_tf()
   _check_args(task_feature_lengths, batch_size, shard_id, num_shards, start_batch)
+  converter = _converter(mixture_or_task_name, pack, packer)
   ds = get_dataset(mixture_or_task_name, split, task_feature_lengths, seed, shard_id, num_shards,
-                   shuffle, repeat, use_cached, try_in_mem_cache)
+                   shuffle, repeat, use_cached, try_in_mem_cache,
+                   truncate=not isinstance(converter, packing.PackingEncDecFeatureConverter))
   lengths = {k: int(task_feature_lengths[k]) for k in FEATURES}
-  converter = seqio.EncDecFeatureConverter(pack=pack)
   ds = converter(ds, lengths)
   ds = ds.batch(batch_size, drop_remainder=False)
   if start_batch:
