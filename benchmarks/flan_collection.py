@@ -12,15 +12,18 @@ each beside a trivial reader of the same data, and the pipeline against a train 
    (pyarrow batches, json.loads per line), each in a fresh child process: rows/s, their ratio,
    and each child's peak resident memory (VmHWM), also above a child that only imports the
    same modules (the bound prepare must keep whatever the input size).
-3. In one fresh child process, registers the result twice (reading the stored ids; and, unless
-   --no_text_path, tokenizing the stored text while reading, as a collection prepared without
-   a vocabulary is read) and times, round-robin over the rounds, packed `flan2022` batches at
-   instruction-tuning lengths (2048 -> 512, seqio tasks grouped by task) from
-   `tasks.pipeline.get_batches` of each, against a trivial reader of the same train shards
+3. In one fresh child process, registers the result two or three times (reading the stored ids
+   packed by tasks.packing, the default; the same packed by seqio's packer, `packer='seqio'`,
+   giving the same batches; and, unless --no_text_path, tokenizing the stored text while
+   reading, as a collection prepared without a vocabulary is read) and times, round-robin over
+   the rounds, packed `flan2022` batches at instruction-tuning lengths (2048 -> 512, seqio
+   tasks grouped by task) from `tasks.pipeline.get_batches` of each, against a trivial reader of the same train shards
    (`tf.data.TFRecordDataset` + parse, batched by 64, no tokenizing, mixing or packing), each
    round after a few untimed batches that empty the prefetch stock: examples/s, the
    pipelines' tokens/s (non-padding) and token slots/s, their ratios to the reader, start-up
-   times and the child's peak memory.
+   times and the child's peak memory, and per round the process's CPU seconds (token slots
+   per CPU second: a pipeline's cost, less sensitive than wall-clock rates to other jobs on a
+   shared machine).
 4. Headroom: the ids pipeline's token slots/s over those of the train steps recorded in
    benchmarks/results (CPU 'base-like', H200 'switch-base-like'), i.e. how many such steps one
    host's pipeline keeps fed, also per core of this machine (tf.data uses every core).
@@ -206,33 +209,43 @@ def _time_baseline(it, n: int) -> Tuple[float, int, int]:
   return time.perf_counter() - start, chars, examples
 
 
-def _time_pipeline(it, n: int) -> Tuple[float, int, int]:
+def _cpu_s() -> float:
+  return time.process_time()    # every thread of this process (tf.data's too), ns resolution
+
+
+def _time_pipeline(it, n: int) -> Tuple[float, int, int, float]:
+  """(seconds, tokens, examples, CPU seconds of this process) for `n` batches."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   _drain(it, DRAIN_BATCHES)
-  start, tokens, examples = time.perf_counter(), 0, 0
+  start, cpu, tokens, examples = time.perf_counter(), _cpu_s(), 0, 0
   for _ in range(n):
     batch = next(it)
     tokens += int((batch['encoder_input_tokens'] > 0).sum() +
                   (batch['decoder_target_tokens'] > 0).sum())
     examples += int(sum(len(np.unique(r[r > 0])) for r in batch['encoder_segment_ids']))
-  return time.perf_counter() - start, tokens, examples
+  return time.perf_counter() - start, tokens, examples, _cpu_s() - cpu
+
+
+# Contenders: (key, name prefix, read stored ids, packer of tasks.pipeline.get_batches).
+CONTENDERS = (('p', '', True, 'vectorized'), ('s', 'seqio_', True, 'seqio'),
+              ('t', 'text_', False, 'vectorized'))
 
 
 def child_pipeline(data_dir: str, batch_size: int, batches: int, rounds: int,
                    text_path: int = 1) -> Dict[str, Any]:
-  """Round-robin: per round `batches` packed batches from the stored token ids ('p'), as many
-  from the text path ('t', tokenizing while reading; when `text_path`), and as many raw
-  examples as the previous ids round packed (at least BASELINE_MIN_EXAMPLES), in rotating
-  order."""
+  """Round-robin: per round `batches` packed batches from the stored token ids packed by
+  tasks.packing ('p'), as many packed by seqio's packer ('s', the same batches), as many from
+  the text path ('t', tokenizing while reading; when `text_path`), and as many raw examples as
+  the previous ids round packed (at least BASELINE_MIN_EXAMPLES), in rotating order."""
   import tasks  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
   from tasks import flan_collection, pipeline  # pylint: disable=g-import-not-at-top
   iterators, startup = {}, {}
-  for who, prefix, use_tokens in (('p', '', True), ('t', 'text_', False))[:1 + bool(text_path)]:
+  for who, prefix, use_tokens, packer in CONTENDERS[:2 + bool(text_path)]:
     start = time.perf_counter()
     registered = flan_collection.register(data_dir, group_by='task', name_prefix=prefix,
                                           use_tokens=use_tokens)
     iterators[who] = pipeline.get_batches(f'{prefix}flan2022', 'train', LENGTHS, batch_size,
-                                          seed=0)
+                                          seed=0, packer=packer)
     next(iterators[who])
     startup[who] = time.perf_counter() - start
   base = _baseline_iterator(data_dir)
@@ -244,20 +257,24 @@ def child_pipeline(data_dir: str, batch_size: int, batches: int, rounds: int,
     got: Dict[str, Any] = {}
     for who in order:
       if who != 'b':
-        got[f'{who}_s'], got[f'{who}_tokens'], got[f'{who}_examples'] = _time_pipeline(
-            iterators[who], batches)
+        (got[f'{who}_s'], got[f'{who}_tokens'], got[f'{who}_examples'],
+         got[f'{who}_cpu_s']) = _time_pipeline(iterators[who], batches)
       else:   # as many examples as an ids round packs (~), from the previous round
         n = max(BASELINE_MIN_EXAMPLES, per_round[-1]['p_examples'] if per_round else 0)
         got['b_s'], got['b_chars'], got['b_examples'] = _time_baseline(base, n)
     per_round.append(got)
   return {'startup_s': startup['p'], 'text_startup_s': startup.get('t'),
+          'seqio_packer_startup_s': startup['s'],
           'seqio_tasks': len(registered['tasks']), 'rounds': per_round,
           'batch_size': batch_size, 'batches_per_round': batches}
 
 
 def summarise_pipeline(res: Dict[str, Any], who: str = 'p') -> Dict[str, Any]:
-  """Per-round rates of contender `who` ('p' ids, 't' text) and their medians; ratio =
-  its examples/s / the trivial reader's examples/s in the same round."""
+  """Per-round rates of contender `who` ('p' ids, 's' ids with seqio's packer, 't' text) and
+  their medians; ratio = its examples/s / the trivial reader's examples/s in the same round;
+  per CPU second: token slots over the process's CPU time in the round (on a shared machine
+  the cost of a slot, whatever the other jobs take; background prefetching of the other
+  contenders counts too, so it is a lower bound)."""
   import statistics  # pylint: disable=g-import-not-at-top
   slots_per_batch = res['batch_size'] * sum(LENGTHS.values())
   rr = []
@@ -268,12 +285,24 @@ def summarise_pipeline(res: Dict[str, Any], who: str = 'p') -> Dict[str, Any]:
                'pipeline_tokens_per_s': r[f'{who}_tokens'] / seconds,
                'pipeline_token_slots_per_s': res['batches_per_round'] * slots_per_batch / seconds,
                'pipeline_batches_per_s': res['batches_per_round'] / seconds,
+               'pipeline_token_slots_per_cpu_s': (res['batches_per_round'] * slots_per_batch /
+                                                  r[f'{who}_cpu_s']),
                'ratio': p_ex / b_ex})
   med = {k: statistics.median(x[k] for x in rr) for k in rr[0]}
   med['ratio_min'] = min(x['ratio'] for x in rr)
   med['ratio_max'] = max(x['ratio'] for x in rr)
   med['fill'] = med['pipeline_tokens_per_s'] / med['pipeline_token_slots_per_s']
   return med
+
+
+def paired_ratios(res: Dict[str, Any], a: str, b: str) -> Dict[str, float]:
+  """Contender a over b per round (same batches per round): wall-clock token slots/s and
+  token slots per CPU second, median and range over the rounds."""
+  import statistics  # pylint: disable=g-import-not-at-top
+  wall = [r[f'{b}_s'] / r[f'{a}_s'] for r in res['rounds']]
+  cpu = [r[f'{b}_cpu_s'] / r[f'{a}_cpu_s'] for r in res['rounds']]
+  return {'wall': statistics.median(wall), 'wall_min': min(wall), 'wall_max': max(wall),
+          'cpu': statistics.median(cpu), 'cpu_min': min(cpu), 'cpu_max': max(cpu)}
 
 
 def consumption() -> Dict[str, Any]:
@@ -335,6 +364,14 @@ def run(args: argparse.Namespace, workdir: str) -> Dict[str, Any]:
               batch_size=args.batch_size, lengths=LENGTHS, cores=cores, rounds=pipe_raw['rounds'])
   pipe['token_slots_per_s_per_core'] = pipe['pipeline_token_slots_per_s'] / cores
   _print_pipeline('stored ids', pipe)
+  pipe['seqio_packer'] = dict(summarise_pipeline(pipe_raw, 's'),
+                              startup_s=pipe_raw['seqio_packer_startup_s'])
+  pipe['over_seqio_packer'] = paired_ratios(pipe_raw, 'p', 's')
+  _print_pipeline("stored ids, seqio's packer", dict(pipe['seqio_packer'],
+                                                     seqio_tasks=pipe['seqio_tasks']))
+  print('tasks.packing over seqio\'s packer, same batches, paired by round: {wall:.2f}x '
+        '[{wall_min:.2f}-{wall_max:.2f}] token slots/s, {cpu:.2f}x [{cpu_min:.2f}-{cpu_max:.2f}] '
+        'token slots per CPU second'.format(**pipe['over_seqio_packer']), flush=True)
   if not args.no_text_path:
     pipe['text_path'] = dict(summarise_pipeline(pipe_raw, 't'),
                              startup_s=pipe_raw['text_startup_s'])
@@ -348,20 +385,31 @@ def run(args: argparse.Namespace, workdir: str) -> Dict[str, Any]:
   for name, c in consumption().items():
     headroom[name] = dict(c, headroom=pipe['pipeline_token_slots_per_s'] / c['token_slots_per_s'],
                           headroom_per_core=pipe['token_slots_per_s_per_core'] /
-                          c['token_slots_per_s'])
+                          c['token_slots_per_s'],
+                          headroom_per_cpu_s=pipe['pipeline_token_slots_per_cpu_s'] /
+                          c['token_slots_per_s'],
+                          seqio_packer_headroom=(pipe['seqio_packer']['pipeline_token_slots_per_s']
+                                                 / c['token_slots_per_s']),
+                          seqio_packer_headroom_per_cpu_s=(
+                              pipe['seqio_packer']['pipeline_token_slots_per_cpu_s'] /
+                              c['token_slots_per_s']))
     if 'text_path' in pipe:
       headroom[name]['text_path_headroom'] = (pipe['text_path']['pipeline_token_slots_per_s'] /
                                               c['token_slots_per_s'])
     print(f'headroom vs {name}: {headroom[name]["headroom"]:.2f}x, per core '
-          f'{headroom[name]["headroom_per_core"]:.2f}x ({c["token_slots_per_s"]:.0f} token '
-          'slots/s)', flush=True)
+          f'{headroom[name]["headroom_per_core"]:.2f}x, per CPU second '
+          f'{headroom[name]["headroom_per_cpu_s"]:.2f}x (seqio\'s packer '
+          f'{headroom[name]["seqio_packer_headroom"]:.2f}x, per CPU second '
+          f'{headroom[name]["seqio_packer_headroom_per_cpu_s"]:.2f}x; '
+          f'{c["token_slots_per_s"]:.0f} token slots/s)', flush=True)
   return {'prepare': prepare, 'pipeline': pipe, 'headroom': headroom}
 
 
 def _print_pipeline(label: str, pipe: Dict[str, Any]) -> None:
   print(f'{label}: {pipe["pipeline_examples_per_s"]:.0f} examples/s, '
         f'{pipe["pipeline_tokens_per_s"]:.0f} tokens/s ({pipe["pipeline_token_slots_per_s"]:.0f} '
-        f'slots/s, fill {pipe["fill"]:.2f}) vs trivial reader '
+        f'slots/s, {pipe["pipeline_token_slots_per_cpu_s"]:.0f} per CPU second, '
+        f'fill {pipe["fill"]:.2f}) vs trivial reader '
         f'{pipe["baseline_examples_per_s"]:.0f} examples/s: {pipe["ratio"]:.3f}x '
         f'[{pipe["ratio_min"]:.3f}-{pipe["ratio_max"]:.3f}]; start-up {pipe["startup_s"]:.0f} s '
         f'({pipe["seqio_tasks"]} seqio tasks)', flush=True)
