@@ -17,6 +17,7 @@ MODEL = os.path.join(REPO, 'gin', 'models', 'flan_moe_tiny.gin')
 # Shrinks any run file's model and data to test size (8 simulated devices: batch 8).
 TINY = TINY_GIN_MODEL + ["TASK_FEATURE_LENGTHS = {'inputs': 32, 'targets': 8}", 'BATCH_SIZE = 8']
 NO_TRUNCATION_CHECK = 'DataConfig.truncation_check_examples = 0'
+NO_PLOTS = 'RunConfig.write_plots = False'
 TRAIN_RUNS = {'quickstart.gin': [], 'instruction_tune.gin': [MODEL], 'pretrain.gin': [MODEL],
               'finetune.gin': [MODEL]}
 
@@ -65,10 +66,12 @@ def trained_dirs(tmp_path_factory):
     # embedded one): the quickstart keeps it; test_trainer_cli tests what it measures.
     # instruction_tune.gin trains on four of the embedded FLAN tasks: the quickstart already
     # builds the input pipelines of all 45 here (a run's longest part at this size).
-    extra = {'finetune.gin': ["MIXTURE_OR_TASK_NAME = 'emb_nli'", NO_TRUNCATION_CHECK],
+    # The quickstart draws its figures as a user's run does; the other run files' figures are
+    # the same code (test_trainer_metrics checks them) and would only add seconds.
+    extra = {'finetune.gin': ["MIXTURE_OR_TASK_NAME = 'emb_nli'", NO_TRUNCATION_CHECK, NO_PLOTS],
              'instruction_tune.gin': ["MIXTURE_OR_TASK_NAME = 'flan_embedded_n4'",
-                                      NO_TRUNCATION_CHECK],
-             'pretrain.gin': [NO_TRUNCATION_CHECK],
+                                      NO_TRUNCATION_CHECK, NO_PLOTS],
+             'pretrain.gin': [NO_TRUNCATION_CHECK, NO_PLOTS],
              'quickstart.gin': ['FINAL_EVAL_BATCHES = 1']}[name]
     bindings = TINY + extra + [f"MODEL_DIR = '{model_dir}'", 'TRAIN_STEPS = 1', 'LOG_PERIOD = 1']
     _configure(models + [os.path.join(RUNS, name)], bindings)
@@ -89,6 +92,9 @@ def test_train_run_file_runs_one_step(trained_dirs, name):
 
 def test_quickstart_ends_with_its_final_evaluation(trained_dirs):
   model_dir = trained_dirs['quickstart.gin'][0]
+  for figure in ('loss_curves.png', 'expert_utilisation.png'):   # and draws its figures
+    with open(os.path.join(model_dir, figure), 'rb') as f:
+      assert f.read(8) == b'\x89PNG\r\n\x1a\n', figure
   for mixture in ('flan_embedded', 'flan_embedded_heldout'):
     with open(os.path.join(model_dir, 'metrics', f'final_eval_{mixture}.jsonl')) as f:
       (record,) = [json.loads(line) for line in f]
