@@ -17,6 +17,11 @@
 #   SYNC=1                  first copy this checkout to REMOTE_DIR on every worker
 #   PYTHON=python3          interpreter on the workers
 #   DRY_RUN=1               print the gcloud commands instead of running them
+#   EXTERNAL_COORDINATOR=1  serve jax.distributed's coordinator from its own process on worker 0
+#     NUM_HOSTS=8           (python -m moe_flan.partitioning.coordinator, REMOTE_DIR/coordinator.log;
+#     [COORDINATOR_PORT=8482] NUM_HOSTS workers, the port auto-detection uses) started before and
+#                           stopped after training, which gets --external_coordinator: losing
+#                           worker 0's training process then stops the others cleanly too
 #   TOPOLOGY=v5p:4x4x8      pre-flight check first, on this machine: `python -m moe_flan.aot`
 #   [NUM_SLICES=2]          compiles the same train step for that slice (libtpu, no TPU needed:
 #                           pip install 'moe_flan[tpu]') and prints per-chip HBM, FLOPs and every
@@ -28,7 +33,7 @@ cd "$(dirname "$0")/.."
 : "${ZONE:?set ZONE to the TPU zone}"
 REMOTE_DIR=${REMOTE_DIR:-'~/moe_flan'}
 PYTHON=${PYTHON:-python3}
-gcloud_args=(--zone="$ZONE" --worker=all)
+gcloud_args=(--zone="$ZONE")
 [[ -n "${PROJECT:-}" ]] && gcloud_args+=(--project="$PROJECT")
 
 run() { if [[ -n "${DRY_RUN:-}" ]]; then printf '%q ' "$@"; echo; else "$@"; fi; }
@@ -42,8 +47,34 @@ if [[ -n "${TOPOLOGY:-}" ]]; then
     echo "tpu_pod.sh: the pre-flight check failed (see above); not starting the job" >&2; exit 1; }
 fi
 if [[ -n "${SYNC:-}" ]]; then
-  run gcloud compute tpus tpu-vm scp --recurse . "$TPU_NAME:$REMOTE_DIR" "${gcloud_args[@]}"
+  run gcloud compute tpus tpu-vm scp --recurse . "$TPU_NAME:$REMOTE_DIR" "${gcloud_args[@]}" \
+      --worker=all
 fi
 train_args=$(printf '%q ' "$@")
-run gcloud compute tpus tpu-vm ssh "$TPU_NAME" "${gcloud_args[@]}" \
-    --command="cd $REMOTE_DIR && $PYTHON -m moe_flan.train --distributed_auto_detect $train_args"
+train_env=
+if [[ "${EXTERNAL_COORDINATOR:-0}" == 1 ]]; then
+  : "${NUM_HOSTS:?set NUM_HOSTS to the number of TPU VM workers (EXTERNAL_COORDINATOR=1)}"
+  port=${COORDINATOR_PORT:-8482}
+  coordinator_args=(--bind_address="[::]:$port" --num_processes="$NUM_HOSTS")
+  for a in "$@"; do   # the processes' heartbeat timeout is the service's
+    if [[ "$a" == --distributed_heartbeat_timeout_s=* ]]; then
+      coordinator_args+=(--heartbeat_timeout_s="${a#*=}")
+    fi
+  done
+  # Detached (nohup, no ssh streams) so that it outlives this ssh session and the training.
+  run gcloud compute tpus tpu-vm ssh "$TPU_NAME" "${gcloud_args[@]}" --worker=0 \
+      --command="cd $REMOTE_DIR && nohup $PYTHON -m moe_flan.partitioning.coordinator \
+$(printf '%q ' "${coordinator_args[@]}")> coordinator.log 2>&1 < /dev/null & echo \$! > coordinator.pid"
+  # Auto-detection points every worker at worker 0's JAX_COORDINATOR_PORT.
+  train_env="JAX_COORDINATOR_PORT=$port "
+  train_args="--external_coordinator $train_args"
+fi
+status=0
+run gcloud compute tpus tpu-vm ssh "$TPU_NAME" "${gcloud_args[@]}" --worker=all \
+    --command="cd $REMOTE_DIR && $train_env$PYTHON -m moe_flan.train --distributed_auto_detect \
+$train_args" || status=$?
+if [[ "${EXTERNAL_COORDINATOR:-0}" == 1 ]]; then   # last: a training process aborts without it
+  run gcloud compute tpus tpu-vm ssh "$TPU_NAME" "${gcloud_args[@]}" --worker=0 \
+      --command="cd $REMOTE_DIR && kill \$(cat coordinator.pid)" || true
+fi
+exit $status
