@@ -136,7 +136,8 @@ def _row(model: str, result: dict[str, Any]) -> str:
     flags = dict(a.split('=', 1) for a in shown['command'].split() if '=' in a)
     topology, overlay = flags['--topology'], os.path.basename(flags['--gin_file'])
     return (f"| {model} | {topology}, tried | {overlay.removesuffix('.gin')} | not finished: "
-            f"{shown['stopped']} ({shown['date'][:10]}, load {shown['load_average'][0]:.0f}) "
+            f"{shown['stopped']}, {shown['cpu_s']} CPU-s ({shown['date'][:10]}, load "
+            f"{shown['load_average'][0]:.0f}) "
             '| | | | |')
   if shown is None or 'report' not in shown:
     why = shown['output_tail'].strip().splitlines()[-1] if shown else 'not run'

@@ -86,7 +86,8 @@ def test_a_stopped_compile_is_a_not_finished_row_naming_why():
   attempt = {'command': f'-m moe_flan.aot --gin_file=gin/models/m.gin --gin_file={aot_plans.EP} '
                         '--topology=v5e:2x2 --out=x.json',
              'date': '2026-12-04T20:31:07+00:00', 'load_average': [9.2, 7, 4], 'returncode': None,
-             'stopped': 'no result within 60 s', 'output_tail': 'no result within 60 s'}
+             'stopped': 'no result within 60 s', 'cpu_s': 51,
+             'output_tail': 'no result within 60 s'}
   row = aot_plans._row('m', {'attempts': [attempt]})  # pylint: disable=protected-access
   assert row.startswith('| m | v5e:2x2, tried | expert_parallel_shard_map | not finished: no '
-                        'result within 60 s (2026-12-04, load 9) |'), row
+                        'result within 60 s, 51 CPU-s (2026-12-04, load 9) |'), row
