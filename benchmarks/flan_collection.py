@@ -56,7 +56,7 @@ PREPARE_MODULES = 'tasks.flan_collection.prepare'
 PIPELINE_MODULES = 'tasks,tasks.pipeline,tasks.flan_collection'
 BASELINE_BATCH = 64   # parsed examples per trivial-reader element
 BASELINE_MIN_EXAMPLES = 4096   # per round, so a round is long beside its prefetch stock
-DRAIN_BATCHES = 8     # untimed batches at the start of every round (see _drain)
+DRAIN_BATCHES = 8     # untimed baseline elements / 4 at the start of every round (see _drain)
 
 
 def _words(rng: random.Random, n: int) -> List[str]:
@@ -213,10 +213,13 @@ def _cpu_s() -> float:
   return time.process_time()    # every thread of this process (tf.data's too), ns resolution
 
 
-def _time_pipeline(it, n: int) -> Tuple[float, int, int, float]:
-  """(seconds, tokens, examples, CPU seconds of this process) for `n` batches."""
+def _time_pipeline(it, n: int, drain: int) -> Tuple[float, int, int, float]:
+  """(seconds, tokens, examples, CPU seconds of this process) for `n` batches, after `drain`
+  untimed ones. Both packers make rows a block of max(lengths) = 2,048 examples at a time
+  (~1,400 rows, ~175 batches of 8 here), so a pipeline's stock made while the others were timed
+  can be several blocks: the drain must be longer than that, or the round times the stock."""
   import numpy as np  # pylint: disable=g-import-not-at-top
-  _drain(it, DRAIN_BATCHES)
+  _drain(it, drain)
   start, cpu, tokens, examples = time.perf_counter(), _cpu_s(), 0, 0
   for _ in range(n):
     batch = next(it)
@@ -232,7 +235,7 @@ CONTENDERS = (('p', '', True, 'vectorized'), ('s', 'seqio_', True, 'seqio'),
 
 
 def child_pipeline(data_dir: str, batch_size: int, batches: int, rounds: int,
-                   text_path: int = 1) -> Dict[str, Any]:
+                   text_path: int = 1, drain: int = 8) -> Dict[str, Any]:
   """Round-robin: per round `batches` packed batches from the stored token ids packed by
   tasks.packing ('p'), as many packed by seqio's packer ('s', the same batches), as many from
   the text path ('t', tokenizing while reading; when `text_path`), and as many raw examples as
@@ -258,7 +261,7 @@ def child_pipeline(data_dir: str, batch_size: int, batches: int, rounds: int,
     for who in order:
       if who != 'b':
         (got[f'{who}_s'], got[f'{who}_tokens'], got[f'{who}_examples'],
-         got[f'{who}_cpu_s']) = _time_pipeline(iterators[who], batches)
+         got[f'{who}_cpu_s']) = _time_pipeline(iterators[who], batches, drain)
       else:   # as many examples as an ids round packs (~), from the previous round
         n = max(BASELINE_MIN_EXAMPLES, per_round[-1]['p_examples'] if per_round else 0)
         got['b_s'], got['b_chars'], got['b_examples'] = _time_baseline(base, n)
@@ -266,7 +269,7 @@ def child_pipeline(data_dir: str, batch_size: int, batches: int, rounds: int,
   return {'startup_s': startup['p'], 'text_startup_s': startup.get('t'),
           'seqio_packer_startup_s': startup['s'],
           'seqio_tasks': len(registered['tasks']), 'rounds': per_round,
-          'batch_size': batch_size, 'batches_per_round': batches}
+          'batch_size': batch_size, 'batches_per_round': batches, 'drain_batches': drain}
 
 
 def summarise_pipeline(res: Dict[str, Any], who: str = 'p') -> Dict[str, Any]:
@@ -355,7 +358,7 @@ def run(args: argparse.Namespace, workdir: str) -> Dict[str, Any]:
         f'read {prepare["raw_rows_per_s"]:.0f} rows/s (peak {raw["peak_rss_mib"]:.0f} MiB): '
         f'{prepare["ratio_prepare_to_raw_read"]:.3f}x', flush=True)
   pipe_raw = _child(['pipeline', data, str(args.batch_size), str(args.batches), str(args.rounds),
-                     str(int(not args.no_text_path))])
+                     str(int(not args.no_text_path)), str(args.drain)])
   imports = _child(['imports', PIPELINE_MODULES])['peak_rss_mib']
   cores = len(os.sched_getaffinity(0))
   pipe = dict(summarise_pipeline(pipe_raw), startup_s=pipe_raw['startup_s'],
@@ -423,15 +426,18 @@ def _parse(argv):
   p.add_argument('--tasks_per_source', type=int, default=None, help='12; quick: 2')
   p.add_argument('--num_shards', type=int, default=16)
   p.add_argument('--batch_size', type=int, default=None, help='packed rows per batch (8; quick 2)')
-  p.add_argument('--batches', type=int, default=None, help='batches per round (100; quick: 2)')
+  p.add_argument('--batches', type=int, default=None, help='batches per round (800; quick: 2)')
   p.add_argument('--rounds', type=int, default=None, help='timed rounds (5; quick: 2)')
+  p.add_argument('--drain', type=int, default=None,
+                 help='untimed packed batches before each round (600, > 3 blocks of rows; '
+                      'quick: 2)')
   p.add_argument('--no_text_path', action='store_true',
                  help='skip timing the text path (tokenizing while reading) beside the ids')
   p.add_argument('--results_dir', default=os.path.join(RESULTS, 'flan_collection'))
   p.add_argument('--workdir', default=None, help='where to generate (default: a temp dir)')
   args = p.parse_args(argv)
   for key, full, quick in (('size_mb', 256, 2), ('tasks_per_source', 12, 2), ('batch_size', 8, 2),
-                           ('batches', 300, 2), ('rounds', 5, 2)):
+                           ('batches', 800, 2), ('rounds', 5, 2), ('drain', 600, 2)):
     if getattr(args, key) is None:
       setattr(args, key, quick if args.quick else full)
   return args
@@ -463,7 +469,7 @@ def main(argv=None) -> Dict[str, Any]:
                         'platform': platform.platform(), **_versions()},
             'settings': {k: getattr(args, k) for k in ('size_mb', 'tasks_per_source',
                                                        'num_shards', 'batch_size', 'batches',
-                                                       'rounds', 'no_text_path')},
+                                                       'rounds', 'drain', 'no_text_path')},
             **measured}
   os.makedirs(args.results_dir, exist_ok=True)
   path = os.path.join(args.results_dir, 'cpu_quick.json' if args.quick else 'cpu.json')
