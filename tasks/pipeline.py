@@ -154,7 +154,7 @@ def get_batches(mixture_or_task_name: str, split: str, task_feature_lengths: Map
       start_batch + k of the uninterrupted one.
     use_cached, try_in_mem_cache: passed to seqio. The in-memory cache is off by default: it
       would replay the first epoch's order forever (and tfds mock data cannot use it).
-    packer: 'vectorized' (tasks.packing: seqio's rows, several times faster) or 'seqio'
+    packer: 'vectorized' (tasks.packing: seqio's rows, ~2x the batches/s end to end) or 'seqio'
       (seqio.utils.trim_and_pack_dataset); both give the same batches.
 
   Returns:
