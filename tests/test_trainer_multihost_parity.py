@@ -159,8 +159,9 @@ def test_two_processes_resume_one_process_checkpoint_and_train_alike(runs):
     assert 'coordinator in its own process, timeout' in log, log[:3000]
     finished = 'moe_flan.train: finished at step 4'
     assert log.count(finished) == 2, log[-3000:]        # from step 0, then the resumed run
-    resumed = log[log.index(finished) + len(finished):]
-    assert 'routing group(s) do not divide' not in resumed, log[-3000:]   # no scatter fallback
+    # No scatter fallback in either run, initialisation included (the warning is once per
+    # shape and process, so the run from step 0 shows any the resumed run would).
+    assert 'routing group(s) do not divide' not in log, log[:3000]
   assert 'serving 2 processes on 127.0.0.1:' in runs['logs'][2], runs['logs'][2]
   assert [got[s] for s in (1, 2)] == [ref[s] for s in (1, 2)]   # kept from the copied run
   for step in (3, 4):

@@ -191,7 +191,7 @@ def _make_plan(routing: Routing, weight_specs: dict, mesh) -> _Plan:
 
 @functools.lru_cache(maxsize=None)
 def _warn_fallback(num_groups: int, group_axes: tuple, parts: int) -> None:
-  """Warns once per shape: e.g. init or one decoding step (1 group), or a group_size too big."""
+  """Warns once per shape: e.g. one decoding step (1 group), or a group_size too big."""
   logging.warning('expert_parallel: %d routing group(s) do not divide over mesh axes %s (%d '
                   "partitions); using the 'scatter' path there (same numbers, XLA-sharded). "
                   'For training, make batch * length / MoeConfig.group_size a multiple of %d.',

@@ -123,7 +123,8 @@ class TrainSetup:
     if self.checkpointer.latest_step() is not None:
       state, meta = self.checkpointer.restore(self.parts.abstract_state)
       return state, int(meta['data_position'])
-    init = ts.init_params_fn(self.parts.model, self.data.task_feature_lengths)
+    init = ts.init_params_fn(self.parts.model, self.data.task_feature_lengths,
+                             self.data.batch_size)
     tx = self.parts.tx
 
     def fresh(rng):

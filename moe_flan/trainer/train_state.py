@@ -36,9 +36,16 @@ def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
   return {k: batch[k] for k in names if k in batch}
 
 
-def init_params_fn(model: nn.Module, feature_lengths: dict[str, int]) -> Callable:
-  """rng -> boxed params (logically partitioned); abstract-evaluable for shapes and shardings."""
-  batch = dummy_batch(1, feature_lengths)
+def init_params_fn(model: nn.Module, feature_lengths: dict[str, int],
+                   batch_size: int = 1) -> Callable:
+  """rng -> boxed params (logically partitioned); abstract-evaluable for shapes and shardings.
+
+  The params do not depend on `batch_size` (the rows of the dummy batch the model is traced
+  with), but an MoE dispatcher picks its path from the routing groups the batch makes: the
+  training batch size traces the path training runs (the 'expert_parallel' dispatcher's
+  all-to-all, not its fallback for groups that do not divide). Under jit the forward pass is
+  dead code: only the parameter initialisers are computed."""
+  batch = dummy_batch(batch_size, feature_lengths)
 
   def init(rng):
     variables = model.init({'params': rng, 'dropout': rng}, **model_inputs(batch),
