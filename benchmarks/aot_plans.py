@@ -132,13 +132,14 @@ def plan_model(model: str, timeout_s: float, max_candidates: int = 0,
 def _row(model: str, result: dict[str, Any]) -> str:
   fit = next((a for a in result['attempts'] if a.get('returncode') == 0), None)
   shown = fit or (result['attempts'][-1] if result['attempts'] else None)
-  if shown is not None and shown.get('stopped'):
+  if shown is not None and 'report' not in shown and 'date' in shown:   # run, no report
     flags = dict(a.split('=', 1) for a in shown['command'].split() if '=' in a)
     topology, overlay = flags['--topology'], os.path.basename(flags['--gin_file'])
-    return (f"| {model} | {topology}, tried | {overlay.removesuffix('.gin')} | not finished: "
-            f"{shown['stopped']}, {shown['cpu_s']} CPU-s ({shown['date'][:10]}, load "
-            f"{shown['load_average'][0]:.0f}) "
-            '| | | | |')
+    why = (f"not finished: {shown['stopped']}" if shown['stopped'] else
+           f"failed: {shown['output_tail'].strip().splitlines()[-1].rstrip('.')}")
+    return (f"| {model} | {topology}, tried | {overlay.removesuffix('.gin')} | {why}, "
+            f"{shown['cpu_s']} CPU-s ({shown['date'][:10]}, load "
+            f"{shown['load_average'][0]:.0f}) | | | | |")
   if shown is None or 'report' not in shown:
     why = shown['output_tail'].strip().splitlines()[-1] if shown else 'not run'
     return f'| {model} | - | - | not planned: {why} | | | | |'
