@@ -337,6 +337,33 @@ def _versions() -> Dict[str, str]:
   return out
 
 
+def headroom_over_steps(pipe: Dict[str, Any]) -> Dict[str, Any]:
+  """{recorded train step: the pipeline's token slots/s over the step's consumption (per host,
+  per core, per CPU second; seqio's packer and the text path beside)}, printed."""
+  headroom = {}
+  for name, c in consumption().items():
+    headroom[name] = dict(c, headroom=pipe['pipeline_token_slots_per_s'] / c['token_slots_per_s'],
+                          headroom_per_core=pipe['token_slots_per_s_per_core'] /
+                          c['token_slots_per_s'],
+                          headroom_per_cpu_s=pipe['pipeline_token_slots_per_cpu_s'] /
+                          c['token_slots_per_s'],
+                          seqio_packer_headroom=(pipe['seqio_packer']['pipeline_token_slots_per_s']
+                                                 / c['token_slots_per_s']),
+                          seqio_packer_headroom_per_cpu_s=(
+                              pipe['seqio_packer']['pipeline_token_slots_per_cpu_s'] /
+                              c['token_slots_per_s']))
+    if 'text_path' in pipe:
+      headroom[name]['text_path_headroom'] = (pipe['text_path']['pipeline_token_slots_per_s'] /
+                                              c['token_slots_per_s'])
+    print(f'headroom vs {name}: {headroom[name]["headroom"]:.2f}x, per core '
+          f'{headroom[name]["headroom_per_core"]:.2f}x, per CPU second '
+          f'{headroom[name]["headroom_per_cpu_s"]:.2f}x (seqio\'s packer '
+          f'{headroom[name]["seqio_packer_headroom"]:.2f}x, per CPU second '
+          f'{headroom[name]["seqio_packer_headroom_per_cpu_s"]:.2f}x; '
+          f'{c["token_slots_per_s"]:.0f} token slots/s)', flush=True)
+  return headroom
+
+
 def run(args: argparse.Namespace, workdir: str) -> Dict[str, Any]:
   src, data = os.path.join(workdir, 'src'), os.path.join(workdir, 'data')
   t = time.perf_counter()
@@ -384,28 +411,7 @@ def run(args: argparse.Namespace, workdir: str) -> Dict[str, Any]:
   print(f'peak {pipe["peak_rss_mib"]:.0f} MiB ({pipe["peak_above_imports_mib"]:.0f} above its '
         f'imports); {cores} cores: {pipe["token_slots_per_s_per_core"]:.0f} token slots/s per '
         'core', flush=True)
-  headroom = {}
-  for name, c in consumption().items():
-    headroom[name] = dict(c, headroom=pipe['pipeline_token_slots_per_s'] / c['token_slots_per_s'],
-                          headroom_per_core=pipe['token_slots_per_s_per_core'] /
-                          c['token_slots_per_s'],
-                          headroom_per_cpu_s=pipe['pipeline_token_slots_per_cpu_s'] /
-                          c['token_slots_per_s'],
-                          seqio_packer_headroom=(pipe['seqio_packer']['pipeline_token_slots_per_s']
-                                                 / c['token_slots_per_s']),
-                          seqio_packer_headroom_per_cpu_s=(
-                              pipe['seqio_packer']['pipeline_token_slots_per_cpu_s'] /
-                              c['token_slots_per_s']))
-    if 'text_path' in pipe:
-      headroom[name]['text_path_headroom'] = (pipe['text_path']['pipeline_token_slots_per_s'] /
-                                              c['token_slots_per_s'])
-    print(f'headroom vs {name}: {headroom[name]["headroom"]:.2f}x, per core '
-          f'{headroom[name]["headroom_per_core"]:.2f}x, per CPU second '
-          f'{headroom[name]["headroom_per_cpu_s"]:.2f}x (seqio\'s packer '
-          f'{headroom[name]["seqio_packer_headroom"]:.2f}x, per CPU second '
-          f'{headroom[name]["seqio_packer_headroom_per_cpu_s"]:.2f}x; '
-          f'{c["token_slots_per_s"]:.0f} token slots/s)', flush=True)
-  return {'prepare': prepare, 'pipeline': pipe, 'headroom': headroom}
+  return {'prepare': prepare, 'pipeline': pipe, 'headroom': headroom_over_steps(pipe)}
 
 
 def _print_pipeline(label: str, pipe: Dict[str, Any]) -> None:

@@ -34,12 +34,15 @@ def test_generated_export_has_the_published_schema_and_its_defects(tmp_path):
 
 
 def test_pipeline_summary_is_per_round_medians():
-  rounds = [{'p_s': 2.0, 'p_tokens': 4000, 'p_examples': 100, 'b_s': 1.0, 'b_examples': 200,
-             't_s': 10.0, 't_tokens': 4000, 't_examples': 100},
-            {'p_s': 1.0, 'p_tokens': 3000, 'p_examples': 90, 'b_s': 2.0, 'b_examples': 100,
-             't_s': 20.0, 't_tokens': 3000, 't_examples': 90},
-            {'p_s': 4.0, 'p_tokens': 8000, 'p_examples': 200, 'b_s': 1.0, 'b_examples': 400,
-             't_s': 8.0, 't_tokens': 8000, 't_examples': 200}]
+  rounds = [{'p_s': 2.0, 'p_cpu_s': 1.0, 'p_tokens': 4000, 'p_examples': 100, 'b_s': 1.0,
+             'b_examples': 200, 't_s': 10.0, 't_cpu_s': 8.0, 't_tokens': 4000, 't_examples': 100,
+             's_s': 4.0, 's_cpu_s': 3.0},
+            {'p_s': 1.0, 'p_cpu_s': 0.5, 'p_tokens': 3000, 'p_examples': 90, 'b_s': 2.0,
+             'b_examples': 100, 't_s': 20.0, 't_cpu_s': 16.0, 't_tokens': 3000, 't_examples': 90,
+             's_s': 3.0, 's_cpu_s': 1.0},
+            {'p_s': 4.0, 'p_cpu_s': 4.0, 'p_tokens': 8000, 'p_examples': 200, 'b_s': 1.0,
+             'b_examples': 400, 't_s': 8.0, 't_cpu_s': 6.0, 't_tokens': 8000, 't_examples': 200,
+             's_s': 6.0, 's_cpu_s': 6.0}]
   out = bench.summarise_pipeline({'rounds': rounds, 'batch_size': 2, 'batches_per_round': 5})
   # Per-round ratios: (100/2)/(200/1)=0.25, (90/1)/(100/2)=1.8, (200/4)/(400/1)=0.125.
   assert out['ratio'] == pytest.approx(0.25)
@@ -47,6 +50,12 @@ def test_pipeline_summary_is_per_round_medians():
   assert out['pipeline_examples_per_s'] == pytest.approx(50.0)       # median of 50, 90, 50
   assert out['pipeline_token_slots_per_s'] == pytest.approx(5 * 2 * 2560 / 2.0)
   assert out['pipeline_tokens_per_s'] == pytest.approx(2000.0)       # median of 2000, 3000, 2000
+  # Per CPU second: 5 batches x 2 x 2560 slots over 1.0, 0.5, 4.0 CPU-s; median at 1.0 CPU-s.
+  assert out['pipeline_token_slots_per_cpu_s'] == pytest.approx(5 * 2 * 2560 / 1.0)
+  # p over s, same batches per round: wall 4/2, 3/1, 6/4 -> median 2; CPU 3/1, 1/0.5, 6/4 -> 2.
+  paired = bench.paired_ratios({'rounds': rounds}, 'p', 's')
+  assert (paired['wall'], paired['wall_min'], paired['wall_max']) == pytest.approx((2.0, 1.5, 3.0))
+  assert (paired['cpu'], paired['cpu_min'], paired['cpu_max']) == pytest.approx((2.0, 1.5, 3.0))
   text = bench.summarise_pipeline({'rounds': rounds, 'batch_size': 2, 'batches_per_round': 5},
                                   who='t')
   # Text-path ratios: (100/10)/200=0.05, (90/20)/50=0.09, (200/8)/400=0.0625.
