@@ -59,11 +59,11 @@ def command(model: str, topology: str, overlay: str, extra: list[str], out: str)
           f'--out={out}']
 
 
-def _rss_bytes(pid: int) -> int:
-  """The resident set of process `pid` now (Linux /proc), 0 once it is gone."""
+def _status_bytes(pid: int, field: str) -> int:
+  """A /proc/PID/status memory field of process `pid` in bytes (Linux), 0 once it is gone."""
   try:
     with open(f'/proc/{pid}/status') as f:
-      return next((int(line.split()[1]) * 1024 for line in f if line.startswith('VmRSS:')), 0)
+      return next((int(line.split()[1]) * 1024 for line in f if line.startswith(field + ':')), 0)
   except OSError:
     return 0
 
@@ -71,19 +71,21 @@ def _rss_bytes(pid: int) -> int:
 def run_limited(cmd: list[str], env: dict[str, str], timeout_s: float,
                 max_rss_bytes: float) -> dict[str, Any]:
   """Runs `cmd`, stopping it past `timeout_s` of wall time or `max_rss_bytes` of resident set
-  (0: no limit), sampled every 2 s. Returns its exit status (None when stopped), why it was
+  (0: no limit), sampled every 0.5 s. Returns its exit status (None when stopped), why it was
   stopped, the last 3,000 characters of its output, wall and CPU seconds and peak resident
-  set (the kernel's own count for this child, from wait4)."""
+  set: the child's own high-water mark (VmHWM, last sampled before it ended; not wait4's
+  ru_maxrss, which on Linux starts from the parent's peak when the child execs)."""
   t0 = time.time()
   with tempfile.TemporaryFile('w+') as log:
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                             text=True)
-    stopped = None
+    stopped, peak = None, 0
     while True:
       pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
       if pid:
         break
-      rss, elapsed = _rss_bytes(proc.pid), time.time() - t0
+      rss, elapsed = _status_bytes(proc.pid, 'VmRSS'), time.time() - t0
+      peak = max(peak, _status_bytes(proc.pid, 'VmHWM'))
       if max_rss_bytes and rss > max_rss_bytes:
         stopped = (f'stopped at a resident set of {rss / 2 ** 30:.2f} GiB (limit '
                    f'{max_rss_bytes / 2 ** 30:.2f} GiB) after {elapsed:.0f} s')
@@ -93,13 +95,13 @@ def run_limited(cmd: list[str], env: dict[str, str], timeout_s: float,
         proc.kill()
         _, status, usage = os.wait4(proc.pid, 0)
         break
-      time.sleep(2)
+      time.sleep(0.5)
     proc.returncode = os.waitstatus_to_exitcode(status)   # reaped here, not by Popen
     log.seek(0)
     tail = log.read()[-3000:]
   return {'returncode': None if stopped else proc.returncode, 'stopped': stopped,
           'wall_s': round(time.time() - t0, 1), 'cpu_s': round(usage.ru_utime + usage.ru_stime),
-          'peak_rss_bytes': usage.ru_maxrss * 1024, 'output_tail': stopped or tail}
+          'peak_rss_bytes': peak, 'output_tail': stopped or tail}
 
 
 def plan_model(model: str, timeout_s: float, max_candidates: int = 0,

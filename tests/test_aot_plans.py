@@ -65,8 +65,12 @@ def _python(code):
 
 
 def test_run_limited_reports_exit_output_and_the_childs_own_peak_memory():
-  r = aot_plans.run_limited(_python("b = bytearray(300 << 20); print('done', len(b))"),
-                            dict(os.environ), timeout_s=60, max_rss_bytes=0)
+  # Held for 2 s, so the 0.5 s sampler sees it; the limit is far above this test's own peak,
+  # which a child's wait4 ru_maxrss would report instead when the test process is large.
+  code = "import time; b = bytearray(300 << 20); print('done', len(b)); time.sleep(2)"
+  ballast = bytearray(1 << 30)   # this process's peak above the bound, as in a large test worker
+  r = aot_plans.run_limited(_python(code), dict(os.environ), timeout_s=60, max_rss_bytes=0)
+  del ballast
   assert r['returncode'] == 0 and r['stopped'] is None and 'done 314572800' in r['output_tail']
   assert 300 << 20 < r['peak_rss_bytes'] < 1 << 30
 
