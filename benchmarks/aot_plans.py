@@ -148,6 +148,13 @@ def _row(model: str, result: dict[str, Any]) -> str:
   r = shown['report']
   if result.get('superseded'):   # a configuration the command now refuses, kept as measured
     model = f"{model} ({result['superseded']})"
+  if r['memory_per_chip'].get('refused_by_compiler'):
+    m, gib = r['memory_per_chip'], lambda x: f'{x / 2 ** 30:.2f}'
+    mesh = 'x'.join(str(v) for v in r['mesh'].values())
+    overlay = os.path.basename(r['gin_files'][-1]).removesuffix('.gin')
+    return (f"| {model} | {r['topology']} ({r['num_chips']}), tried | {overlay} {mesh} | DOES NOT "
+            f"FIT (the compiler refused it): {m['what']} {gib(m['required_bytes'])} GiB of "
+            f"{gib(m['available_bytes'])} GiB available, {shown['cpu_s']} CPU-s | | | | |")
   m, f = r['memory_per_chip'], r['flops']
   ratios = [l['ratio'] for l in r['moe_layers'] if l['ratio'] is not None]
   a2a = sum(c['bytes_per_chip'] for c in r['collectives'] if c['kind'] == 'all-to-all')

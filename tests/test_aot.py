@@ -21,6 +21,7 @@ import pytest
 pytest.importorskip('libtpu', reason="libtpu comes with the test extra (pip install -e '.[test]')")
 
 from moe_flan.aot import cli, compiled_step, topology  # noqa: E402
+from moe_flan.aot import report as report_lib  # noqa: E402
 from moe_flan.partitioning import rules as rules_lib  # noqa: E402
 from moe_flan.trainer import train_state as ts  # noqa: E402
 
@@ -129,6 +130,34 @@ def test_all_to_all_minimum_counts_the_slots_the_capacity_convention_fills():
   assert slots(capacity_convention='flaxformer') == 16 * 64 * 40 == 1.25 * 64 * 512
   assert slots(capacity_convention='ours') == 16 * 64 * 80 == 2 * 1.25 * 64 * 512
   assert slots(dispatch='dropless') == 2 * 64 * 512
+
+
+def test_a_step_the_compiler_refuses_for_hbm_is_does_not_fit_with_its_bytes(tmp_path, capsys):
+  # A 1M-word vocabulary at batch 256 x 64 targets: the logits and their gradient alone are
+  # 256 * 64 * 2**20 * 4 bytes * 2 / 4 chips = 32 GiB per chip, above a v5e chip's 16 GiB.
+  big = ['VOCAB_SIZE = 1048576', 'BATCH_SIZE = 256',
+         "TASK_FEATURE_LENGTHS = {'inputs': 16, 'targets': 64}"]
+  flags = [*[f'--gin_file={f}' for f in MODEL], '--gin_file=gin/partitioning/data_parallel.gin',
+           *[f'--gin_bindings={b}' for b in TINY + big], f'--topology={TOPOLOGY}',
+           f'--out={tmp_path / "plan.json"}', f'--gin_search_paths={os.path.join(ROOT, "gin")}']
+  assert cli.main(flags) == 1
+  m = json.loads((tmp_path / 'plan.json').read_text())['memory_per_chip']
+  assert m['fits'] is False and m['refused_by_compiler'] and m['what'] == 'HLO temporaries'
+  assert m['available_bytes'] < m['required_bytes'] and m['available_bytes'] <= m['hbm_bytes']
+  assert m['shortfall_bytes'] == m['required_bytes'] - m['available_bytes']
+  assert m['hbm_bytes'] == 16 * 2 ** 30 and m['required_bytes'] > 16 * 2 ** 30
+  out = capsys.readouterr().out
+  assert 'DOES NOT FIT -- the compiler refused the step: HLO temporaries need' in out
+
+
+def test_the_compilers_hbm_refusal_is_parsed_and_other_errors_are_not():
+  msg = ('RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO '
+         'temporaries (19.81G) exceeds available HBM (15.75G).')
+  r = report_lib.hbm_refusal('Traceback ...\njax.errors.JaxRuntimeError: ' + msg)
+  assert r == {'what': 'HLO temporaries', 'required_bytes': round(19.81 * 2 ** 30),
+               'available_bytes': round(15.75 * 2 ** 30), 'compiler_message':
+               'jax.errors.JaxRuntimeError: ' + msg}
+  assert report_lib.hbm_refusal('RESOURCE_EXHAUSTED: Out of memory allocating 12 bytes') is None
 
 
 def test_command_writes_json_and_batch_changes_the_compiled_step(tmp_path):

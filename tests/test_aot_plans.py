@@ -95,3 +95,17 @@ def test_a_stopped_compile_is_a_not_finished_row_naming_why():
   row = aot_plans._row('m', {'attempts': [attempt]})  # pylint: disable=protected-access
   assert row.startswith('| m | v5e:2x2, tried | expert_parallel_shard_map | not finished: no '
                         'result within 60 s, 51 CPU-s (2026-12-04, load 9) |'), row
+
+
+def test_a_compiler_refusal_is_a_does_not_fit_row_with_its_bytes():
+  report = {'topology': 'v5e:2x2', 'num_chips': 4, 'mesh': {'data': 1, 'expert': 4, 'model': 1},
+            'gin_files': ['gin/models/m.gin', aot_plans.EP],
+            'memory_per_chip': {'fits': False, 'refused_by_compiler': True,
+                                'what': 'HLO temporaries', 'required_bytes': 19.81 * 2 ** 30,
+                                'available_bytes': 15.75 * 2 ** 30}}
+  attempt = {'command': '-m moe_flan.aot', 'date': '2026-12-04T21:39:41+00:00', 'returncode': 1,
+             'stopped': None, 'cpu_s': 81, 'report': report}
+  row = aot_plans._row('m', {'attempts': [attempt]})  # pylint: disable=protected-access
+  assert row == ('| m | v5e:2x2 (4), tried | expert_parallel_shard_map 1x4x1 | DOES NOT FIT (the '
+                 'compiler refused it): HLO temporaries 19.81 GiB of 15.75 GiB available, 81 '
+                 'CPU-s | | | | |'), row

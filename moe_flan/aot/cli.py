@@ -49,12 +49,20 @@ def configure(gin_files: Sequence[str], bindings: Sequence[str],
 def plan(gin_files: Sequence[str], bindings: Sequence[str], topology_name: str,
          num_slices: int = 1, search_paths: Sequence[str] = ()) -> dict[str, Any]:
   """Checks the slice, parses gin, builds, compiles and reports (see moe_flan.aot.report)."""
+  import jax  # pylint: disable=g-import-not-at-top  (after main set JAX_PLATFORMS)
   from moe_flan.aot import compiled_step, report, topology  # pylint: disable=g-import-not-at-top
   s = topology.parse(topology_name, num_slices)
   devices = topology.devices(s)          # bad names fail here, before gin or the model
   configure(gin_files, bindings, search_paths)
   mesh = compiled_step.mesh_for(devices, s.num_slices)
-  step = compiled_step.compile_train_step(compiled_step.train_run_from_gin(), mesh)
+  run = compiled_step.train_run_from_gin()
+  try:
+    step = compiled_step.compile_train_step(run, mesh)
+  except jax.errors.JaxRuntimeError as e:   # the compiler's own verdict that it cannot fit
+    refusal = report.hbm_refusal(str(e))
+    if refusal is None:
+      raise
+    return report.refused(refusal, run, s, mesh, list(gin_files), list(bindings))
   return report.build(step, s, mesh, list(gin_files), list(bindings))
 
 
@@ -67,6 +75,8 @@ def _gib(x: float) -> str:
 
 def format_report(r: dict[str, Any]) -> str:
   """The report as the text the command prints."""
+  if r['memory_per_chip'].get('refused_by_compiler'):
+    return format_refusal(r)
   m, f, g = r['memory_per_chip'], r['flops'], r['goals']
   lines = [
       f"moe_flan.aot: {r['topology']} x{r['num_slices']} ({r['num_chips']} chips {r['chip']}), "
@@ -109,6 +119,15 @@ def format_report(r: dict[str, Any]) -> str:
                  + ('met' if g['no_expert_replication_goal_met'] else
                     f"NOT met ({len(g['expert_tensors_replicated_across_expert'])} tensors)"))
   return '\n'.join(lines)
+
+
+def format_refusal(r: dict[str, Any]) -> str:
+  m = r['memory_per_chip']
+  return (f"moe_flan.aot: {r['topology']} x{r['num_slices']} ({r['num_chips']} chips "
+          f"{r['chip']}), mesh {r['mesh']}, batch {r['batch_size']}, lengths "
+          f"{r['feature_lengths']}\nHBM per chip: DOES NOT FIT -- the compiler refused the step: "
+          f"{m['what']} need {_gib(m['required_bytes'])}, {_gib(m['available_bytes'])} available "
+          f"of the chip's {_gib(m['hbm_bytes'])} (short by {_gib(m['shortfall_bytes'])})")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -8,6 +8,7 @@ shardings and HLO text) except the model FLOPs, counted from the config as the b
 from __future__ import annotations
 
 import collections
+import re
 from typing import Any, Optional
 
 import jax
@@ -15,7 +16,7 @@ import numpy as np
 
 from moe_flan.aot import hlo
 from moe_flan.aot import topology
-from moe_flan.aot.compiled_step import CompiledStep
+from moe_flan.aot.compiled_step import CompiledStep, TrainRun
 from moe_flan.model import flops as flops_lib
 from moe_flan.moe import capacity as capacity_lib
 from moe_flan.moe import dispatch as dispatch_lib
@@ -237,6 +238,48 @@ def build(step: CompiledStep, s: topology.Slice, mesh: jax.sharding.Mesh,
       'moe_layers': layers,
       'goals': goals(cfg, layers, replicated, mesh_shape[mesh_lib.EXPERT] > 1),
       'lower_s': round(step.lower_s, 1), 'compile_s': round(step.compile_s, 1),
+      'versions': {'jax': jax.__version__, 'libtpu': _libtpu_version()},
+  }
+
+
+# libtpu's refusal of a program that cannot fit, e.g. "RESOURCE_EXHAUSTED: Ran out of memory on
+# HBM, the total memory required for HLO temporaries (19.81G) exceeds available HBM (15.75G)."
+# The sizes are XLA's human-readable bytes, powers of 1,024.
+_HBM_REFUSAL = re.compile(r'Ran out of memory on HBM.*?required for (?P<what>[^(]+?) '
+                          r'\((?P<required>[\d.]+)(?P<ru>[KMGT]?)\) exceeds available HBM '
+                          r'\((?P<available>[\d.]+)(?P<au>[KMGT]?)\)')
+_UNITS = {'': 1, 'K': 2 ** 10, 'M': 2 ** 20, 'G': 2 ** 30, 'T': 2 ** 40}
+
+
+def hbm_refusal(message: str) -> Optional[dict[str, Any]]:
+  """{what, required_bytes, available_bytes, compiler_message} when `message` is the compiler's
+  out-of-HBM refusal, else None."""
+  m = _HBM_REFUSAL.search(message)
+  if m is None:
+    return None
+  line = next(l for l in message.splitlines() if 'Ran out of memory on HBM' in l)
+  return {'what': m['what'].strip(),
+          'required_bytes': round(float(m['required']) * _UNITS[m['ru']]),
+          'available_bytes': round(float(m['available']) * _UNITS[m['au']]),
+          'compiler_message': line.strip()}
+
+
+def refused(refusal: dict[str, Any], run: TrainRun, s: topology.Slice, mesh: jax.sharding.Mesh,
+            gin_files: Optional[list[str]] = None, gin_bindings: Optional[list[str]] = None
+            ) -> dict[str, Any]:
+  """The report of a step the compiler refused for HBM: DOES NOT FIT with the bytes it named
+  (no FLOPs, collectives or layers: there is no executable to read them from)."""
+  chip_hbm = topology.CHIPS[s.kind].hbm_bytes
+  return {
+      'topology': s.name, 'num_slices': s.num_slices, 'chip': s.kind,
+      'num_chips': s.num_chips, 'mesh': dict(mesh.shape), 'gin_files': list(gin_files or []),
+      'gin_bindings': list(gin_bindings or []), 'batch_size': run.data.batch_size,
+      'feature_lengths': dict(run.data.task_feature_lengths), 'dtype': run.model.dtype,
+      'dispatch': run.model.moe.dispatch if run.model.moe else None,
+      'memory_per_chip': dict(refusal, fits=False, refused_by_compiler=True,
+                              hbm_bytes=chip_hbm,
+                              shortfall_bytes=refusal['required_bytes'] -
+                              refusal['available_bytes']),
       'versions': {'jax': jax.__version__, 'libtpu': _libtpu_version()},
   }
 
