@@ -148,19 +148,18 @@ def _row(model: str, result: dict[str, Any]) -> str:
   r = shown['report']
   if result.get('superseded'):   # a configuration the command now refuses, kept as measured
     model = f"{model} ({result['superseded']})"
-  if r['memory_per_chip'].get('refused_by_compiler'):
-    m, gib = r['memory_per_chip'], lambda x: f'{x / 2 ** 30:.2f}'
-    mesh = 'x'.join(str(v) for v in r['mesh'].values())
-    overlay = os.path.basename(r['gin_files'][-1]).removesuffix('.gin')
+  m = r['memory_per_chip']
+  mesh = 'x'.join(str(v) for v in r['mesh'].values())
+  overlay = os.path.basename(r['gin_files'][-1]).removesuffix('.gin')
+  if m.get('refused_by_compiler'):
     return (f"| {model} | {r['topology']} ({r['num_chips']}), tried | {overlay} {mesh} | DOES NOT "
-            f"FIT (the compiler refused it): {m['what']} {gib(m['required_bytes'])} GiB of "
-            f"{gib(m['available_bytes'])} GiB available, {shown['cpu_s']} CPU-s | | | | |")
-  m, f = r['memory_per_chip'], r['flops']
+            f"FIT (the compiler refused it): {m['what']} {m['required_bytes'] / 2 ** 30:.2f} GiB "
+            f"of {m['available_bytes'] / 2 ** 30:.2f} GiB available, {shown['cpu_s']} CPU-s "
+            "| | | | |")
+  f = r['flops']
   ratios = [l['ratio'] for l in r['moe_layers'] if l['ratio'] is not None]
   a2a = sum(c['bytes_per_chip'] for c in r['collectives'] if c['kind'] == 'all-to-all')
   coll = sum(c['bytes_per_chip'] for c in r['collectives'])
-  mesh = 'x'.join(str(v) for v in r['mesh'].values())
-  overlay = os.path.basename(r['gin_files'][-1]).removesuffix('.gin')
   gib = lambda x: f'{x / 2 ** 30:.1f}'
   return (f"| {model} | {r['topology']} ({r['num_chips']}) | {overlay} {mesh} | "
           f"{'fits' if m['fits'] else 'DOES NOT FIT'}: {gib(m['total'])} / {gib(m['hbm_bytes'])} "

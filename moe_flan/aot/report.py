@@ -221,15 +221,11 @@ def build(step: CompiledStep, s: topology.Slice, mesh: jax.sharding.Mesh,
   table = collective_table(found, mesh_shape)
   layers = moe_layers(step, found, mesh)
   replicated = replicated_expert_tensors(step, mesh)
-  cfg, data = step.run.model, step.run.data
+  cfg = step.run.model
   return {
-      'topology': s.name, 'num_slices': s.num_slices, 'chip': s.kind,
-      'num_chips': s.num_chips, 'devices_per_chip': devices_per_chip,
-      'mesh': mesh_shape, 'gin_files': list(gin_files or []),
-      'gin_bindings': list(gin_bindings or []),
-      'batch_size': data.batch_size, 'feature_lengths': dict(data.task_feature_lengths),
-      'dtype': cfg.dtype, 'dispatch': cfg.moe.dispatch if cfg.moe else None,
-      'optimizer': step.run.optimizer.name, 'reuse_step_buffers': step.reuse_step_buffers,
+      **_header(step.run, s, mesh, gin_files, gin_bindings),
+      'devices_per_chip': devices_per_chip, 'optimizer': step.run.optimizer.name,
+      'reuse_step_buffers': step.reuse_step_buffers,
       'num_params': int(sum(np.prod(a.shape) for a in jax.tree.leaves(
           step.parts.abstract_state.params))),
       'memory_per_chip': memory(step, s, devices_per_chip),
@@ -238,6 +234,19 @@ def build(step: CompiledStep, s: topology.Slice, mesh: jax.sharding.Mesh,
       'moe_layers': layers,
       'goals': goals(cfg, layers, replicated, mesh_shape[mesh_lib.EXPERT] > 1),
       'lower_s': round(step.lower_s, 1), 'compile_s': round(step.compile_s, 1),
+  }
+
+
+def _header(run: TrainRun, s: topology.Slice, mesh: jax.sharding.Mesh,
+            gin_files: Optional[list[str]], gin_bindings: Optional[list[str]]) -> dict[str, Any]:
+  """What was planned: the slice, mesh, gin, batch, model dtype and dispatch, versions."""
+  cfg, data = run.model, run.data
+  return {
+      'topology': s.name, 'num_slices': s.num_slices, 'chip': s.kind,
+      'num_chips': s.num_chips, 'mesh': dict(mesh.shape), 'gin_files': list(gin_files or []),
+      'gin_bindings': list(gin_bindings or []), 'batch_size': data.batch_size,
+      'feature_lengths': dict(data.task_feature_lengths), 'dtype': cfg.dtype,
+      'dispatch': cfg.moe.dispatch if cfg.moe else None,
       'versions': {'jax': jax.__version__, 'libtpu': _libtpu_version()},
   }
 
@@ -269,18 +278,12 @@ def refused(refusal: dict[str, Any], run: TrainRun, s: topology.Slice, mesh: jax
             ) -> dict[str, Any]:
   """The report of a step the compiler refused for HBM: DOES NOT FIT with the bytes it named
   (no FLOPs, collectives or layers: there is no executable to read them from)."""
-  chip_hbm = topology.CHIPS[s.kind].hbm_bytes
   return {
-      'topology': s.name, 'num_slices': s.num_slices, 'chip': s.kind,
-      'num_chips': s.num_chips, 'mesh': dict(mesh.shape), 'gin_files': list(gin_files or []),
-      'gin_bindings': list(gin_bindings or []), 'batch_size': run.data.batch_size,
-      'feature_lengths': dict(run.data.task_feature_lengths), 'dtype': run.model.dtype,
-      'dispatch': run.model.moe.dispatch if run.model.moe else None,
+      **_header(run, s, mesh, gin_files, gin_bindings),
       'memory_per_chip': dict(refusal, fits=False, refused_by_compiler=True,
-                              hbm_bytes=chip_hbm,
+                              hbm_bytes=topology.CHIPS[s.kind].hbm_bytes,
                               shortfall_bytes=refusal['required_bytes'] -
                               refusal['available_bytes']),
-      'versions': {'jax': jax.__version__, 'libtpu': _libtpu_version()},
   }
 
 
