@@ -49,9 +49,7 @@ def serve(bind_address: str, num_processes: int,
     raise ValueError(f'num_processes={num_processes} must be >= 1')
   if heartbeat_timeout_s < 1:
     raise ValueError(f'heartbeat_timeout_s={heartbeat_timeout_s} must be >= 1')
-  host, _, port = bind_address.rpartition(':')
-  if not host or not port.isdigit():
-    raise ValueError(f'bind_address={bind_address!r} must look like HOST:PORT')
+  host, port = distributed.host_and_port('bind_address', bind_address)
   probe = '127.0.0.1' if host.strip('[]') in ('::', '0.0.0.0') else host
   if distributed.accepts_connections(f'{probe}:{port}'):
     # gRPC would share the port with it (SO_REUSEPORT): two services, clients split between.

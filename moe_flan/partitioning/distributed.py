@@ -76,9 +76,15 @@ def check_settings(coordinator_address: Optional[str], num_processes: Optional[i
           f'{num_processes}) and process_id (got {process_id}) as well')
     if not 0 <= process_id < num_processes:
       raise ValueError(f'process_id={process_id} must be in [0, num_processes={num_processes})')
-    host, _, port = coordinator_address.rpartition(':')
-    if not host or not port.isdigit():
-      raise ValueError(f'coordinator_address={coordinator_address!r} must look like HOST:PORT')
+    host_and_port('coordinator_address', coordinator_address)
+
+
+def host_and_port(name: str, address: str) -> tuple[str, str]:
+  """`address` split into (HOST, PORT); ValueError naming `name` unless it looks like that."""
+  host, _, port = address.rpartition(':')
+  if not host or not port.isdigit():
+    raise ValueError(f'{name}={address!r} must look like HOST:PORT')
+  return host, port
 
 
 def accepts_connections(coordinator_address: str) -> bool:
