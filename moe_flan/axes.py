@@ -35,6 +35,7 @@ KV = 'kv'
 JOINED_KV = 'joined_kv'
 VOCAB = 'vocab'
 RELPOS_BUCKETS = 'relpos_buckets'
+LAYERS = 'layers'                # leading axis of scanned stacks (T5Config.scan_layers)
 # MoE axes (t5x contrib/moe names).
 EXPERT = 'expert'
 EXPERT_GROUP = 'expert_group'    # the group axis of routed activations

@@ -157,6 +157,11 @@ class T5Config:
   layer_norm_epsilon: float = 1e-6
   dtype: str = 'float32'                  # activation dtype; params, logits and losses stay f32
   moe: Optional[MoeConfig] = None         # None = dense model
+  # Run each stack's layers as a flax `nn.scan` over repeating blocks of `layer_period` layers
+  # (t5x/MaxText `scan_layers`): compiled once, not once per layer. Params gain a leading
+  # 'layers' axis: encoder/layers/layers_{j}/... [num_layers / period, ...] holds layers
+  # j, j + period, ... (moe_flan.model.scan converts to and from the unrolled layout).
+  scan_layers: bool = False
 
   def __post_init__(self):
     for name in ('vocab_size', 'emb_dim', 'num_heads', 'head_dim', 'mlp_dim'):
@@ -164,6 +169,9 @@ class T5Config:
         _fail(f'T5Config.{name}', getattr(self, name), 'must be >= 1')
     if not 0.0 <= self.dropout_rate < 1.0:
       _fail('T5Config.dropout_rate', self.dropout_rate, 'must be in [0, 1)')
+    if self.scan_layers:
+      self.layer_period('encoder')
+      self.layer_period('decoder')
 
   def encoder_sparse_blocks(self) -> tuple[int, ...]:
     if self.moe is None:
@@ -176,6 +184,22 @@ class T5Config:
       return ()
     return sparse_block_indices(self.moe.decoder_sparse_layout, self.moe.decoder_sparse_every,
                                 self.num_decoder_layers)
+
+  def layer_period(self, stack: str) -> int:
+    """The smallest P dividing the stack's layer count whose sparse/dense pattern repeats
+    every P layers: the layers one step of `scan_layers` runs. Raises ValueError when the
+    pattern repeats only over the whole stack (then scanning would compile every layer)."""
+    sparse = set(self.encoder_sparse_blocks() if stack == 'encoder'
+                 else self.decoder_sparse_blocks())
+    n = self.num_encoder_layers if stack == 'encoder' else self.num_decoder_layers
+    period = next(p for p in range(1, max(n, 1) + 1)
+                  if n % p == 0 and all((i in sparse) == (i % p in sparse) for i in range(n)))
+    if period == n and n > 1:
+      _fail('T5Config.scan_layers', True,
+            f'the {stack} sparse blocks {tuple(sorted(sparse))} of {n} layers do not repeat '
+            f'with a period dividing {n}; scanning needs a repeating pattern (e.g. sparse '
+            'every N layers with N a proper divisor of the layer count) or scan_layers=False')
+    return period
 
   def sparse_block_paths(self) -> tuple[str, ...]:
     """Parameter paths of the sparse blocks, encoder first (the order of per-layer MoE metrics)."""

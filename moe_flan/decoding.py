@@ -15,6 +15,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from moe_flan.model import scan
+
 NEG_INF = -1e10
 
 
@@ -129,11 +131,17 @@ def length_penalty(length, alpha: float):
 
 
 def _gather_beams(tree: Any, beam_index: jax.Array, batch: int, beams: int) -> Any:
-  """Reorders the leading [B * W] axis of every cache array by <int32>[B, W] beam indices;
-  scalars (cache positions, equal for all beams) stay as they are."""
+  """Reorders the [B * W] axis of every cache array by <int32>[B, W] beam indices: the leading
+  axis, or the second under a scanned stack (`T5Config.scan_layers`: [blocks, B * W, ...]);
+  positions (equal for all beams) stay as they are."""
   flat = (jnp.arange(batch)[:, None] * beams + beam_index).reshape(-1)
-  return jax.tree_util.tree_map(
-      lambda x: x[flat] if x.ndim > 0 and x.shape[0] == batch * beams else x, tree)
+
+  def gather(path, x):
+    axis = int(any(getattr(k, 'key', None) == scan.SCANNED for k in path))
+    if x.ndim > axis and x.shape[axis] == batch * beams:
+      return jnp.take(x, flat, axis=axis)
+    return x
+  return jax.tree_util.tree_map_with_path(gather, tree)
 
 
 def _beam_step(i, live_seqs, live_lp, fin_seqs, fin_scores, log_probs, alpha, eos_id):

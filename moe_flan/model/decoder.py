@@ -19,6 +19,7 @@ from moe_flan.layers.normalization import RMSNorm
 from moe_flan.layers.relative_position import RelativePositionBias
 from moe_flan.model.encoder import relpos_positions
 from moe_flan.model.feed_forward import feed_forward_sublayers, residual_dropout
+from moe_flan.model.scan import run_scanned
 
 _ACT = (axes.BATCH, axes.LENGTH, axes.EMBED)
 
@@ -91,7 +92,8 @@ class DecoderLayer(nn.Module):
 
 
 class Decoder(nn.Module):
-  """Params: relpos_bias/rel_embedding, layers_{i}/..., decoder_norm/scale, logits_dense/kernel."""
+  """Params: relpos_bias/rel_embedding, layers_{i}/... (scan_layers: layers/layers_{j}/...,
+  moe_flan.model.scan), decoder_norm/scale, logits_dense/kernel."""
   config: T5Config
   shared_embedding: nn.Module
 
@@ -142,11 +144,16 @@ class Decoder(nn.Module):
     x = nn.Dropout(rate=cfg.dropout_rate, broadcast_dims=(-2,))(
         x, deterministic=not enable_dropout)
     x = nn.with_logical_constraint(x, _ACT)
-    sparse_blocks = cfg.decoder_sparse_blocks()
-    for i in range(cfg.num_decoder_layers):
-      x = DecoderLayer(cfg, sparse=i in sparse_blocks, name=f'layers_{i}')(
-          x, encoded, decoder_mask, encoder_decoder_mask, bias, token_mask,
-          enable_dropout=enable_dropout, decode=decode)
+    if cfg.scan_layers:
+      x = run_scanned(DecoderLayer, cfg, 'decoder', x, encoded, decoder_mask,
+                      encoder_decoder_mask, bias, token_mask, enable_dropout=enable_dropout,
+                      decode=decode)
+    else:
+      sparse_blocks = cfg.decoder_sparse_blocks()
+      for i in range(cfg.num_decoder_layers):
+        x = DecoderLayer(cfg, sparse=i in sparse_blocks, name=f'layers_{i}')(
+            x, encoded, decoder_mask, encoder_decoder_mask, bias, token_mask,
+            enable_dropout=enable_dropout, decode=decode)
     x = RMSNorm(epsilon=cfg.layer_norm_epsilon, dtype=dtype, name='decoder_norm')(x)
     x = nn.Dropout(rate=cfg.dropout_rate, broadcast_dims=(-2,))(
         x, deterministic=not enable_dropout)

@@ -14,6 +14,7 @@ from moe_flan.layers.masks import combine_masks, padding_mask, segment_mask
 from moe_flan.layers.normalization import RMSNorm
 from moe_flan.layers.relative_position import RelativePositionBias
 from moe_flan.model.feed_forward import feed_forward_sublayers, residual_dropout
+from moe_flan.model.scan import run_scanned
 
 _ACT = (axes.BATCH, axes.LENGTH, axes.EMBED)
 
@@ -56,7 +57,8 @@ class EncoderLayer(nn.Module):
 
 
 class Encoder(nn.Module):
-  """Params: relpos_bias/rel_embedding, layers_{i}/..., encoder_norm/scale."""
+  """Params: relpos_bias/rel_embedding, layers_{i}/... (scan_layers: layers/layers_{j}/...,
+  moe_flan.model.scan), encoder_norm/scale."""
   config: T5Config
   shared_embedding: nn.Module
 
@@ -83,10 +85,14 @@ class Encoder(nn.Module):
     x = nn.Dropout(rate=cfg.dropout_rate, broadcast_dims=(-2,))(
         x, deterministic=not enable_dropout)
     x = nn.with_logical_constraint(x, _ACT)
-    sparse_blocks = cfg.encoder_sparse_blocks()
-    for i in range(cfg.num_encoder_layers):
-      x = EncoderLayer(cfg, sparse=i in sparse_blocks, name=f'layers_{i}')(
-          x, mask, bias, tokens > 0, enable_dropout)
+    if cfg.scan_layers:
+      x = run_scanned(EncoderLayer, cfg, 'encoder', x, mask, bias, tokens > 0,
+                      enable_dropout=enable_dropout)
+    else:
+      sparse_blocks = cfg.encoder_sparse_blocks()
+      for i in range(cfg.num_encoder_layers):
+        x = EncoderLayer(cfg, sparse=i in sparse_blocks, name=f'layers_{i}')(
+            x, mask, bias, tokens > 0, enable_dropout)
     x = RMSNorm(epsilon=cfg.layer_norm_epsilon, dtype=dtype, name='encoder_norm')(x)
     x = nn.Dropout(rate=cfg.dropout_rate, broadcast_dims=(-2,))(
         x, deterministic=not enable_dropout)

@@ -25,7 +25,7 @@ Rules = list[tuple[str, MeshAxes]]
 KNOWN_LOGICAL_NAMES = frozenset({
     axes.BATCH, axes.LENGTH, axes.EMBED, axes.MLP, axes.HEADS, axes.KV, axes.JOINED_KV,
     axes.VOCAB, axes.RELPOS_BUCKETS, axes.EXPERT, axes.EXPERT_GROUP, axes.EXPERT_REPLICA,
-    axes.UNMODELED, axes.CAPACITY,
+    axes.UNMODELED, axes.CAPACITY, axes.LAYERS,
 })
 
 
@@ -68,6 +68,9 @@ def logical_axis_rules(
       (axes.RELPOS_BUCKETS, None),
       (axes.CAPACITY, None),
       (axes.UNMODELED, None),
+      # Each scan step slices one block of layers out of the stack: sharding this axis
+      # would make every step gather a block from other devices.
+      (axes.LAYERS, None),
   ]
   for name, _ in additional_rules:
     if name not in KNOWN_LOGICAL_NAMES:
