@@ -20,6 +20,7 @@ from moe_flan.config import MoeConfig, T5Config
 from moe_flan.convert import gin_config
 from moe_flan.config_gin import write_model_gin
 from moe_flan.model import EncoderDecoder, compute_loss, scan
+from moe_flan.moe import collect_moe_metrics
 from t5_fixtures import random_params, tiny_config
 
 TOKENS = np.array([[3, 4, 5, 6, 2, 0], [7, 8, 2, 9, 0, 0], [5, 5, 3, 2, 8, 1], [9, 3, 0, 0, 0, 0]],
@@ -182,3 +183,14 @@ def test_scan_params_errors_and_gin_round_trip(tmp_path):
   path = write_model_gin(str(tmp_path), scfg)   # what MODEL_DIR/model.gin records
   assert 'T5Config.scan_layers = True' in open(path).read()
   assert gin_config.config_from_gin([path]) == scfg
+
+
+def test_per_layer_moe_metrics_of_a_scanned_stack_come_in_layer_order():
+  """Block b of a scanned stack holds layers b * P + j: with two MoE layers per block
+  (j = 0, 1), the per-layer list interleaves the blocks' rows, layer 0, 1, 2, 3."""
+  tree = {'encoder': {'layers': {
+      'layers_0': {'moe': {'load_balancing_loss': (jnp.array([0.0, 2.0]),)}},
+      'layers_1': {'moe': {'load_balancing_loss': (jnp.array([1.0, 3.0]),)}}}},
+          'decoder': {'layers_0': {'moe': {'load_balancing_loss': (jnp.array(4.0),)}}}}
+  out = collect_moe_metrics(tree)
+  np.testing.assert_array_equal(out['load_balancing_loss_per_layer'], [0, 1, 2, 3, 4])
