@@ -117,6 +117,27 @@ def test_encoder_and_decoder_moe_layers_do_the_same_collectives_per_token():
   assert set(dec['other_collective_bytes_per_chip']) <= {'all-reduce'}
 
 
+def test_scanned_layers_compile_once_and_report_every_layer():
+  """T5Config.scan_layers on 2 + 2 sparse blocks: each stack's MoE layer is one op run once per
+  block (the while loop's trip count, read from its condition), so every layer still shows the
+  4 all-to-alls and the bytes of the unrolled step, and the ratio stays that of one layer."""
+  r = _plan('expert_parallel_shard_map.gin', [
+      'EXPERT_PARTITIONS = 4', 'T5Config.scan_layers = True', 'T5Config.num_encoder_layers = 2',
+      'T5Config.num_decoder_layers = 2'])
+  assert r['scan_layers'] is True
+  unrolled = {l['layer'][:7]: l for l in _report('expert_parallel_shard_map.gin')['moe_layers']}
+  layers = r['moe_layers']
+  assert [l['layer'] for l in layers] == ['encoder/layers_0', 'encoder/layers_1',
+                                          'decoder/layers_0', 'decoder/layers_1']
+  for layer in layers:
+    same = unrolled[layer['layer'][:7]]
+    assert layer['all_to_all_count'] == 4
+    assert layer['all_to_all_bytes_per_chip'] == same['all_to_all_bytes_per_chip']
+    assert layer['ratio'] == pytest.approx(same['ratio'])
+  a2a = sum(c['bytes_per_chip'] for c in r['collectives'] if c['kind'] == 'all-to-all')
+  assert a2a == sum(l['all_to_all_bytes_per_chip'] for l in layers)   # every byte attributed
+
+
 def test_all_to_all_minimum_counts_the_slots_the_capacity_convention_fills():
   """gshard_base at batch 64 x 512 input tokens, groups of 2048, top-2, capacity factor 1.25:
   16 groups x 64 experts x round(1.25 x 2048 / 64) = 40 slots under 'flaxformer' (no factor k),

@@ -63,6 +63,52 @@ def test_moe_layer_from_op_name():
   assert found['ar'].moe_layer is None                  # an MLP op
 
 
+# A scanned layer stack as a TPU executable prints it: no known_trip_count on the while, whose
+# condition compares the counter with the number of blocks (4).
+SCANNED = """HloModule jit_step, is_scheduled=true
+
+%scan_cond (p: (s32[], f32[4,32])) -> pred[] {
+  %c4 = s32[]{:T(128)} constant(4)
+  %p = (s32[]{:T(128)}, f32[4,32]{1,0}) parameter(0)
+  %i = s32[]{:T(128)} get-tuple-element(%p), index=0
+  ROOT %lt = pred[]{:T(512)} compare(%i, %c4), direction=LT, metadata={op_name="jit(step)/encoder/while/cond/lt"}
+}
+
+%scan_body (p: (s32[], f32[4,32])) -> (s32[], f32[4,32]) {
+  %p = (s32[], f32[4,32]{1,0}) parameter(0)
+  %x = f32[4,32]{1,0} get-tuple-element(%p), index=1
+  %a2a = f32[4,32]{1,0:T(8,128)} all-to-all(%x), channel_id=2, replica_groups={{0,1},{2,3}}, dimensions={0}, metadata={op_name="jit(step)/jvp(EncoderDecoder)/EncoderDecoder.encode/encoder/while/body/closed_call/layers/layers_1/moe/shard_map/all_to_all"}
+  ROOT %t = (s32[], f32[4,32]{1,0}) tuple(%i, %a2a)
+}
+
+%other_cond (p: (s32[], f32[4,32])) -> pred[] {
+  %p = (s32[], f32[4,32]{1,0}) parameter(0)
+  ROOT %done = pred[] get-tuple-element(%p), index=2
+}
+
+%other_body (p: (s32[], f32[4,32])) -> (s32[], f32[4,32]) {
+  %p = (s32[], f32[4,32]{1,0}) parameter(0)
+  %x = f32[4,32]{1,0} get-tuple-element(%p), index=1
+  %ar = f32[4,32]{1,0} all-reduce(%x), channel_id=3, replica_groups={{0,1},{2,3}}, to_apply=%add
+  ROOT %t = (s32[], f32[4,32]{1,0}) tuple(%i, %ar)
+}
+
+ENTRY %main (a: f32[4,32]) -> f32[4,32] {
+  %a = f32[4,32]{1,0} parameter(0)
+  %w = (s32[]{:T(128)}, f32[4,32]{1,0}) while(%init), condition=%scan_cond, body=%scan_body, metadata={op_name="jit(step)/encoder/while"}
+  %v = (s32[]{:T(128)}, f32[4,32]{1,0}) while(%init), condition=%other_cond, body=%other_body
+  ROOT %out = f32[4,32]{1,0} get-tuple-element(%w), index=1
+}
+"""
+
+
+def test_scanned_loop_trip_count_from_its_condition_and_its_moe_layer():
+  found = _by_name(hlo.collectives(SCANNED, 4))
+  assert found['a2a'].executions == 4                   # counter < 4: one run per block
+  assert found['a2a'].moe_layer == 'encoder/layers/layers_1'   # sublayer 1 of every block
+  assert found['ar'].executions == 1                    # a condition of another form: once
+
+
 @pytest.mark.parametrize('text, groups', [
     ("replica_groups={}", [{0, 1, 2, 3}]),
     ("replica_groups={{0,3},{1,2}}", [{0, 3}, {1, 2}]),

@@ -82,6 +82,7 @@ def format_report(r: dict[str, Any]) -> str:
       f"moe_flan.aot: {r['topology']} x{r['num_slices']} ({r['num_chips']} chips {r['chip']}), "
       f"mesh {r['mesh']}, batch {r['batch_size']}, lengths {r['feature_lengths']}, "
       f"{r['num_params'] / 1e9:.3f}B params, dispatch {r['dispatch']}, "
+      f"{'scanned' if r.get('scan_layers') else 'unrolled'} layers, "
       f"compiled in {r['compile_s']:.0f} s",
       f"HBM per chip: {'FITS' if m['fits'] else 'DOES NOT FIT'} -- {_gib(m['total'])} of "
       f"{_gib(m['hbm_bytes'])} (margin {_gib(m['margin_bytes'])}, "

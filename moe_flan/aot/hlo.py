@@ -2,8 +2,9 @@
 
 Each collective instruction gives its kind, the bytes of its buffer on one chip, the groups of
 devices it runs over (mapped back to mesh axes by `mesh_axes_of`), how many times it runs per
-step (instructions in a while body count trip-count times) and the model code that made it
-(the `op_name` metadata, e.g. `.../encoder/layers_1/moe/...`).
+step (instructions in a while body count trip-count times: XLA's known_trip_count, else the
+`counter < N` of the loop's condition, as a scanned layer stack's loop has) and the model code
+that made it (the `op_name` metadata, e.g. `.../encoder/layers_1/moe/...`).
 
 Replica groups come in the printed forms XLA uses: `{{0,1},{2,3}}`, iota `[2,2]<=[4]` /
 `[2,2]<=[2,2]T(1,0)`, and mesh form `mesh['axis_0'=2,'axis_1'=2], device_ids=(...) {'axis_1'}`.
@@ -40,7 +41,9 @@ _DTYPE_BYTES = {'pred': 1, 's4': 0.5, 'u4': 0.5, 's8': 1, 'u8': 1, 's16': 2, 'u1
 _ARRAY = re.compile(r'\b([a-z]+[0-9]*(?:e[0-9]m[0-9][a-z]*)?)\[([0-9,]*)\]')
 _COMPUTATION = re.compile(r'^(?:ENTRY )?%([^\s(]+) .*\{\s*$')
 _INSTRUCTION = re.compile(r'^\s*(?:ROOT )?%([^\s=]+) = (.*)$')
-_LAYER = re.compile(r'((?:encoder|decoder)/layers_\d+)/moe/')
+# 'encoder/layers_1/moe/', or in a scanned stack (T5Config.scan_layers) the scan body's
+# 'encoder/while/body/closed_call/layers/layers_1/moe/' (sublayer 1 of every block).
+_LAYER = re.compile(r'(encoder|decoder)/(?:while/body/(?:closed_call/)?(layers/))?(layers_\d+)/moe/')
 _MEGASCALE = re.compile(r'_xla_megascale_transfer_type="([A-Z_]+)"')
 _MEGASCALE_KINDS = {'ALL_REDUCE': 'all-reduce', 'ALL_GATHER': 'all-gather',
                     'REDUCE_SCATTER': 'reduce-scatter', 'ALL_TO_ALL': 'all-to-all'}
@@ -74,9 +77,11 @@ class Collective:
 
   @property
   def moe_layer(self) -> Optional[str]:
-    """'encoder/layers_1' when the op comes from that block's MoE layer, else None."""
+    """'encoder/layers_1' when the op comes from that block's MoE layer; in a scanned stack
+    'encoder/layers/layers_1', the MoE layer of sublayer 1 of every block (its executions
+    count one per block); else None."""
     m = _LAYER.search(self.op_name)
-    return m.group(1) if m else None
+    return f'{m.group(1)}/{m.group(2) or ""}{m.group(3)}' if m else None
 
 
 def _array_bytes(shape_text: str) -> list[float]:
@@ -253,6 +258,29 @@ def _computations(text: str) -> dict[str, list[str]]:
   return comps
 
 
+def _condition_bound(lines: Sequence[str]) -> Optional[int]:
+  """N of a while condition `counter < N` (jax's scan and fori_loop: the counter starts at 0),
+  or None for any other condition."""
+  constants = dict(re.findall(r'^\s*%(\S+) = s32\[\]\S* constant\((\d+)\)', '\n'.join(lines),
+                              re.M))
+  for line in lines:
+    m = re.search(r'ROOT %\S+ = pred\[\]\S* compare\(%\S+, %([^\s,)]+)\), direction=LT', line)
+    if m and m.group(1) in constants:
+      return int(constants[m.group(1)])
+  return None
+
+
+def _trip_count(line: str, comps: dict[str, list[str]]) -> int:
+  """Iterations of the while loop `line`: XLA's known_trip_count when it printed one, else the
+  bound of its condition (TPU executables drop the annotation from scanned layers' loops)."""
+  trips = re.search(r'"known_trip_count":\{"n":"(\d+)"', line)
+  if trips:
+    return int(trips.group(1))
+  condition = re.search(r'condition=%([^\s,]+)', line)
+  bound = _condition_bound(comps.get(condition.group(1), ())) if condition else None
+  return bound or 1
+
+
 def _executions(comps: dict[str, list[str]], entry: str) -> dict[str, int]:
   """How many times each computation runs per call of `entry` (while bodies x trip count)."""
   callers: dict[str, list[tuple[str, int]]] = {}
@@ -260,9 +288,8 @@ def _executions(comps: dict[str, list[str]], entry: str) -> dict[str, int]:
     for line in lines:
       if re.search(r' (?:[a-z-]+-done|async-update)\(', line):
         continue   # the matching -start already called the computation
-      trips = re.search(r'"known_trip_count":\{"n":"(\d+)"', line)
       for body in re.findall(r'body=%([^\s,]+)', line):
-        callers.setdefault(body, []).append((name, int(trips.group(1)) if trips else 1))
+        callers.setdefault(body, []).append((name, _trip_count(line, comps)))
       for callee in re.findall(r'(?:calls|to_apply|true_computation|false_computation)=%([^\s,]+)',
                                line):
         callers.setdefault(callee, []).append((name, 1))

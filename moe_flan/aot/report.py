@@ -123,6 +123,18 @@ def _dispatched_slots(cfg, batch: int, length: int, k: int) -> int:
   return g * moe.num_experts * c
 
 
+def _layer_source(cfg, path: str) -> tuple[str, float]:
+  """(the `hlo.Collective.moe_layer` of the ops of the MoE layer at `path`, the share of their
+  executions that are this layer's). A scanned stack runs one op for sublayer i % P of every
+  block, once per block: each of its layers gets 1 / blocks of the op's executions."""
+  if not cfg.scan_layers:
+    return path, 1.0
+  stack, layer = path.split('/')
+  i, period = int(layer.removeprefix('layers_')), cfg.layer_period(stack)
+  blocks = (cfg.num_encoder_layers if stack == 'encoder' else cfg.num_decoder_layers) // period
+  return f'{stack}/layers/layers_{i % period}', 1.0 / blocks
+
+
 def moe_layers(step: CompiledStep, found: list[hlo.Collective], mesh: jax.sharding.Mesh
                ) -> list[dict]:
   """Each MoE layer's collectives and its all-to-all bytes per chip vs the analytic minimum:
@@ -145,16 +157,17 @@ def moe_layers(step: CompiledStep, found: list[hlo.Collective], mesh: jax.shardi
     k = cfg.moe.num_selected_experts if encoder else cfg.moe.decoder_effective_num_selected_experts
     slots = _dispatched_slots(cfg, data.batch_size, length, k) / partitions
     minimum = 4 * slots * cfg.emb_dim * itemsize
-    mine = [c for c in found if c.moe_layer == path]
-    a2a = sum(c.buffer_bytes * c.executions for c in mine if c.kind == 'all-to-all')
+    source, share = _layer_source(cfg, path)
+    mine = [c for c in found if c.moe_layer == source]
+    a2a = sum(c.buffer_bytes * c.executions for c in mine if c.kind == 'all-to-all') * share
     other = collections.Counter()
     for c in mine:
       if c.kind != 'all-to-all':
-        other[c.kind] += c.buffer_bytes * c.executions
+        other[c.kind] += c.buffer_bytes * c.executions * share
     expert_parallel = mesh.shape[mesh_lib.EXPERT] > 1
     out.append({
-        'layer': path, 'all_to_all_count': sum(c.executions for c in mine
-                                               if c.kind == 'all-to-all'),
+        'layer': path, 'all_to_all_count': round(sum(c.executions for c in mine
+                                                     if c.kind == 'all-to-all') * share),
         'all_to_all_bytes_per_chip': a2a,
         'analytic_min_bytes_per_chip': minimum if expert_parallel else 0.0,
         'ratio': (a2a / minimum if expert_parallel and minimum and (a2a or not unattributed)
@@ -246,7 +259,7 @@ def _header(run: TrainRun, s: topology.Slice, mesh: jax.sharding.Mesh,
       'num_chips': s.num_chips, 'mesh': dict(mesh.shape), 'gin_files': list(gin_files or []),
       'gin_bindings': list(gin_bindings or []), 'batch_size': data.batch_size,
       'feature_lengths': dict(data.task_feature_lengths), 'dtype': cfg.dtype,
-      'dispatch': cfg.moe.dispatch if cfg.moe else None,
+      'dispatch': cfg.moe.dispatch if cfg.moe else None, 'scan_layers': cfg.scan_layers,
       'versions': {'jax': jax.__version__, 'libtpu': _libtpu_version()},
   }
 
