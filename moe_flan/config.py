@@ -159,8 +159,8 @@ class T5Config:
   moe: Optional[MoeConfig] = None         # None = dense model
   # Run each stack's layers as a flax `nn.scan` over repeating blocks of `layer_period` layers
   # (t5x/MaxText `scan_layers`): compiled once, not once per layer. Params gain a leading
-  # 'layers' axis: encoder/layers/layers_{j}/... [num_layers / period, ...] holds layers
-  # j, j + period, ... (moe_flan.model.scan converts to and from the unrolled layout).
+  # 'layers' axis: encoder/layers/layers_{j}/... [num_layers // period, ...] holds layers
+  # j, j + period, ...; layers left over keep layers_{i} (moe_flan.model.scan converts).
   scan_layers: bool = False
 
   def __post_init__(self):
@@ -186,19 +186,20 @@ class T5Config:
                                 self.num_decoder_layers)
 
   def layer_period(self, stack: str) -> int:
-    """The smallest P dividing the stack's layer count whose sparse/dense pattern repeats
-    every P layers: the layers one step of `scan_layers` runs. Raises ValueError when the
-    pattern repeats only over the whole stack (then scanning would compile every layer)."""
+    """The smallest P such that the stack's layer i is sparse exactly when layer i % P is: the
+    layers one step of `scan_layers` runs. The scan runs the first (N // P) * P layers and the
+    N % P left over (ST-MoE-32B: 27 = 6 x 4 + 3) run unrolled after it. Raises ValueError when
+    the pattern does not repeat at least twice (scanning would compile every layer anyway)."""
     sparse = set(self.encoder_sparse_blocks() if stack == 'encoder'
                  else self.decoder_sparse_blocks())
     n = self.num_encoder_layers if stack == 'encoder' else self.num_decoder_layers
     period = next(p for p in range(1, max(n, 1) + 1)
-                  if n % p == 0 and all((i in sparse) == (i % p in sparse) for i in range(n)))
-    if period == n and n > 1:
+                  if all((i in sparse) == (i % p in sparse) for i in range(n)))
+    if n > 1 and period > n // 2:
       _fail('T5Config.scan_layers', True,
-            f'the {stack} sparse blocks {tuple(sorted(sparse))} of {n} layers do not repeat '
-            f'with a period dividing {n}; scanning needs a repeating pattern (e.g. sparse '
-            'every N layers with N a proper divisor of the layer count) or scan_layers=False')
+            f'the {stack} sparse blocks {tuple(sorted(sparse))} of {n} layers do not repeat: '
+            'scanning needs a sparse/dense pattern that repeats at least twice (e.g. sparse '
+            'every N layers with 2N <= the layer count) or scan_layers=False')
     return period
 
   def sparse_block_paths(self) -> tuple[str, ...]:

@@ -36,6 +36,9 @@ def _precompile_checks(model, topology_name, overlay, extra):
   cli.configure(args.gin_file, bindings, [os.path.join(ROOT, 'gin')])
   mesh = compiled_step.mesh_for(topology.devices(s), s.num_slices)
   run = compiled_step.train_run_from_gin()
+  # Plans compile one scanned block of layers: every paper model's pattern repeats (ST-MoE-32B:
+  # 6 blocks of 4 layers, 3 left over).
+  assert run.model.scan_layers and run.model.layer_period('encoder') in (1, 2, 4)
   partitioner = part_lib.Partitioner(mesh)
   partitioner.check_batch_size(run.data.batch_size)
   builder.check_expert_parallel_groups(run.model, run.data, partitioner)

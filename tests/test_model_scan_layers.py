@@ -31,8 +31,9 @@ BATCH = {'encoder_input_tokens': TOKENS, 'decoder_target_tokens': TARGETS,
 
 
 def _configs(moe: bool) -> tuple[T5Config, T5Config]:
-  """(unrolled, scanned) 4+4-layer tiny models; sparse: every 2nd block an MoE (period 2)."""
-  cfg = tiny_config(moe=moe, num_encoder_layers=4, num_decoder_layers=4)
+  """(unrolled, scanned) tiny models of 4 encoder and 5 decoder layers; sparse: every 2nd layer
+  an MoE (period 2), so the decoder's layer 4 is left over after its 2-block scan."""
+  cfg = tiny_config(moe=moe, num_encoder_layers=4, num_decoder_layers=5)
   if moe:   # aux losses weigh in the total loss, so their gradients are compared too
     cfg = dataclasses.replace(cfg, moe=dataclasses.replace(
         cfg.moe, load_balancing_loss_weight=0.1, router_z_loss_weight=0.01))
@@ -74,6 +75,9 @@ def test_scan_params_round_trip_and_layout():
   np.testing.assert_array_equal(
       scanned['decoder']['layers']['layers_0']['self_attention']['query']['kernel'][1],
       params['decoder']['layers_2']['self_attention']['query']['kernel'])
+  assert set(scanned['decoder']) >= {'layers', 'layers_4'} and 'layers_3' not in scanned['decoder']
+  np.testing.assert_array_equal(scanned['decoder']['layers_4']['mlp']['wo']['kernel'],
+                                params['decoder']['layers_4']['mlp']['wo']['kernel'])
   back = scan.unscan_params(scanned, scfg)
   assert jax.tree_util.tree_structure(back) == jax.tree_util.tree_structure(params)
   jax.tree_util.tree_map(np.testing.assert_array_equal, back, params)
@@ -154,19 +158,21 @@ def test_decoding_scanned_equals_unrolled():
 
 
 def test_a_pattern_that_does_not_repeat_is_refused():
-  moe = MoeConfig(num_experts=4, encoder_sparse_every=3, decoder_sparse_every=2)
-  with pytest.raises(ValueError, match=r'scan_layers=True: the encoder sparse blocks \(2, 5\) '
-                                       r'of 8 layers do not repeat with a period dividing 8'):
+  moe = MoeConfig(num_experts=4, encoder_sparse_layout='top', encoder_sparse_every=2)
+  with pytest.raises(ValueError, match=r'scan_layers=True: the encoder sparse blocks \(6, 7\) '
+                                       r'of 8 layers do not repeat'):
     T5Config(num_encoder_layers=8, num_decoder_layers=8, moe=moe, scan_layers=True)
-  with pytest.raises(ValueError, match=r'decoder sparse blocks \(3,\) of 4 layers'):
-    T5Config(num_encoder_layers=2, num_decoder_layers=4, scan_layers=True,
-             moe=dataclasses.replace(moe, encoder_sparse_every=1, decoder_sparse_layout='top',
-                                     decoder_sparse_every=1))
+  with pytest.raises(ValueError, match=r'decoder sparse blocks \(1,\) of 2 layers do not repeat'):
+    T5Config(num_encoder_layers=2, num_decoder_layers=2, scan_layers=True,
+             moe=dataclasses.replace(moe, encoder_sparse_layout='all'))
   unrolled = T5Config(num_encoder_layers=8, num_decoder_layers=8, moe=moe)   # fine unscanned
-  assert unrolled.encoder_sparse_blocks() == (2, 5)
-  periodic = T5Config(num_encoder_layers=8, num_decoder_layers=6, scan_layers=True,
-                      moe=dataclasses.replace(moe, encoder_sparse_every=4))
-  assert (periodic.layer_period('encoder'), periodic.layer_period('decoder')) == (4, 2)
+  assert unrolled.encoder_sparse_blocks() == (6, 7)
+  # Sparse every 3rd of 8 layers: 2 blocks of 3, layers 6 and 7 left over; ST-MoE-32B's 27
+  # layers sparse every 4th: 6 blocks of 4 and 3 left over.
+  periodic = T5Config(num_encoder_layers=8, num_decoder_layers=27, scan_layers=True,
+                      moe=MoeConfig(num_experts=4, encoder_sparse_every=3, decoder_sparse_every=4))
+  assert (periodic.layer_period('encoder'), periodic.layer_period('decoder')) == (3, 4)
+  assert (scan.num_blocks(periodic, 'encoder'), scan.num_blocks(periodic, 'decoder')) == (2, 6)
   assert T5Config(num_encoder_layers=8, scan_layers=True).layer_period('encoder') == 1
 
 
@@ -187,10 +193,12 @@ def test_scan_params_errors_and_gin_round_trip(tmp_path):
 
 def test_per_layer_moe_metrics_of_a_scanned_stack_come_in_layer_order():
   """Block b of a scanned stack holds layers b * P + j: with two MoE layers per block
-  (j = 0, 1), the per-layer list interleaves the blocks' rows, layer 0, 1, 2, 3."""
+  (j = 0, 1), the per-layer list interleaves the blocks' rows, layer 0, 1, 2, 3, then the
+  layer left over after the scan, then the decoder."""
   tree = {'encoder': {'layers': {
       'layers_0': {'moe': {'load_balancing_loss': (jnp.array([0.0, 2.0]),)}},
-      'layers_1': {'moe': {'load_balancing_loss': (jnp.array([1.0, 3.0]),)}}}},
-          'decoder': {'layers_0': {'moe': {'load_balancing_loss': (jnp.array(4.0),)}}}}
+      'layers_1': {'moe': {'load_balancing_loss': (jnp.array([1.0, 3.0]),)}}},
+      'layers_4': {'moe': {'load_balancing_loss': (jnp.array(4.0),)}}},   # left over
+          'decoder': {'layers_0': {'moe': {'load_balancing_loss': (jnp.array(5.0),)}}}}
   out = collect_moe_metrics(tree)
-  np.testing.assert_array_equal(out['load_balancing_loss_per_layer'], [0, 1, 2, 3, 4])
+  np.testing.assert_array_equal(out['load_balancing_loss_per_layer'], [0, 1, 2, 3, 4, 5])

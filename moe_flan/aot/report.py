@@ -126,12 +126,15 @@ def _dispatched_slots(cfg, batch: int, length: int, k: int) -> int:
 def _layer_source(cfg, path: str) -> tuple[str, float]:
   """(the `hlo.Collective.moe_layer` of the ops of the MoE layer at `path`, the share of their
   executions that are this layer's). A scanned stack runs one op for sublayer i % P of every
-  block, once per block: each of its layers gets 1 / blocks of the op's executions."""
+  block, once per block: each of its layers gets 1 / blocks of the op's executions (the layers
+  left over after the scan have ops of their own)."""
   if not cfg.scan_layers:
     return path, 1.0
   stack, layer = path.split('/')
   i, period = int(layer.removeprefix('layers_')), cfg.layer_period(stack)
   blocks = (cfg.num_encoder_layers if stack == 'encoder' else cfg.num_decoder_layers) // period
+  if i >= blocks * period:   # a layer left over after the scan runs unrolled
+    return path, 1.0
   return f'{stack}/layers/layers_{i % period}', 1.0 / blocks
 
 

@@ -1,17 +1,19 @@
 """Scanned layer stacks (`T5Config.scan_layers`) and the params conversion to and from them.
 
 A stack of N layers whose sparse/dense pattern repeats every P layers (`T5Config.layer_period`)
-runs as `nn.scan` over N / P blocks of P layers, so XLA compiles one block instead of N layers
-(t5x/flaxformer's and MaxText's `scan_layers`). Every variable of the block - params, the MoE
-layers' sown 'moe_metrics', the decoding 'cache' - gains a leading axis of N / P, and params
-carry the logical axis name `axes.LAYERS` there (never sharded: moe_flan.partitioning.rules).
+runs as `nn.scan` over B = N // P blocks of P layers, so XLA compiles one block instead of N
+layers (t5x/flaxformer's and MaxText's `scan_layers`); the N % P layers left over (ST-MoE-32B:
+27 = 6 x 4 + 3) run unrolled after the scan. Every variable of the block - params, the MoE
+layers' sown 'moe_metrics', the decoding 'cache' - gains a leading axis of B, and params carry
+the logical axis name `axes.LAYERS` there (never sharded: moe_flan.partitioning.rules).
 
 Param layout, unrolled -> scanned (`scan_params` / `unscan_params`):
 
-    {stack}/layers_{i}/...  <f32>[...]   ->   {stack}/layers/layers_{i % P}/...  <f32>[N / P, ...]
+    {stack}/layers_{i}/...  <f32>[...]   ->   {stack}/layers/layers_{i % P}/...  <f32>[B, ...]
 
-at index i // P of the leading axis. Users converting checkpoints between the two layouts call
-these two functions on the 'params' tree (nested dicts of arrays).
+at index i // P of the leading axis, for i < B * P; later layers keep `{stack}/layers_{i}`.
+Users converting checkpoints between the two layouts call these two functions on the 'params'
+tree (nested dicts of arrays).
 """
 from __future__ import annotations
 
@@ -40,6 +42,11 @@ def block_pattern(config: T5Config, stack: str) -> tuple[bool, ...]:
   return tuple(j in sparse for j in range(config.layer_period(stack)))
 
 
+def num_blocks(config: T5Config, stack: str) -> int:
+  """B: the scan's steps; layers B * P .. N - 1 run unrolled after it."""
+  return _num_layers(config, stack) // config.layer_period(stack)
+
+
 class _Block(nn.Module):
   """P consecutive layers: one step of the scan. `layer(config, sparse=..., name=...)` builds a
   layer; `call_kwargs` are the layers' static keyword arguments (enable_dropout, decode)."""
@@ -63,16 +70,19 @@ def run_scanned(layer: Callable[..., nn.Module], config: T5Config, stack: str, x
   x <dtype>[B, L, D] is the carry; `args` (masks, biases, encodings; arrays or None) are the
   same for every layer; `call_kwargs` are static. Returns <dtype>[B, L, D].
   """
-  pattern = block_pattern(config, stack)
+  pattern, blocks = block_pattern(config, stack), num_blocks(config, stack)
   scanned = nn.scan(
       _Block,
       variable_axes={True: 0},   # params, moe_metrics, cache: one slice per block
       split_rngs={'params': True, 'dropout': True},
       in_axes=(nn.broadcast,) * len(args),
-      length=_num_layers(config, stack) // len(pattern),
+      length=blocks,
       metadata_params={nn.PARTITION_NAME: axes.LAYERS})
   x, _ = scanned(layer, config, pattern, tuple(sorted(call_kwargs.items())),
                  name=SCANNED)(x, *args)
+  for i in range(blocks * len(pattern), _num_layers(config, stack)):   # the layers left over
+    x = layer(config, sparse=pattern[i % len(pattern)], name=f'layers_{i}')(x, *args,
+                                                                           **call_kwargs)
   return x
 
 
@@ -99,7 +109,7 @@ def scan_params(params: Mapping[str, Any], config: T5Config) -> dict[str, Any]:
     if missing:
       raise ValueError(f'scan_params: {stack} lacks {missing[:3]} of its {n} layers '
                        f'(keys: {sorted(tree)[:8]})')
-    layers = [tree.pop(f'layers_{i}') for i in range(n)]
+    layers = [tree.pop(f'layers_{i}') for i in range(num_blocks(config, stack) * period)]
     tree[SCANNED] = {f'layers_{j}': jax.tree_util.tree_map(
         lambda *v: _stack_arrays(list(v)), *layers[j::period]) for j in range(period)}
     out[stack] = tree
@@ -112,14 +122,14 @@ def unscan_params(params: Mapping[str, Any], config: T5Config) -> dict[str, Any]
   out = dict(params)
   for stack in STACKS:
     _check_stack(params, stack)
-    n, period = _num_layers(config, stack), config.layer_period(stack)
+    period = config.layer_period(stack)
     tree = dict(params[stack])
     if SCANNED not in tree:
       raise ValueError(f'unscan_params: {stack} has no scanned {SCANNED!r} module '
                        f'(keys: {sorted(tree)[:8]})')
     blocks = tree.pop(SCANNED)
     for j in range(period):
-      for b in range(n // period):
+      for b in range(num_blocks(config, stack)):
         tree[f'layers_{b * period + j}'] = jax.tree_util.tree_map(
             lambda v, b=b: v[b], blocks[f'layers_{j}'])
     out[stack] = tree

@@ -102,11 +102,14 @@ PER_LAYER_METRICS = ('expert_load', 'fraction_dropped', 'load_balancing_loss')
 
 
 def _layer_order_key(path: str) -> List[Any]:
-  """Encoder before decoder (data flow), then the row of a stacked leaf (the block of a scanned
-  stack: block b holds layers b * P + j), then natural order (layers_2 before layers_10)."""
+  """Encoder before decoder (data flow); in a stack scanned by `T5Config.scan_layers`, its
+  scanned module 'layers' before the layers left over after it, and by row (block b holds layers
+  b * P + j); then natural order (layers_2 before layers_10)."""
   stack = 0 if 'encoder' in path else 1
   where, _, row = path.rpartition('/')
-  return [stack, int(row)] + [int(p) if p.isdigit() else p for p in re.split(r'(\d+)', where)]
+  unrolled = 'layers' not in where.split('/')
+  return [stack, unrolled, int(row)] + [int(p) if p.isdigit() else p
+                                        for p in re.split(r'(\d+)', where)]
 
 
 def _per_layer_values(tree: Any) -> Dict[str, List[Tuple[str, jax.Array]]]:
