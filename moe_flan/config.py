@@ -27,6 +27,10 @@ CAPACITY_CONVENTIONS = ('ours', 'flaxformer')
 # experts-choose layers, as the paper's stack does (moe/losses.py).
 LOAD_BALANCING_CONVENTIONS = ('ours', 'flaxformer')
 SPARSE_LAYOUTS = ('every', 'hf_every', 'top', 'bottom', 'all', 'none')
+# What a scanned block keeps for the backward pass (MaxText's names): 'none' everything (no
+# recomputation), 'minimal' the matmuls without batch dimensions (the weight projections),
+# 'full' nothing but the block's input (the whole block is recomputed).
+REMAT_POLICIES = ('none', 'minimal', 'full')
 
 
 def _fail(setting: str, value, why: str):
@@ -162,6 +166,9 @@ class T5Config:
   # 'layers' axis: encoder/layers/layers_{j}/... [num_layers // period, ...] holds layers
   # j, j + period, ...; layers left over keep layers_{i} (moe_flan.model.scan converts).
   scan_layers: bool = False
+  # Rematerialise each scanned block in the backward pass (one of REMAT_POLICIES): a scan keeps
+  # every block's residuals stacked, which XLA cannot free or recompute across the loop.
+  remat_policy: str = 'none'
 
   def __post_init__(self):
     for name in ('vocab_size', 'emb_dim', 'num_heads', 'head_dim', 'mlp_dim'):
@@ -169,6 +176,11 @@ class T5Config:
         _fail(f'T5Config.{name}', getattr(self, name), 'must be >= 1')
     if not 0.0 <= self.dropout_rate < 1.0:
       _fail('T5Config.dropout_rate', self.dropout_rate, 'must be in [0, 1)')
+    if self.remat_policy not in REMAT_POLICIES:
+      _fail('T5Config.remat_policy', self.remat_policy, f'choose one of {REMAT_POLICIES}')
+    if self.remat_policy != 'none' and not self.scan_layers:
+      _fail('T5Config.remat_policy', self.remat_policy,
+            'rematerialisation applies to scanned blocks; set T5Config.scan_layers=True')
     if self.scan_layers:
       self.layer_period('encoder')
       self.layer_period('decoder')

@@ -136,6 +136,11 @@ def test_scanned_layers_compile_once_and_report_every_layer():
     assert layer['ratio'] == pytest.approx(same['ratio'])
   a2a = sum(c['bytes_per_chip'] for c in r['collectives'] if c['kind'] == 'all-to-all')
   assert a2a == sum(l['all_to_all_bytes_per_chip'] for l in layers)   # every byte attributed
+  # XLA's cost analysis counts the loop body once; the roofline's compute uses the model FLOPs.
+  f = r['flops']
+  assert f['xla_costs_count_loop_bodies_once'] is True
+  peak = topology.CHIPS['v5e'].peak_bf16_flops
+  assert f['roofline']['compute_s'] >= f['model_flops_per_step'] / 4 / peak * (1 - 1e-9)
 
 
 def test_all_to_all_minimum_counts_the_slots_the_capacity_convention_fills():

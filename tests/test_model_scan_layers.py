@@ -6,6 +6,7 @@ tokens); its params carry the 'layers' logical axis and shard on an 8-device mes
 """
 import dataclasses
 import functools
+import re
 
 import flax.linen as nn
 import jax
@@ -30,14 +31,14 @@ BATCH = {'encoder_input_tokens': TOKENS, 'decoder_target_tokens': TARGETS,
          'decoder_input_tokens': np.pad(TARGETS[:, :-1], ((0, 0), (1, 0)))}
 
 
-def _configs(moe: bool) -> tuple[T5Config, T5Config]:
+def _configs(moe: bool, remat_policy: str = 'none') -> tuple[T5Config, T5Config]:
   """(unrolled, scanned) tiny models of 4 encoder and 5 decoder layers; sparse: every 2nd layer
   an MoE (period 2), so the decoder's layer 4 is left over after its 2-block scan."""
   cfg = tiny_config(moe=moe, num_encoder_layers=4, num_decoder_layers=5)
   if moe:   # aux losses weigh in the total loss, so their gradients are compared too
     cfg = dataclasses.replace(cfg, moe=dataclasses.replace(
         cfg.moe, load_balancing_loss_weight=0.1, router_z_loss_weight=0.01))
-  return cfg, dataclasses.replace(cfg, scan_layers=True)
+  return cfg, dataclasses.replace(cfg, scan_layers=True, remat_policy=remat_policy)
 
 
 def _params(cfg: T5Config):
@@ -97,9 +98,12 @@ def _unrolled(moe: bool):
   return _grad_fn(cfg)(_params(cfg))
 
 
-@pytest.mark.parametrize('moe', [False, True], ids=['dense', 'sparse'])
-def test_scanned_model_equals_unrolled(moe):
-  cfg, scfg = _configs(moe)
+@pytest.mark.parametrize('moe, remat_policy', [(False, 'none'), (True, 'none'), (True, 'full')],
+                         ids=['dense', 'sparse', 'sparse_remat'])
+def test_scanned_model_equals_unrolled(moe, remat_policy):
+  """Also with every block recomputed in the backward pass (remat_policy='full'), the MoE
+  layers' sown metrics included."""
+  cfg, scfg = _configs(moe, remat_policy)
   (loss, (logits, metrics)), grads = _unrolled(moe)
   (s_loss, (s_logits, s_metrics)), s_grads = _grad_fn(scfg)(scan.scan_params(_params(cfg), scfg))
   _close(s_logits, logits)
@@ -107,6 +111,9 @@ def test_scanned_model_equals_unrolled(moe):
   assert set(s_metrics) == set(metrics)
   _close(s_metrics, metrics)
   _close(scan.unscan_params(s_grads, scfg), grads)
+  jaxpr = str(jax.make_jaxpr(lambda p: _loss(scfg, p)[0])(scan.scan_params(_params(cfg), scfg)))
+  remat = re.search(r'\b(checkpoint|remat\d*)\[', jaxpr)   # jax.checkpoint's primitive
+  assert bool(remat) == (remat_policy != 'none')
   if moe:   # the per-layer metrics list layers 1, 3 of the encoder, then of the decoder
     assert metrics['moe/load_balancing_loss_per_layer'].shape == (4,)
     assert metrics['moe/expert_load_per_layer'].shape == (4, cfg.moe.num_experts)
@@ -174,6 +181,10 @@ def test_a_pattern_that_does_not_repeat_is_refused():
   assert (periodic.layer_period('encoder'), periodic.layer_period('decoder')) == (3, 4)
   assert (scan.num_blocks(periodic, 'encoder'), scan.num_blocks(periodic, 'decoder')) == (2, 6)
   assert T5Config(num_encoder_layers=8, scan_layers=True).layer_period('encoder') == 1
+  with pytest.raises(ValueError, match=r"remat_policy='full': .*set T5Config.scan_layers=True"):
+    T5Config(remat_policy='full')
+  with pytest.raises(ValueError, match=r"remat_policy='dots': choose one of"):
+    T5Config(scan_layers=True, remat_policy='dots')
 
 
 def test_scan_params_errors_and_gin_round_trip(tmp_path):

@@ -28,6 +28,8 @@ from moe_flan import axes
 from moe_flan.config import T5Config
 
 SCANNED = 'layers'   # the name of a scanned stack's module, beside the unrolled 'layers_{i}'
+_REMAT = {'minimal': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+          'full': jax.checkpoint_policies.nothing_saveable}   # T5Config.remat_policy
 STACKS = ('encoder', 'decoder')
 
 
@@ -71,8 +73,13 @@ def run_scanned(layer: Callable[..., nn.Module], config: T5Config, stack: str, x
   same for every layer; `call_kwargs` are static. Returns <dtype>[B, L, D].
   """
   pattern, blocks = block_pattern(config, stack), num_blocks(config, stack)
+  block = _Block
+  if config.remat_policy != 'none':
+    # prevent_cse=False: inside a scan the loop already keeps XLA from merging the recomputation
+    # with the forward pass (flax's advice for remat under scan).
+    block = nn.remat(_Block, prevent_cse=False, policy=_REMAT[config.remat_policy])
   scanned = nn.scan(
-      _Block,
+      block,
       variable_axes={True: 0},   # params, moe_metrics, cache: one slice per block
       split_rngs={'params': True, 'dropout': True},
       in_axes=(nn.broadcast,) * len(args),
