@@ -18,7 +18,7 @@ from jax.sharding import PartitionSpec as P
 from moe_flan import decoding
 from moe_flan import partitioning
 from moe_flan.config import MoeConfig, T5Config
-from moe_flan.convert import gin_config
+from moe_flan.convert import gin_config, hf_checkpoint, retarget
 from moe_flan.config_gin import write_model_gin
 from moe_flan.model import EncoderDecoder, compute_loss, scan
 from moe_flan.moe import collect_moe_metrics
@@ -213,3 +213,17 @@ def test_per_layer_moe_metrics_of_a_scanned_stack_come_in_layer_order():
           'decoder': {'layers_0': {'moe': {'load_balancing_loss': (jnp.array(5.0),)}}}}
   out = collect_moe_metrics(tree)
   np.testing.assert_array_equal(out['load_balancing_loss_per_layer'], [0, 1, 2, 3, 4, 5])
+
+
+def test_the_converter_fits_unrolled_checkpoints_to_a_scanned_model_and_exports_them_unrolled():
+  """Imported (HF) params are unrolled: retargeting them to a scanned gin model scans them, and
+  exporting a scanned model's params gives the unrolled model's HF tensors."""
+  cfg, scfg = _configs(moe=False)
+  params = jax.tree_util.tree_map(np.asarray, _params(cfg))
+  scanned = retarget.retarget_params(cfg, params, scfg)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, scanned, scan.scan_params(params, scfg))
+  hf_config, tensors = hf_checkpoint.params_to_hf(scfg, scanned)
+  want_config, want = hf_checkpoint.params_to_hf(cfg, params)
+  assert hf_config == want_config and set(tensors) == set(want)
+  for name, value in want.items():
+    np.testing.assert_array_equal(tensors[name], value)

@@ -12,6 +12,7 @@ every float32 tensor bit for bit.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 import flax
@@ -19,6 +20,7 @@ import numpy as np
 
 from moe_flan.config import T5Config
 from moe_flan.convert import hf_switch, hf_t5, safetensors_io, tensor_map
+from moe_flan.model import scan
 
 _FAMILIES = {'t5': hf_t5, 'switch': hf_switch}
 
@@ -72,7 +74,11 @@ def _flat_numpy(params: Any) -> Dict[str, np.ndarray]:
 
 
 def params_to_hf(config: T5Config, params: Any) -> Tuple[Dict, Dict[str, np.ndarray]]:
-  """(config.json dict, HF tensors) for our `config` and params (nested, boxed or not)."""
+  """(config.json dict, HF tensors) for our `config` and params (nested, boxed or not; scanned
+  layers, `T5Config.scan_layers`, are unrolled first)."""
+  if config.scan_layers:
+    params = scan.unscan_params(flax.linen.meta.unbox(params), config)
+    config = dataclasses.replace(config, scan_layers=False, remat_policy='none')
   module = family_module(config)
   hf_config = module.config_to_hf(config)
   tensors = tensor_map.flat_to_hf(module.entries(config), _flat_numpy(params))

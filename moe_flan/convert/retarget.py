@@ -12,13 +12,14 @@ Anything else is a ValueError listing each disagreeing setting.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Dict, List
 
 import flax
 import numpy as np
 
 from moe_flan.config import T5Config
-from moe_flan.model import abstract_params, upcycling
+from moe_flan.model import abstract_params, scan, upcycling
 
 BACKBONE_FIELDS = ('vocab_size', 'emb_dim', 'num_heads', 'head_dim', 'num_encoder_layers',
                    'num_decoder_layers', 'mlp_dim', 'mlp_activations', 'logits_via_embedding',
@@ -63,8 +64,12 @@ def retarget_params(imported: T5Config, params: Dict[str, Any], target: T5Config
   diffs = config_differences(imported, target)
   if diffs:
     raise ValueError('the checkpoint does not fit the gin model:\n  ' + '\n  '.join(diffs))
+  # An imported checkpoint's layers are unrolled: upcycle in that layout, then scan.
+  unrolled = dataclasses.replace(target, scan_layers=False, remat_policy='none')
   if imported.moe is None and target.moe is not None:
-    params = upcycling.upcycle(params, target, seed)
+    params = upcycling.upcycle(params, unrolled, seed)
+  if target.scan_layers:
+    params = scan.scan_params(params, target)
   expected = flax.traverse_util.flatten_dict(
       flax.linen.meta.unbox(abstract_params(target)), sep='/')
   got = flax.traverse_util.flatten_dict(params, sep='/')
