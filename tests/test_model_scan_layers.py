@@ -227,3 +227,13 @@ def test_the_converter_fits_unrolled_checkpoints_to_a_scanned_model_and_exports_
   assert hf_config == want_config and set(tensors) == set(want)
   for name, value in want.items():
     np.testing.assert_array_equal(tensors[name], value)
+
+
+def test_an_unrolled_checkpoint_for_a_scanned_model_is_refused_with_the_conversion_named():
+  from moe_flan.trainer import checkpoints  # pylint: disable=g-import-not-at-top
+  model = {'encoder/layers/layers_0/mlp/wo/kernel': (2, 24, 16)}
+  ckpt = {'encoder/layers_0/mlp/wo/kernel': np.zeros((24, 16))}
+  assert 'the model scans its layers' in checkpoints._layout_hint(model, ckpt)
+  assert 'the checkpoint scans' in checkpoints._layout_hint(
+      {k: v.shape for k, v in ckpt.items()}, dict.fromkeys(model))
+  assert checkpoints._layout_hint(model, dict.fromkeys(model)) == ''

@@ -374,6 +374,17 @@ class Checkpointer:
     self.manager.close()
 
 
+def _layout_hint(expected: dict[str, tuple], loaded: dict[str, Any]) -> str:
+  """Why the params cannot match when the model scans its layers and the checkpoint does not
+  (or the other way round), and how to convert them."""
+  scanned = lambda keys: any(k.split('/')[1:2] == ['layers'] for k in keys)
+  if scanned(expected) == scanned(loaded):
+    return ''
+  which = 'model' if scanned(expected) else 'checkpoint'
+  return (f' (the {which} scans its layers, T5Config.scan_layers; convert the checkpoint with '
+          'moe_flan.model.scan.scan_params / unscan_params)')
+
+
 def restore_initial_params(cfg: CheckpointConfig, fresh_params: Any) -> Any:
   """`fresh_params` (unboxed, sharded) with values loaded from `cfg.initial_checkpoint_path`."""
   return restore_params(cfg, fresh_params)[0]
@@ -396,8 +407,8 @@ def restore_params(cfg: CheckpointConfig, fresh_params: Any) -> tuple[Any, str]:
          and not (m.endswith('missing in checkpoint')
                   and (cfg.allow_missing_params or m.split(':')[0] in fresh_ok))]
   if bad:
-    raise ValueError(f'initial checkpoint {cfg.initial_checkpoint_path!r} does not fit the model:'
-                     '\n  ' + '\n  '.join(bad))
+    raise ValueError(f'initial checkpoint {cfg.initial_checkpoint_path!r} does not fit the model'
+                     f'{_layout_hint(expected, loaded)}:\n  ' + '\n  '.join(bad))
   flat = flax.traverse_util.flatten_dict(fresh_params, sep='/')
   out = {}
   for k, v in flat.items():
