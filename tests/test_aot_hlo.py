@@ -78,7 +78,8 @@ SCANNED = """HloModule jit_step, is_scheduled=true
   %p = (s32[], f32[4,32]{1,0}) parameter(0)
   %x = f32[4,32]{1,0} get-tuple-element(%p), index=1
   %a2a = f32[4,32]{1,0:T(8,128)} all-to-all(%x), channel_id=2, replica_groups={{0,1},{2,3}}, dimensions={0}, metadata={op_name="jit(step)/jvp(EncoderDecoder)/EncoderDecoder.encode/encoder/while/body/closed_call/layers/layers_1/moe/shard_map/all_to_all"}
-  ROOT %t = (s32[], f32[4,32]{1,0}) tuple(%i, %a2a)
+  %a2a_remat = f32[4,32]{1,0:T(8,128)} all-to-all(%a2a), channel_id=4, replica_groups={{0,1},{2,3}}, dimensions={0}, metadata={op_name="jit(step)/transpose(jvp(EncoderDecoder))/EncoderDecoder.decode/decoder/while/body/closed_call/checkpoint/rematted_computation/layers/layers_0/moe/shard_map/all_to_all"}
+  ROOT %t = (s32[], f32[4,32]{1,0}) tuple(%i, %a2a_remat)
 }
 
 %other_cond (p: (s32[], f32[4,32])) -> pred[] {
@@ -106,6 +107,8 @@ def test_scanned_loop_trip_count_from_its_condition_and_its_moe_layer():
   found = _by_name(hlo.collectives(SCANNED, 4))
   assert found['a2a'].executions == 4                   # counter < 4: one run per block
   assert found['a2a'].moe_layer == 'encoder/layers/layers_1'   # sublayer 1 of every block
+  # Recomputed in the backward pass (T5Config.remat_policy): still that layer's.
+  assert found['a2a_remat'].moe_layer == 'decoder/layers/layers_0'
   assert found['ar'].executions == 1                    # a condition of another form: once
 
 

@@ -42,8 +42,10 @@ _ARRAY = re.compile(r'\b([a-z]+[0-9]*(?:e[0-9]m[0-9][a-z]*)?)\[([0-9,]*)\]')
 _COMPUTATION = re.compile(r'^(?:ENTRY )?%([^\s(]+) .*\{\s*$')
 _INSTRUCTION = re.compile(r'^\s*(?:ROOT )?%([^\s=]+) = (.*)$')
 # 'encoder/layers_1/moe/', or in a scanned stack (T5Config.scan_layers) the scan body's
-# 'encoder/while/body/closed_call/layers/layers_1/moe/' (sublayer 1 of every block).
-_LAYER = re.compile(r'(encoder|decoder)/(?:while/body/(?:closed_call/)?(layers/))?(layers_\d+)/moe/')
+# 'encoder/while/body/closed_call/layers/layers_1/moe/' (sublayer 1 of every block), with
+# 'checkpoint/' or 'checkpoint/rematted_computation/' before 'layers/' under remat_policy.
+_LAYER = re.compile(
+    r'(encoder|decoder)/(?:while/body/(?:[^/"]+/)*?(layers/))?(layers_\d+)/moe/')
 _MEGASCALE = re.compile(r'_xla_megascale_transfer_type="([A-Z_]+)"')
 _MEGASCALE_KINDS = {'ALL_REDUCE': 'all-reduce', 'ALL_GATHER': 'all-gather',
                     'REDUCE_SCATTER': 'reduce-scatter', 'ALL_TO_ALL': 'all-to-all'}
