@@ -4,9 +4,10 @@ without paying a second process start (imports, jax.distributed, compiles come f
     COMMAND=tests/multihost_train_twice.py SCRATCH_MODEL_DIR=/tmp/s SCRATCH_STEPS=4 \\
         launch/local_multiprocess.sh 2 --gin_file=... --gin.MODEL_DIR=... --gin.TRAIN_STEPS=...
 
-First a run from step 0 into $SCRATCH_MODEL_DIR for $SCRATCH_STEPS steps (the same gin files
-and flags otherwise), then the run the arguments describe. Used by
-tests/test_trainer_multihost_parity.py.
+First a run into $SCRATCH_MODEL_DIR to step $SCRATCH_STEPS (from step 0, or from its latest
+checkpoint as any run resumes; the same gin files and flags otherwise), then the run the
+arguments describe. Used by tests/test_trainer_multihost_parity.py and
+tests/test_trainer_multihost_preemption.py.
 """
 import os
 import sys

@@ -6,6 +6,11 @@ a lost process, with real signals.
   logs exactly the losses of an uninterrupted two-process run.
 - SIGKILL to process 1: process 0 exits 1 within a bounded time with a one-line error naming
   process 1, without waiting for it and without the coordination service's C++ abort.
+
+Two pairs of processes do the four runs (a process start costs seconds of imports): each first
+trains one run to its end (tests/multihost_train_twice.py), then the run that is signalled.
+- pair 1: the uninterrupted reference run, then the run SIGTERMed at process 1;
+- pair 2: the SIGTERMed run resumed to its end, then the run SIGKILLed at process 1.
 """
 import json
 import os
@@ -23,6 +28,7 @@ from conftest import DISABLE_OPTIMIZATIONS_ENV, JAX_CACHE_DIR
 from test_trainer_resume import TINY_GIN as RESUME_GIN
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN_TWICE = os.path.join(REPO, 'tests', 'multihost_train_twice.py')
 STEPS = 8
 BOUND_S = 150   # signal -> exit, on a loaded 2-core machine
 HEARTBEAT_S = 10   # the killed run's: a silent process counts as lost after this
@@ -39,19 +45,22 @@ def _port() -> int:
     return s.getsockname()[1]
 
 
-def _start(gin_file, model_dir, log_prefix, *flags):
-  """Both processes of one run; returns their Popen objects and log paths."""
+def _start(gin_file, first_dir, model_dir, log_prefix, *flags):
+  """Both processes of a pair that first trains `first_dir` to step STEPS (from its latest
+  checkpoint, if any), then trains `model_dir`; returns their Popen objects and log paths."""
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
   env.update(JAX_PLATFORMS='cpu', JAX_NUM_CPU_DEVICES='2', PYTHONPATH=REPO,
              JAX_CPU_COLLECTIVES_IMPLEMENTATION='gloo', TF_CPP_MIN_LOG_LEVEL='2',
              JAX_COMPILATION_CACHE_DIR=JAX_CACHE_DIR,
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0', **DISABLE_OPTIMIZATIONS_ENV)
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+             SCRATCH_MODEL_DIR=str(first_dir), SCRATCH_STEPS=str(STEPS),
+             **DISABLE_OPTIMIZATIONS_ENV)
   port, procs, logs = _port(), [], []
   for pid in (0, 1):
     logs.append(f'{log_prefix}_{pid}.log')
     with open(logs[-1], 'w') as log:
       procs.append(subprocess.Popen(
-          [sys.executable, '-m', 'moe_flan.train', f'--gin_file={gin_file}',
+          [sys.executable, TRAIN_TWICE, f'--gin_file={gin_file}',
            f"--gin.MODEL_DIR='{model_dir}'", f'--gin.TRAIN_STEPS={STEPS}',
            '--gin.CHECKPOINT_PERIOD=100', f'--coordinator_address=127.0.0.1:{port}',
            '--num_processes=2', f'--process_id={pid}', *flags],
@@ -106,62 +115,58 @@ def root(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def runs(root):
-  """An uninterrupted run beside one SIGTERMed at process 1, then resumed."""
+  """The reference run and the SIGTERMed one (pair 1), its resumption and the SIGKILLed run
+  (pair 2)."""
   gin_file, procs = root / 'tiny.gin', []
-  dirs = {name: str(root / name) for name in ('ref', 'term')}
+  dirs = {name: str(root / name) for name in ('ref', 'term', 'kill')}
   try:
-    # One two-process run at a time: four processes on a 2-core machine can miss gloo's
-    # 30 s connection deadline.
-    ref, ref_logs = _start(gin_file, dirs['ref'], root / 'ref')
-    procs += ref
-    rc_ref = [p.wait(timeout=900) for p in ref]
-    term, term_logs = _start(gin_file, dirs['term'], root / 'term')
+    # One pair at a time: four processes on a 2-core machine can miss gloo's 30 s connection
+    # deadline.
+    term, term_logs = _start(gin_file, dirs['ref'], dirs['term'], root / 'term')
     procs += term
     rc_term, term_s = _signal_after_step(term, term_logs, dirs['term'], signal.SIGTERM)
     after_term = _committed(dirs['term'])
-    resume, resume_logs = _start(gin_file, dirs['term'], root / 'resume')
-    procs += resume
-    rc_resume = [p.wait(timeout=900) for p in resume]
+    ref_losses = _losses(dirs['ref'])   # the reference run had finished before it started
+    # The kill run's heartbeat timeout is the pair's (set when jax.distributed starts).
+    kill, kill_logs = _start(gin_file, dirs['term'], dirs['kill'], root / 'kill',
+                             f'--distributed_heartbeat_timeout_s={HEARTBEAT_S}')
+    procs += kill
+    rc_kill, kill_s = _signal_after_step(kill, kill_logs, dirs['kill'], signal.SIGKILL)
   finally:
     _kill_all(procs)
   with open(os.path.join(dirs['ref'], 'mesh.json')) as f:
     mesh = json.load(f)
   with open(os.path.join(dirs['ref'], 'config.gin')) as f:
     config_gin = f.read()
-  return dict(ref=_losses(dirs['ref']), got=_losses(dirs['term']), rc_ref=rc_ref,
-              mesh=mesh, config_gin=config_gin, dirs=dirs,
-              rc_term=rc_term, term_s=term_s, after_term=after_term, rc_resume=rc_resume,
-              text=dict(ref=_read(ref_logs), term=_read(term_logs), resume=_read(resume_logs)))
+  return dict(ref=ref_losses, got=_losses(dirs['term']), mesh=mesh, config_gin=config_gin,
+              dirs=dirs, rc_term=rc_term, term_s=term_s, after_term=after_term,
+              rc_kill=rc_kill, kill_s=kill_s,
+              text=dict(term=_read(term_logs), kill=_read(kill_logs)))
 
 
-@pytest.fixture(scope='module')
-def killed(root):
-  """A run whose process 1 is SIGKILLed."""
-  procs, logs = _start(root / 'tiny.gin', str(root / 'kill'), root / 'kill',
-                       f'--distributed_heartbeat_timeout_s={HEARTBEAT_S}')
-  try:
-    rcs, seconds = _signal_after_step(procs, logs, str(root / 'kill'), signal.SIGKILL)
-  finally:
-    _kill_all(procs)
-  return dict(rcs=rcs, seconds=seconds, text=_read(logs))
+def _two_runs(log: str):
+  """A pair's log split after its first run's normal end: (first run's, second run's)."""
+  first, finished, second = log.partition(f'moe_flan.train: finished at step {STEPS}\n')
+  assert finished and finished not in second, log[-3000:]
+  return first, second
 
 
 def test_sigterm_to_one_process_stops_both_at_one_step_and_resumes_exactly(runs):
   text = runs['text']
-  assert runs['rc_ref'] == [0, 0], text['ref'][0][-3000:]
+  ref, term = zip(*map(_two_runs, text['term']))   # the reference run ended before the other
   assert runs['rc_term'] == [75, 75], (text['term'][0][-3000:], text['term'][1][-3000:])
   assert runs['term_s'] < BOUND_S
   saved = runs['after_term'][-1]
   assert 2 <= saved < STEPS, runs['after_term']   # one checkpoint of the step both stopped at
-  for log in text['term']:   # both processes report the same step
+  for log in term:   # both processes report the same step
     assert f'stopped by SIGTERM after saving step {saved}; exit status 75' in log, log[-3000:]
-  assert runs['rc_resume'] == [0, 0], text['resume'][0][-3000:]
-  assert f'resuming from step {saved} ' in text['resume'][0]
+  resumed = _two_runs(text['kill'][0])[0]   # resumed, and ran to its end
+  assert f'resuming from step {saved} ' in resumed, resumed[-3000:]
   assert sorted(runs['ref']) == sorted(runs['got']) == list(range(1, STEPS + 1))
   assert runs['got'] == runs['ref']                       # bit-identical, step by step
   # The run states its mesh first thing, and MODEL_DIR keeps it and the operative gin config.
   assert ('moe_flan: mesh data=4 x expert=1 x model=1 on 4 cpu device(s) in 2 process(es); '
-          "MoE dispatch 'einsum'") in text['ref'][0]
+          "MoE dispatch 'einsum'") in ref[0]
   assert runs['mesh'] == {'mesh': {'data': 4, 'expert': 1, 'model': 1}, 'processes': 2,
                           'devices': 4, 'local_devices': 2, 'platform': 'cpu',
                           'moe_dispatch': 'einsum'}
@@ -171,12 +176,12 @@ def test_sigterm_to_one_process_stops_both_at_one_step_and_resumes_exactly(runs)
   assert 'train.model_dir = %MODEL_DIR' in runs['config_gin']
 
 
-def test_sigkill_of_one_process_ends_the_other_cleanly(killed):
-  rc0, rc1 = killed['rcs']
-  log0 = killed['text'][0]
+def test_sigkill_of_one_process_ends_the_other_cleanly(runs):
+  rc0, rc1 = runs['rc_kill']
+  log0 = _two_runs(runs['text']['kill'][0])[1]   # the run that was killed
   assert rc1 == -signal.SIGKILL
   assert rc0 == 1, log0[-3000:]
-  assert killed['seconds'] < BOUND_S
+  assert runs['kill_s'] < BOUND_S
   # Named once the coordinator has missed its heartbeats, whether process 0 was waiting at the
   # per-step barrier or saw a collective fail first.
   assert (f'moe_flan.train: error: process 0 of 2 stops: lost process 1 (no heartbeat for '
