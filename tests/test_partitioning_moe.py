@@ -137,7 +137,10 @@ for dispatch in ('einsum', 'scatter', 'segmented', 'dropless'):
                                expert_mlp_dim=16), 16, 'tokens_choose', 2)
     p = partitioning.Partitioner(partitioning.make_mesh(mesh_shape))
     with p.activate():
-      params = jax.jit(layer.init)(jax.random.PRNGKey(0), x)
+      # Only the gradient's program is compiled: the variables as jit(layer.init) returns them
+      # (replicated; the layer constrains its params where it uses them), as shapes.
+      params = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=p.replicated),
+                            jax.eval_shape(layer.init, jax.random.PRNGKey(0), x))
       loss = lambda params, x: jnp.sum(layer.apply(params, x) ** 2)
       jax.jit(jax.grad(loss)).lower(params, jax.device_put(x, p.data_sharding)).compile()
     print('compiled', dispatch, mesh_shape, flush=True)
