@@ -127,3 +127,21 @@ def test_training_mixture_weighs_clusters_equally_by_default():
   # Inside a cluster: capped examples-proportional (addition 4000 -> cap 3000, parity 1000).
   rate = {t.name: mix.get_rate(t) for t in mix.tasks}
   assert rate['emb_addition_mix'] / rate['emb_parity_mix'] == pytest.approx(3.0)
+
+
+@pytest.mark.parametrize('limit', [None, 3])
+def test_token_ids_are_the_rendered_text_encoded_also_when_cached(limit):
+  """Every build of a task (the first tokenizes, later ones reuse the cached ids) yields each
+  example's text encoded plus EOS, cut to the evaluation's example limit."""
+  from tasks import eval_prompts, vocab  # pylint: disable=g-import-not-at-top
+  voc = vocab.default_vocabulary()
+  task = registry.get('emb_nli')
+  with eval_prompts.limit_examples(limit):
+    for _ in range(2):
+      rows = list(task.get_dataset(sequence_length=None, split='validation', shuffle=False,
+                                   num_epochs=1).as_numpy_iterator())
+      assert len(rows) == (limit or len(embedded.rendered_now('nli', 'zs', 'validation')['inputs']))
+      for row in rows:
+        for k in ('inputs', 'targets'):
+          want = list(voc.encode(row[f'{k}_pretokenized'].decode())) + [voc.eos_id]
+          assert row[k].tolist() == want
