@@ -53,11 +53,12 @@ CANDIDATES: dict[str, list[tuple[str, str, list[str]]]] = {
 }
 
 
-# Scanned plans rematerialise every block (MaxText's default 'full'): a scan keeps each block's
-# residuals for the backward pass, which the TPU compiler cannot recompute across the loop as it
-# does in an unrolled step (T5.1.1-base on v5e:2x2 needed 18.55 GiB of temporaries scanned
-# without remat, 7.37 GiB unrolled).
-REMAT_POLICY = 'full'
+# Scanned plans rematerialise every block: a scan keeps each block's residuals for the backward
+# pass, which the TPU compiler cannot recompute across the loop as it does in an unrolled step
+# (T5.1.1-base on v5e:2x2 needed 18.55 GiB of temporaries scanned without remat, 7.37 GiB
+# unrolled). Everything is recomputed but the MoE layers' exchanged tokens (for a dense model
+# the same as 'full'), so the backward pass does not repeat the forward all-to-alls.
+REMAT_POLICY = 'save_moe_exchanges'
 
 
 def command(model: str, topology: str, overlay: str, extra: list[str], out: str,

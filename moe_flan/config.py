@@ -29,8 +29,10 @@ LOAD_BALANCING_CONVENTIONS = ('ours', 'flaxformer')
 SPARSE_LAYOUTS = ('every', 'hf_every', 'top', 'bottom', 'all', 'none')
 # What a scanned block keeps for the backward pass (MaxText's names): 'none' everything (no
 # recomputation), 'minimal' the matmuls without batch dimensions (the weight projections),
-# 'full' nothing but the block's input (the whole block is recomputed).
-REMAT_POLICIES = ('none', 'minimal', 'full')
+# 'full' nothing but the block's input (the whole block is recomputed, MoE all-to-alls too);
+# 'save_moe_exchanges' as 'full' but keeping the token buffers the expert_parallel dispatch
+# exchanged, so the backward pass does not exchange them again.
+REMAT_POLICIES = ('none', 'minimal', 'full', 'save_moe_exchanges')
 
 
 def _fail(setting: str, value, why: str):

@@ -26,10 +26,13 @@ import numpy as np
 
 from moe_flan import axes
 from moe_flan.config import T5Config
+from moe_flan.moe import dispatch_expert_parallel
 
 SCANNED = 'layers'   # the name of a scanned stack's module, beside the unrolled 'layers_{i}'
 _REMAT = {'minimal': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-          'full': jax.checkpoint_policies.nothing_saveable}   # T5Config.remat_policy
+          'full': jax.checkpoint_policies.nothing_saveable,
+          'save_moe_exchanges': jax.checkpoint_policies.save_only_these_names(
+              dispatch_expert_parallel.EXCHANGE)}   # T5Config.remat_policy
 STACKS = ('encoder', 'decoder')
 
 

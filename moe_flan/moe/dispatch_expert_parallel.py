@@ -37,6 +37,7 @@ from typing import Optional
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 from jax.sharding import PartitionSpec
 
 from moe_flan import axes
@@ -44,6 +45,9 @@ from moe_flan.moe.dispatch_scatter import buffer_slots, scatter_dispatch, slot_s
 from moe_flan.moe.experts import ExpertFFN
 from moe_flan.moe.routing import Routing
 
+# The name of the token buffers after each all-to-all, for remat policies that keep them
+# (T5Config.remat_policy='save_moe_exchanges': the backward pass does not exchange them again).
+EXCHANGE = 'moe_exchange'
 _IN_KERNEL_AXES = (axes.EXPERT, axes.EMBED, axes.MLP)
 _OUT_KERNEL_AXES = (axes.EXPERT, axes.MLP, axes.EMBED)
 
@@ -140,10 +144,12 @@ def _shard_body(routing: Routing, x: jax.Array, weights: dict, rng: Optional[jax
   buffers = _split_replicas(buffers, plan)                         # [E*r, G_l, C', D]
   if plan.partitions > 1:
     buffers = jax.lax.all_to_all(buffers, axes.MESH_EXPERT, 0, 1, tiled=True)  # [E*r/P, P*G_l]
+    buffers = checkpoint_name(buffers, EXCHANGE)
   ffn = dataclasses.replace(ffn, weights=weights, dropout_rng=rng)
   y = _local_experts(ffn, buffers, plan).astype(x.dtype)
   if plan.partitions > 1:
-    y = jax.lax.all_to_all(y, axes.MESH_EXPERT, 1, 0, tiled=True)   # [E*r, G_l, C', D]
+    y = checkpoint_name(jax.lax.all_to_all(y, axes.MESH_EXPERT, 1, 0, tiled=True),
+                        EXCHANGE)                                  # [E*r, G_l, C', D]
   y = _merge_replicas(y, plan)
   return _combine(y, slots, routing.combine_weight)
 
