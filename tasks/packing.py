@@ -130,8 +130,9 @@ def pack_blocks(dataset: tf.data.Dataset, lengths: Mapping[str, int],
   `truncated[feature]` (<int64> variables), so the cuts stay counted."""
   lengths = {k: int(v) for k, v in lengths.items()}
   _check_features(dataset, lengths)
-  ds = dataset.map(lambda ex: {k: ex[k] for k in lengths},
-                   num_parallel_calls=tf.data.AUTOTUNE)
+  ds = dataset
+  if set(ds.element_spec) != set(lengths):   # a per-example map: only when there is a choice
+    ds = ds.map(lambda ex: {k: ex[k] for k in lengths}, num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.ragged_batch(max(lengths.values()))
 
   def pack(block):
@@ -145,12 +146,12 @@ def pack_blocks(dataset: tf.data.Dataset, lengths: Mapping[str, int],
 
 
 def _unbatch_rows(blocks: tf.data.Dataset, lengths: Mapping[str, int]) -> tf.data.Dataset:
-  def set_shape(ex):
-    for k, v in ex.items():
-      v.set_shape([lengths[k]])
-    return ex
+  def set_shape(block):   # on the blocks, so the rows get their static length without a map
+    for k, v in block.items():
+      v.set_shape([None, lengths[k]])
+    return block
 
-  return blocks.unbatch().map(set_shape, num_parallel_calls=tf.data.AUTOTUNE)
+  return blocks.map(set_shape).unbatch()
 
 
 def trim_and_pack_dataset(dataset: tf.data.Dataset, lengths: Mapping[str, int],

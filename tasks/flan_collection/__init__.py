@@ -6,6 +6,7 @@
 Modules: `reading` (Parquet / JSONL(.gz) streams), `validation` (row checks, rejection
 counts), `spill` (the restartable first pass's store), `writing` (TFRecord shards),
 `index` (DATA_DIR/index.json), `prepare` (the two passes), `registration` (seqio tasks),
+`shards` (the training-time reader of stored token ids),
 `mixtures` (FLAN 2022 rates, held-out selection), `sources` (source names, published weights).
 """
 from tasks.flan_collection.mixtures import flan2022_settings
