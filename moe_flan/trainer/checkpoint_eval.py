@@ -69,9 +69,13 @@ def evaluate(model_dir: str = gin.REQUIRED, model: config_lib.T5Config = gin.REQ
   returns the results dict."""
   engine = engine_lib.Engine(settings)
   check_vocabulary(model, engine.vocab_size())
-  data_lib.report_truncation(data_lib.DataConfig(   # warns when the lengths cut many targets
-      settings.mixture_or_task_name, settings.task_feature_lengths,
-      batch_size=settings.batch_size, split=settings.split))
+  # Warns when the lengths cut many targets, measured on the examples evaluated: each task's
+  # first ones in order, at most NUM_EXAMPLES questions (not a shuffled sample of the split).
+  from tasks import eval_prompts  # pylint: disable=g-import-not-at-top  (TensorFlow: data.py)
+  with eval_prompts.limit_examples(settings.num_examples):
+    data_lib.report_truncation(data_lib.DataConfig(
+        settings.mixture_or_task_name, settings.task_feature_lengths,
+        batch_size=settings.batch_size, split=settings.split, shuffle=False))
   setup = model_setup.build_model_setup(model, partitioner)
   path = checkpoint_path or model_dir
   params, step_dir = setup.restore_params(path)
