@@ -367,3 +367,26 @@ def test_beam_search_through_the_engine_equals_decoding_beam_search(dirs, model_
   # engine's output is the beam search's, not greedy's.
   greedy = decoding.greedy_decode(net, params, tokens, lengths['targets'])
   assert outputs != [voc.decode(row.tolist()) for row in np.asarray(greedy)]
+
+
+def test_shared_engines_are_reused_only_for_the_same_settings_and_tasks(dirs, tmp_path):
+  """Engine.shared (what `moe_flan.evaluate` and an experiment's runs use) gives back the engine
+  built for equal settings over the same registered tasks; other settings, or a benchmark
+  registered from another directory, get a new engine that reads its own data."""
+  def shared(mmlu, **settings):
+    gin.clear_config()
+    gin.bind_parameter('tasks.benchmarks.register_benchmarks.mmlu_dir', mmlu)
+    return engine_lib.Engine.shared(engine_lib.EvalSettings(
+        mixture_or_task_name='mmlu_0shot', split='test',
+        task_feature_lengths=dict(LENGTHS), batch_size=8, **settings))
+
+  def rows(engine):
+    return sum(int(engine.evaluator.cached_task_datasets[t.name].cardinality())
+               for t in engine.evaluator.eval_tasks)
+
+  first = shared(dirs['mmlu'])
+  assert shared(dirs['mmlu']) is first
+  assert shared(dirs['mmlu'], num_examples=1) is not first
+  other = shared(bf.write_mmlu(str(tmp_path / 'mmlu_more'), test_rows=5))
+  assert other is not first and rows(other) > rows(first)
+  assert shared(dirs['mmlu']) is not other

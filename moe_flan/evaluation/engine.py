@@ -12,6 +12,7 @@ Engine is built, before any model work; bad benchmark files fail there.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 from typing import Any, Mapping, Optional
 
@@ -90,6 +91,11 @@ def check_tasks(name: str, split: str) -> list[seqio.Task]:
   return subtasks
 
 
+# Engine.shared's engines, least recently used first.
+_SHARED: collections.OrderedDict[Any, 'Engine'] = collections.OrderedDict()
+_SHARED_MAX = 4
+
+
 class Engine:
   """A `seqio.Evaluator` over the settings' mixture, built (datasets read) once."""
 
@@ -108,6 +114,28 @@ class Engine:
     for task in self.evaluator.eval_tasks:
       if int(self.evaluator.cached_task_datasets[task.name].cardinality()) == 0:
         raise ValueError(f'task {task.name!r} split {settings.split!r} has no examples')
+
+  @classmethod
+  def shared(cls, settings: EvalSettings) -> 'Engine':
+    """An Engine for `settings`, reused from an earlier call in this process when the settings
+    and the registered tasks (the same seqio.Task objects) are unchanged: reading and caching
+    the datasets is most of a small evaluation's time, and an experiment evaluates every run
+    on the same mixtures. The Evaluator holds data only, no model. Keeps the last few."""
+    from tasks import benchmarks  # pylint: disable=g-import-not-at-top
+    benchmarks.register_benchmarks()
+    tasks = check_tasks(settings.mixture_or_task_name, settings.split)
+    key = (dataclasses.replace(settings, task_feature_lengths=()),
+           tuple(sorted(settings.task_feature_lengths.items())))
+    hit = _SHARED.get(key)
+    if hit is not None and len(hit.tasks) == len(tasks) and all(
+        a is b for a, b in zip(hit.tasks, tasks)):
+      _SHARED.move_to_end(key)
+      return hit
+    engine = cls(settings)
+    _SHARED[key] = engine
+    while len(_SHARED) > _SHARED_MAX:
+      _SHARED.popitem(last=False)
+    return engine
 
   def vocab_size(self) -> int:
     return self.tasks[0].output_features['targets'].vocabulary.vocab_size

@@ -67,7 +67,7 @@ def evaluate(model_dir: str = gin.REQUIRED, model: config_lib.T5Config = gin.REQ
   """Evaluates the checkpoint (default: latest in MODEL_DIR) on `settings`; writes results.json,
   predictions and TensorBoard events to `output_dir` (default MODEL_DIR/eval/{mixture}) and
   returns the results dict."""
-  engine = engine_lib.Engine(settings)
+  engine = engine_lib.Engine.shared(settings)
   check_vocabulary(model, engine.vocab_size())
   # Warns when the lengths cut many targets, measured on the examples evaluated: each task's
   # first ones in order, at most NUM_EXAMPLES questions (not a shuffled sample of the split).
