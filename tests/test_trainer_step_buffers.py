@@ -6,6 +6,7 @@ trainer's step is (3) one donated jit by default; with `reuse_step_buffers` it m
 same run as the donated state on a sharded mesh, with the new state in the buffers of the state
 before last and gradients sharded like the params.
 """
+import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -78,6 +79,26 @@ def test_the_default_train_step_is_one_donated_jit(monkeypatch):
   new, _ = step(w, None)
   assert _deleted(w)                                         # the state is donated
   np.testing.assert_allclose(new['wi'], _inputs(0)[0]['wi'] * 0.5)
+
+
+def test_equal_settings_share_one_jitted_train_step():
+  """Runs of equal settings in one process (an experiment's seeds and stages) share the jitted
+  step, so it is traced and compiled once; whatever its program depends on gives another."""
+  def jitted(model=None, optimizer=optimizers.OptimizerConfig(), frozen=(), seed=0):
+    return builder.build_step(model or tiny_model(), DATA, optimizer, frozen, seed
+                              ).jit_train_step()
+  first = jitted()
+  assert jitted(seed=1) is first
+  others = [jitted(model=tiny_model(emb_dim=32)), jitted(frozen=('router',)),
+            jitted(optimizer=optimizers.OptimizerConfig(grad_clip_norm=1.0)),
+            jitted(optimizer=optimizers.OptimizerConfig(reuse_step_buffers=True))]
+  try:
+    gin.bind_parameter('compute_loss.z_loss', 0.5)   # read while the step is traced
+    others.append(jitted())
+  finally:
+    gin.clear_config()
+  assert all(other is not first for other in others)
+  assert jitted() is first
 
 
 def _halve_step(return_grads):

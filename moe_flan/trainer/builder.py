@@ -6,19 +6,22 @@ in MODEL_DIR) runs in `build` before anything is jitted.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import os
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Hashable, Iterator, Optional, Sequence
 
 import flax
 import flax.linen as nn
 import jax
 import numpy as np
+import gin
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
 from moe_flan import config as config_lib
 from moe_flan import config_gin
+from moe_flan.model import losses
 from moe_flan.moe import capacity
 from moe_flan.moe import dispatch_expert_parallel
 from moe_flan.partitioning import partitioner as part_lib
@@ -71,6 +74,9 @@ class StepParts:
   abstract_state: ts.TrainState      # ShapeDtypeStructs with shardings
   state_shardings: ts.TrainState
   teacher: Optional[distill_lib.Teacher] = None   # a distillation run's frozen teacher
+  # Everything the jitted step's program depends on (besides its arguments), or None: equal
+  # keys share one jitted step (`jit_train_step`).
+  step_key: Optional[Hashable] = None
 
   @property
   def model_config(self) -> config_lib.T5Config:
@@ -89,18 +95,49 @@ class StepParts:
     `partitioner.activate()`. With a teacher: (state, batch, teacher_params). reuse: the
     opt-in step buffers (None: OptimizerConfig.reuse_step_buffers, off by default; see
     step_buffers.jit_train_step)."""
+    reuse = self.optimizer.reuse_step_buffers if reuse is None else reuse
+    key = None if reuse or self.step_key is None else self.step_key
+    if key is not None and key in _JITTED_STEPS:
+      _JITTED_STEPS.move_to_end(key)
+      return _JITTED_STEPS[key]
     forward, constants = None, ()
     if self.teacher is not None:
       forward = self.teacher.train_forward(self.model, self.model_config)
       constants = (self.teacher.param_shardings,)
-    return step_buffers.jit_train_step(
+    jitted = step_buffers.jit_train_step(
         lambda return_grads: step_lib.make_train_step(
             self.model, self.model_config, self.tx, self.schedule, self.frozen,
             self.optimizer.num_microbatches, return_grads=return_grads, forward=forward),
-        self.optimizer.reuse_step_buffers if reuse is None else reuse,
+        reuse,
         in_shardings=(self.state_shardings, self.partitioner.data_sharding) + constants,
         out_shardings=(self.state_shardings, self.partitioner.replicated),
         grad_shardings=self.state_shardings.params)
+    if key is not None:
+      _JITTED_STEPS[key] = jitted
+      while len(_JITTED_STEPS) > _JITTED_STEPS_MAX:
+        _JITTED_STEPS.popitem(last=False)
+    return jitted
+
+
+# Jitted train steps by StepParts.step_key, least recently used first: runs of equal settings in
+# one process (an experiment's seeds and stages) then trace, lower and compile their step once;
+# jax keeps each jitted function's programs per argument shapes and shardings.
+_JITTED_STEPS: collections.OrderedDict[Hashable, Callable] = collections.OrderedDict()
+_JITTED_STEPS_MAX = 8
+
+
+def step_key(model_config: config_lib.T5Config, optimizer: optimizers.OptimizerConfig,
+             frozen_groups: Sequence[str], partitioner) -> Optional[Hashable]:
+  """What a (teacher-less) train step's program depends on besides its arguments' shapes: the
+  model and optimizer settings, the frozen groups, the mesh and rules, and the gin bindings of
+  the loss (read while tracing); None when a setting is not hashable (nothing is shared)."""
+  key = (model_config, optimizer, tuple(frozen_groups), partitioner.mesh,
+         repr(partitioner.rules), repr(sorted(gin.get_bindings(losses.compute_loss).items())))
+  try:
+    hash(key)
+  except TypeError:
+    return None
+  return key
 
 
 @dataclasses.dataclass
@@ -272,7 +309,9 @@ def build_step(model_config: config_lib.T5Config, data: data_lib.DataConfig,
                            opt_state=abstract_opt, rng=rng)
   abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           abstract, shardings)
-  return StepParts(side, optimizer, tx, schedule, frozen, abstract, shardings, teacher)
+  key = None if teacher is not None else step_key(model_config, optimizer, frozen_groups,
+                                                   partitioner)
+  return StepParts(side, optimizer, tx, schedule, frozen, abstract, shardings, teacher, key)
 
 
 # The teacher's config is parsed apart from the run's: its group size is set through its own
