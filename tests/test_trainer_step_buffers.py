@@ -99,6 +99,11 @@ def test_equal_settings_share_one_jitted_train_step():
     gin.clear_config()
   assert all(other is not first for other in others)
   assert jitted() is first
+  init = builder.build_step(tiny_model(), DATA, optimizers.OptimizerConfig(), (), 0).jit_init
+  lengths = dict(DATA.task_feature_lengths)
+  assert init(lengths, 8) is init(dict(reversed(lengths.items())), 8)
+  assert init(lengths, 16) is not init(lengths, 8) and init(lengths, 8) is not first
+  assert init({**lengths, 'targets': lengths['targets'] * 2}, 8) is not init(lengths, 8)
 
 
 def _halve_step(return_grads):

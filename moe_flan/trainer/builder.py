@@ -9,7 +9,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import os
-from typing import Any, Callable, Hashable, Iterator, Optional, Sequence
+from typing import Any, Callable, Hashable, Iterator, Mapping, Optional, Sequence
 
 import flax
 import flax.linen as nn
@@ -96,15 +96,15 @@ class StepParts:
     opt-in step buffers (None: OptimizerConfig.reuse_step_buffers, off by default; see
     step_buffers.jit_train_step)."""
     reuse = self.optimizer.reuse_step_buffers if reuse is None else reuse
-    key = None if reuse or self.step_key is None else self.step_key
-    if key is not None and key in _JITTED_STEPS:
-      _JITTED_STEPS.move_to_end(key)
-      return _JITTED_STEPS[key]
+    key = None if reuse or self.step_key is None else (self.step_key, 'step')
+    return _shared(key, lambda: self._jit_train_step(reuse))
+
+  def _jit_train_step(self, reuse: bool) -> Callable:
     forward, constants = None, ()
     if self.teacher is not None:
       forward = self.teacher.train_forward(self.model, self.model_config)
       constants = (self.teacher.param_shardings,)
-    jitted = step_buffers.jit_train_step(
+    return step_buffers.jit_train_step(
         lambda return_grads: step_lib.make_train_step(
             self.model, self.model_config, self.tx, self.schedule, self.frozen,
             self.optimizer.num_microbatches, return_grads=return_grads, forward=forward),
@@ -112,18 +112,42 @@ class StepParts:
         in_shardings=(self.state_shardings, self.partitioner.data_sharding) + constants,
         out_shardings=(self.state_shardings, self.partitioner.replicated),
         grad_shardings=self.state_shardings.params)
-    if key is not None:
-      _JITTED_STEPS[key] = jitted
-      while len(_JITTED_STEPS) > _JITTED_STEPS_MAX:
-        _JITTED_STEPS.popitem(last=False)
-    return jitted
+
+  def jit_init(self, feature_lengths: Mapping[str, int], batch_size: int) -> Callable:
+    """rng -> a fresh TrainState (initialised params, the optimizer's state), jitted onto the
+    state shardings (`train_state.init_params_fn`: the model traced with a dummy batch of these
+    lengths and rows); shared like `jit_train_step`."""
+    key = None if self.step_key is None else (
+        self.step_key, 'init', tuple(sorted(feature_lengths.items())), batch_size)
+
+    def make() -> Callable:
+      init, tx = ts.init_params_fn(self.model, feature_lengths, batch_size), self.tx
+
+      def fresh(rng):
+        return ts.new_state(nn.meta.unbox(init(rng)), tx, rng)
+      return jax.jit(fresh, out_shardings=self.state_shardings)
+    return _shared(key, make)
 
 
-# Jitted train steps by StepParts.step_key, least recently used first: runs of equal settings in
-# one process (an experiment's seeds and stages) then trace, lower and compile their step once;
-# jax keeps each jitted function's programs per argument shapes and shardings.
-_JITTED_STEPS: collections.OrderedDict[Hashable, Callable] = collections.OrderedDict()
-_JITTED_STEPS_MAX = 8
+# Jitted train steps and initialisers by key (StepParts.step_key and what they add), least
+# recently used first: runs of equal settings in one process (an experiment's seeds and stages)
+# then trace, lower and compile them once; jax keeps each jitted function's programs per
+# argument shapes and shardings.
+_JITTED: collections.OrderedDict[Hashable, Callable] = collections.OrderedDict()
+_JITTED_MAX = 16
+
+
+def _shared(key: Optional[Hashable], make: Callable[[], Callable]) -> Callable:
+  """The jitted function kept under `key`, else `make()` (kept unless `key` is None)."""
+  if key is None:
+    return make()
+  if key in _JITTED:
+    _JITTED.move_to_end(key)
+    return _JITTED[key]
+  _JITTED[key] = jitted = make()
+  while len(_JITTED) > _JITTED_MAX:
+    _JITTED.popitem(last=False)
+  return jitted
 
 
 def step_key(model_config: config_lib.T5Config, optimizer: optimizers.OptimizerConfig,
@@ -160,17 +184,9 @@ class TrainSetup:
     if self.checkpointer.latest_step() is not None:
       state, meta = self.checkpointer.restore(self.parts.abstract_state)
       return state, int(meta['data_position'])
-    init = ts.init_params_fn(self.parts.model, self.data.task_feature_lengths,
-                             self.data.batch_size)
-    tx = self.parts.tx
-
-    def fresh(rng):
-      params = nn.meta.unbox(init(rng))
-      return ts.new_state(params, tx, rng)
-
+    fresh = self.parts.jit_init(self.data.task_feature_lengths, self.data.batch_size)
     with self.parts.partitioner.activate():
-      state = jax.jit(fresh, out_shardings=self.parts.state_shardings)(
-          jax.random.PRNGKey(self.seed))
+      state = fresh(jax.random.PRNGKey(self.seed))
     if self.checkpoint.initial_checkpoint_path:
       params = ckpt_lib.restore_initial_params(self.checkpoint, state.params)
       state = state.replace(params=params)
