@@ -183,7 +183,8 @@ def _row(model: str, result: dict[str, Any]) -> str:
           f"GiB | {gib(coll)} GiB ({gib(a2a)} a2a) | "
           + (f"{max(ratios):.2f}x" if ratios else '-') +
           f" | {f['model_flops_per_step']:.3g} / {f['xla_flops_per_step']:.3g}"
-          + ('*' if r.get('scan_layers') else '') + ' | '
+          + ('*' if r.get('scan_layers') and 'xla_loop_flops_added_per_chip' not in f else '')
+          + ' | '
 
           + (f"{100 * f['mfu_upper_bound']:.0f}%" if f['mfu_upper_bound'] else '-')
           + f" | {r['compile_s']:.0f} s"

@@ -142,8 +142,43 @@ def test_scanned_layers_compile_once_and_report_every_layer(remat_policy, exchan
   # XLA's cost analysis counts the loop body once; the roofline's compute uses the model FLOPs.
   f = r['flops']
   assert f['xla_costs_count_loop_bodies_once'] is True
+  assert f['xla_loop_flops_added_per_chip'] > 0      # the other blocks' matmuls
   peak = topology.CHIPS['v5e'].peak_bf16_flops
   assert f['roofline']['compute_s'] >= f['model_flops_per_step'] / 4 / peak * (1 - 1e-9)
+
+
+def test_loop_flops_make_a_scan_cost_what_its_unrolled_loop_costs():
+  """XLA's cost analysis counts a scan's body once; with hlo.loop_flops' other iterations added
+  the scanned gradient of 6 chained matmuls counts the unrolled one's matmul FLOPs: 3 matmuls
+  (forward, two backward) x 6 layers x 2 m k n per device."""
+  from jax.experimental import topologies
+  from moe_flan.aot import hlo
+  devices = topologies.get_topology_desc(topology_name=TOPOLOGY, platform='tpu').devices
+  mesh = jax.sharding.Mesh(np.array(devices), ('data',))
+  spec = lambda *s: jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*s))
+  w = jax.ShapeDtypeStruct((6, 256, 256), np.float32, sharding=spec())
+  x = jax.ShapeDtypeStruct((64, 256), np.float32, sharding=spec('data'))
+
+  def scanned(w, x):
+    return (jax.lax.scan(lambda c, wi: (c @ wi, None), x, w)[0] ** 2).sum()
+
+  def unrolled(w, x):
+    for i in range(6):
+      x = x @ w[i]
+    return (x ** 2).sum()
+
+  # Gradients for both inputs of a loss of the last output: no matmul of either is dead code.
+  compiled = {f.__name__: jax.jit(jax.grad(f, argnums=(0, 1))).lower(w, x).compile()
+              for f in (scanned, unrolled)}
+  looped, once = hlo.loop_flops(compiled['scanned'].as_text())
+  assert looped == 3 * 6 * 2 * 16 * 256 * 256
+  xla = {n: c.cost_analysis()['flops'] for n, c in compiled.items()}
+  assert hlo.loop_flops(compiled['unrolled'].as_text()) == (looped, looped)   # same matmuls
+  # XLA counts those matmuls and a few % of elementwise FLOPs (those of the scan's other
+  # iterations are not added: the corrected figure is at most the unrolled one).
+  assert looped <= xla['unrolled'] <= 1.1 * looped
+  assert xla['scanned'] < xla['unrolled'] / 3                  # one iteration's
+  assert looped <= xla['scanned'] + looped - once <= xla['unrolled']
 
 
 def test_all_to_all_minimum_counts_the_slots_the_capacity_convention_fills():

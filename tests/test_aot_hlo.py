@@ -166,3 +166,43 @@ def test_multi_slice_dcn_transfers_are_collectives_across_slices():
   table = report.collective_table(list(found.values()), {'data': 2, 'expert': 4, 'model': 1})
   assert {(r['kind'], r['mesh_axes']) for r in table} == {('all-reduce', 'slices (DCN)'),
                                                          ('all-to-all', 'expert')}
+
+
+LOOPED = """HloModule jit_step, is_scheduled=true
+
+%fused_dot (param_0: bf16[8,32], param_1: bf16[32,16]) -> f32[8,16] {
+  %param_0 = bf16[8,32]{1,0} parameter(0)
+  %param_1 = bf16[32,16]{1,0} parameter(1)
+  ROOT %d = f32[8,16]{1,0} dot(%param_0, %param_1), lhs_contracting_dims={1}, rhs_contracting_dims={0}
+}
+
+%body (p: (s32[], bf16[8,32], bf16[32,16])) -> (s32[], bf16[8,32], bf16[32,16]) {
+  %p = (s32[], bf16[8,32]{1,0}, bf16[32,16]{1,0}) parameter(0)
+  %x = bf16[8,32]{1,0} get-tuple-element(%p), index=1
+  %w = bf16[32,16]{1,0} get-tuple-element(%p), index=2
+  %f = f32[8,16]{1,0} fusion(%x, %w), kind=kOutput, calls=%fused_dot
+  ROOT %t = (s32[], bf16[8,32]{1,0}, bf16[32,16]{1,0}) tuple(%i, %x, %w)
+}
+
+%cond (c: (s32[], bf16[8,32], bf16[32,16])) -> pred[] {
+  %c = (s32[], bf16[8,32]{1,0}, bf16[32,16]{1,0}) parameter(0)
+  %n = s32[]{:T(128)} get-tuple-element(%c), index=0
+  %constant.5 = s32[]{:T(128)} constant(5)
+  ROOT %lt = pred[]{:T(512)} compare(%n, %constant.5), direction=LT
+}
+
+ENTRY %main (a: f32[2,6,6,4], k: f32[3,3,2,8]) -> f32[2,6,6,8] {
+  %a = f32[2,6,6,4]{3,2,1,0} parameter(0)
+  %k = f32[3,3,2,8]{3,2,1,0} parameter(1)
+  %loop = (s32[], bf16[8,32]{1,0}, bf16[32,16]{1,0}) while(%init), condition=%cond, body=%body
+  ROOT %conv = f32[2,6,6,8]{3,2,1,0} convolution(%a, %k), window={size=3x3 pad=1_1x1_1}, dim_labels=b01f_01io->b01f, feature_group_count=2
+}
+"""
+
+
+def test_loop_flops_count_each_matmul_per_iteration():
+  looped, once = hlo.loop_flops(LOOPED)
+  dot = 2 * 8 * 16 * 32                 # output elements x contracted size
+  conv = 2 * (2 * 6 * 6 * 8) * (4 // 2) * 3 * 3   # x input features per group x window
+  assert looped == 5 * dot + conv       # the body runs `counter < 5` times
+  assert once == dot + conv             # as XLA's cost analysis counts it

@@ -92,7 +92,8 @@ def format_report(r: dict[str, Any]) -> str:
       f"{_gib(m['outputs'])} (aliased {_gib(m['aliased'])}), temporaries "
       f"{_gib(m['temporaries'])}, code {_gib(m['generated_code'])}",
       f"FLOPs per step: model {f['model_flops_per_step']:.4g}, XLA {f['xla_flops_per_step']:.4g}"
-      + (' (one block per scanned stack)' if f.get('xla_costs_count_loop_bodies_once') else '')
+      + (' (loops: matmuls every iteration, the rest one block per scanned stack)'
+         if f.get('xla_costs_count_loop_bodies_once') else '')
       + f"; XLA's step estimate: {f['xla_estimated_step_s'] or 'none'}",
       f"  roofline per chip: compute {f['roofline']['compute_s'] * 1e3:.2f} ms, HBM "
       f"{f['roofline']['hbm_s'] * 1e3:.2f} ms, ICI {f['roofline']['ici_s'] * 1e3:.2f} ms -> "

@@ -283,15 +283,16 @@ def _trip_count(line: str, comps: dict[str, list[str]]) -> int:
   return bound or 1
 
 
-def _executions(comps: dict[str, list[str]], entry: str) -> dict[str, int]:
-  """How many times each computation runs per call of `entry` (while bodies x trip count)."""
+def _executions(comps: dict[str, list[str]], entry: str, trips: bool = True) -> dict[str, int]:
+  """How many times each computation runs per call of `entry` (while bodies x trip count; x 1
+  with `trips=False`, as XLA's cost analysis counts them)."""
   callers: dict[str, list[tuple[str, int]]] = {}
   for name, lines in comps.items():
     for line in lines:
       if re.search(r' (?:[a-z-]+-done|async-update)\(', line):
         continue   # the matching -start already called the computation
       for body in re.findall(r'body=%([^\s,]+)', line):
-        callers.setdefault(body, []).append((name, _trip_count(line, comps)))
+        callers.setdefault(body, []).append((name, _trip_count(line, comps) if trips else 1))
       for callee in re.findall(r'(?:calls|to_apply|true_computation|false_computation)=%([^\s,]+)',
                                line):
         callers.setdefault(callee, []).append((name, 1))
@@ -336,3 +337,63 @@ def collectives(hlo_text: str, num_devices: int) -> list[Collective]:
                               groups, groups_text, runs.get(comp, 1),
                               op_name.group(1) if op_name else ''))
   return found
+
+
+
+def _dims(shape_text: str) -> list[int]:
+  m = _ARRAY.search(shape_text)
+  return [int(d) for d in m.group(2).split(',') if d] if m else []
+
+
+def _operands(rest: str) -> list[str]:
+  """The operand names of an instruction's text after its shape ('op(%a, %b), attrs')."""
+  args, _ = _split_shape(rest[rest.index('('):]) if '(' in rest else ('', '')
+  return re.findall(r'%([^\s,()]+)', args)
+
+
+def _matmul_flops(opcode: str, shape: str, rest: str, shapes: dict[str, str]) -> float:
+  """2 x output elements x contracted size of a dot or convolution (window size times input
+  features per group), the FLOPs XLA's cost analysis counts for it; 0 for any other op."""
+  if opcode not in ('dot', 'convolution'):
+    return 0.0
+  names = _operands(rest)
+  lhs = _dims(shapes.get(names[0], '')) if names else []
+  out = math.prod(_dims(shape))
+  if opcode == 'dot':
+    m = re.search(r'lhs_contracting_dims=\{([\d,]*)\}', rest)
+    k = math.prod(lhs[int(i)] for i in m.group(1).split(',') if i) if m and lhs else 1
+    return 2.0 * out * k
+  labels = re.search(r'dim_labels=([^_\s,]+)_', rest)
+  if not labels or not lhs or 'f' not in labels.group(1):
+    return 0.0
+  groups = re.search(r'feature_group_count=(\d+)', rest)
+  window = re.search(r'window=\{size=([\dx]+)', rest)
+  k = lhs[labels.group(1).index('f')] // (int(groups.group(1)) if groups else 1)
+  k *= math.prod(int(w) for w in window.group(1).split('x')) if window else 1
+  return 2.0 * out * k
+
+
+def loop_flops(hlo_text: str) -> tuple[float, float]:
+  """The dot and convolution FLOPs of a compiled module's text (`compiled.as_text()`) per
+  chip per step, counted with every while body run its trip count times, and run once (the
+  way XLA's cost analysis counts loops): the difference is what a scanned layer stack's other
+  iterations add to XLA's FLOPs."""
+  comps = _computations(hlo_text)
+  entry = re.search(r'^ENTRY %([^\s(]+)', hlo_text, re.M)
+  if not entry:
+    return 0.0, 0.0
+  runs = _executions(comps, entry.group(1))
+  once = _executions(comps, entry.group(1), trips=False)
+  total = total_once = 0.0
+  for comp, lines in comps.items():
+    shapes, flops = {}, 0.0
+    for line in lines:
+      m = _INSTRUCTION.match(line)
+      if not m:
+        continue
+      shape, rest = _split_shape(m.group(2))
+      shapes[m.group(1)] = shape
+      flops += _matmul_flops(rest.split('(', 1)[0], shape, rest, shapes)
+    total += runs.get(comp, 0) * flops
+    total_once += once.get(comp, 0) * flops
+  return total, total_once

@@ -182,18 +182,21 @@ def moe_layers(step: CompiledStep, found: list[hlo.Collective], mesh: jax.shardi
 
 
 def _roofline(step: CompiledStep, s: topology.Slice, devices_per_chip: int,
-              table: list[dict]) -> dict[str, Any]:
+              table: list[dict], hlo_text: str) -> dict[str, Any]:
   ca = step.compiled.cost_analysis() or {}
   cfg, data = step.run.model, step.run.data
   lengths = data.task_feature_lengths
   model_flops = flops_lib.train_step_flops(cfg, data.batch_size, lengths['inputs'],
                                            lengths['targets'])
-  xla_flops_chip = float(ca.get('flops', 0.0)) * devices_per_chip
+  # XLA's cost analysis counts a while loop's body once: a scanned stack's other blocks'
+  # matmul FLOPs are added from the HLO text (their elementwise FLOPs are not), its bytes
+  # accessed stay one block's, so the HBM time is a lower bound; the compute time comes from
+  # the model's FLOPs when those are more.
+  looped, once = hlo.loop_flops(hlo_text)
+  added_chip = max(looped - once, 0.0) * devices_per_chip
+  xla_flops_chip = float(ca.get('flops', 0.0)) * devices_per_chip + added_chip
   bytes_chip = float(ca.get('bytes accessed', 0.0)) * devices_per_chip
   link_chip = sum(r['link_bytes_per_chip'] for r in table) * devices_per_chip
-  # XLA's cost analysis counts a while loop's body once: with scanned layers its FLOPs and
-  # bytes cover one block per stack, so the compute time comes from the model's FLOPs when
-  # those are more, and the HBM time is a lower bound.
   compute_chip = max(xla_flops_chip, model_flops / s.num_chips if cfg.scan_layers else 0.0)
   times = {'compute_s': compute_chip / s.chip.peak_bf16_flops,
            'hbm_s': bytes_chip / s.chip.hbm_bytes_per_s,
@@ -206,6 +209,7 @@ def _roofline(step: CompiledStep, s: topology.Slice, devices_per_chip: int,
       'xla_flops_per_chip': xla_flops_chip,
       'xla_bytes_accessed_per_chip': bytes_chip,
       'xla_estimated_step_s': xla_estimate if xla_estimate > 0 else None,
+      'xla_loop_flops_added_per_chip': added_chip,
       'xla_costs_count_loop_bodies_once': bool(cfg.scan_layers),
       'roofline': dict(times, step_time_lower_bound_s=bound,
                        limited_by=max(times, key=times.get).removesuffix('_s')),
@@ -238,7 +242,8 @@ def build(step: CompiledStep, s: topology.Slice, mesh: jax.sharding.Mesh,
   devices = mesh.devices.size
   devices_per_chip = max(devices // s.num_chips, 1)
   mesh_shape = dict(mesh.shape)
-  found = hlo.collectives(step.compiled.as_text(), devices)
+  hlo_text = step.compiled.as_text()
+  found = hlo.collectives(hlo_text, devices)
   table = collective_table(found, mesh_shape)
   layers = moe_layers(step, found, mesh)
   replicated = replicated_expert_tensors(step, mesh)
@@ -250,7 +255,7 @@ def build(step: CompiledStep, s: topology.Slice, mesh: jax.sharding.Mesh,
       'num_params': int(sum(np.prod(a.shape) for a in jax.tree.leaves(
           step.parts.abstract_state.params))),
       'memory_per_chip': memory(step, s, devices_per_chip),
-      'flops': _roofline(step, s, devices_per_chip, table),
+      'flops': _roofline(step, s, devices_per_chip, table, hlo_text),
       'collectives': table,
       'moe_layers': layers,
       'goals': goals(cfg, layers, replicated, mesh_shape[mesh_lib.EXPERT] > 1),
