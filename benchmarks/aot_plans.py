@@ -16,6 +16,7 @@ import argparse
 import datetime
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -154,7 +155,11 @@ def _row(model: str, result: dict[str, Any]) -> str:
   if shown is not None and 'report' not in shown and 'date' in shown:   # run, no report
     flags = dict(a.split('=', 1) for a in shown['command'].split() if '=' in a)
     topology, overlay = flags['--topology'], os.path.basename(flags['--gin_file'])
+    frame = re.search(r'xla::[\w:]+', shown['output_tail'])
     why = (f"not finished: {shown['stopped']}" if shown['stopped'] else
+           f"the compiler crashed (signal {-shown['returncode']}"
+           + (f" in {frame.group(0)}" if frame else '') + ')'
+           if (shown['returncode'] or 0) < 0 else
            f"failed: {shown['output_tail'].strip().splitlines()[-1].rstrip('.')}")
     return (f"| {model} | {topology}, tried | {overlay.removesuffix('.gin')} | {why}, "
             f"{shown['cpu_s']} CPU-s ({shown['date'][:10]}, load "

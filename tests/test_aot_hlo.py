@@ -203,6 +203,9 @@ ENTRY %main (a: f32[2,6,6,4], k: f32[3,3,2,8]) -> f32[2,6,6,8] {
 def test_loop_flops_count_each_matmul_per_iteration():
   looped, once = hlo.loop_flops(LOOPED)
   dot = 2 * 8 * 16 * 32                 # output elements x contracted size
-  conv = 2 * (2 * 6 * 6 * 8) * (4 // 2) * 3 * 3   # x input features per group x window
+  # Per output feature and batch row: input features per group x the (output, tap) pairs of
+  # each 6-wide spatial dimension under a 3-tap window padded by 1 that read no padding
+  # (6 x 3 less the 2 edge taps).
+  conv = 2 * (4 // 2) * 8 * 2 * (6 * 3 - 2) ** 2
   assert looped == 5 * dot + conv       # the body runs `counter < 5` times
   assert once == dot + conv             # as XLA's cost analysis counts it

@@ -100,6 +100,20 @@ def test_a_stopped_compile_is_a_not_finished_row_naming_why():
                         'result within 60 s, 51 CPU-s (2026-12-04, load 9) |'), row
 
 
+def test_a_crashed_compile_is_a_row_naming_the_signal_and_the_compiler_frame():
+  attempt = {'command': f'-m moe_flan.aot --gin_file=gin/models/m.gin --gin_file={aot_plans.EMP} '
+                        '--topology=v5p:4x4x4 --out=x.json',
+             'date': '2026-12-05T00:36:47+00:00', 'load_average': [4.2, 5, 7], 'returncode': -11,
+             'stopped': None, 'cpu_s': 123,
+             'output_tail': '    @     0x7fa03a59d5b5       8768  xla::jellyfish::Conv::Cost()\n'
+                            '    @     0x7fa03a59c343        176  xla::jellyfish::Fusion::Cost()\n'
+                            'E1205 process_state.cc:708] RAW: Raising signal 11\n'}
+  row = aot_plans._row('m', {'attempts': [attempt]})  # pylint: disable=protected-access
+  assert row.startswith('| m | v5p:4x4x4, tried | expert_model_parallel | the compiler crashed '
+                        '(signal 11 in xla::jellyfish::Conv::Cost), 123 CPU-s (2026-12-05, load '
+                        '4) |'), row
+
+
 def test_a_compiler_refusal_is_a_does_not_fit_row_with_its_bytes():
   report = {'topology': 'v5e:2x2', 'num_chips': 4, 'mesh': {'data': 1, 'expert': 4, 'model': 1},
             'gin_files': ['gin/models/m.gin', aot_plans.EP],

@@ -351,26 +351,67 @@ def _operands(rest: str) -> list[str]:
   return re.findall(r'%([^\s,()]+)', args)
 
 
+def _window_attr(window: str, key: str, n: int, default: int) -> list[int]:
+  m = re.search(rf'\b{key}=([\d_x-]+)', window)
+  return [int(v) for v in m.group(1).split('x')] if m else [default] * n
+
+
+def _valid_positions(out_size: int, in_size: int, size: int, stride: int, pad_low: int,
+                     lhs_dilation: int, rhs_dilation: int) -> int:
+  """(output, window) position pairs of one spatial dimension that read an input element, not
+  padding or a dilation hole: XLA counts a convolution's multiply-adds over these."""
+  count = 0
+  for k in range(size):
+    o = np.arange(out_size)
+    pos = o * stride + k * rhs_dilation - pad_low     # in the dilated, padded input
+    ok = (pos >= 0) & (pos % lhs_dilation == 0) & (pos // lhs_dilation < in_size)
+    count += int(ok.sum())
+  return count
+
+
+def _conv_flops(shape: str, rest: str, lhs: list[int], rhs: list[int]) -> float:
+  """2 x multiply-adds of a convolution, as XLA's HloCostAnalysis counts them: input features
+  per group x output features x batch per group x the valid window positions of each spatial
+  dimension (XLA writes batched matmuls as convolutions over padded 'spatial' dimensions)."""
+  labels = re.search(r'dim_labels=(\w+)_(\w+)->(\w+)', rest)
+  out = _dims(shape)
+  if not labels or not lhs or not rhs:
+    return 0.0
+  lhs_l, rhs_l, out_l = labels.groups()
+  groups = re.search(r'feature_group_count=(\d+)', rest)
+  batch_groups = re.search(r'batch_group_count=(\d+)', rest)
+  fma = (lhs[lhs_l.index('f')] // (int(groups.group(1)) if groups else 1)
+         * rhs[rhs_l.index('o')]
+         * lhs[lhs_l.index('b')] // (int(batch_groups.group(1)) if batch_groups else 1))
+  window = re.search(r'window=\{([^}]*)\}', rest)
+  spatial = sorted(c for c in lhs_l if c.isdigit())
+  if spatial and window:
+    n = len(spatial)
+    sizes = _window_attr(window.group(1), 'size', n, 1)
+    strides = _window_attr(window.group(1), 'stride', n, 1)
+    pads = re.search(r'\bpad=([\d_x-]+)', window.group(1))
+    lows = [int(p.split('_')[0]) for p in pads.group(1).split('x')] if pads else [0] * n
+    lhs_dil = _window_attr(window.group(1), 'lhs_dilate', n, 1)
+    rhs_dil = _window_attr(window.group(1), 'rhs_dilate', n, 1)
+    for i, d in enumerate(spatial):
+      fma *= _valid_positions(out[out_l.index(d)], lhs[lhs_l.index(d)], sizes[i], strides[i],
+                              lows[i], lhs_dil[i], rhs_dil[i])
+  return 2.0 * fma
+
+
 def _matmul_flops(opcode: str, shape: str, rest: str, shapes: dict[str, str]) -> float:
-  """2 x output elements x contracted size of a dot or convolution (window size times input
-  features per group), the FLOPs XLA's cost analysis counts for it; 0 for any other op."""
+  """The FLOPs XLA's cost analysis counts for a dot (2 x output elements x contracted size)
+  or a convolution (`_conv_flops`); 0 for any other op."""
   if opcode not in ('dot', 'convolution'):
     return 0.0
   names = _operands(rest)
   lhs = _dims(shapes.get(names[0], '')) if names else []
-  out = math.prod(_dims(shape))
-  if opcode == 'dot':
-    m = re.search(r'lhs_contracting_dims=\{([\d,]*)\}', rest)
-    k = math.prod(lhs[int(i)] for i in m.group(1).split(',') if i) if m and lhs else 1
-    return 2.0 * out * k
-  labels = re.search(r'dim_labels=([^_\s,]+)_', rest)
-  if not labels or not lhs or 'f' not in labels.group(1):
-    return 0.0
-  groups = re.search(r'feature_group_count=(\d+)', rest)
-  window = re.search(r'window=\{size=([\dx]+)', rest)
-  k = lhs[labels.group(1).index('f')] // (int(groups.group(1)) if groups else 1)
-  k *= math.prod(int(w) for w in window.group(1).split('x')) if window else 1
-  return 2.0 * out * k
+  if opcode == 'convolution':
+    return _conv_flops(shape, rest, lhs, _dims(shapes.get(names[1], '')) if len(names) > 1
+                       else [])
+  m = re.search(r'lhs_contracting_dims=\{([\d,]*)\}', rest)
+  k = math.prod(lhs[int(i)] for i in m.group(1).split(',') if i) if m and lhs else 1
+  return 2.0 * math.prod(_dims(shape)) * k
 
 
 def loop_flops(hlo_text: str) -> tuple[float, float]:
