@@ -4,6 +4,7 @@ per-option re-encoding, every record's log-likelihoods equal an independent `sco
 the same texts, results.json agrees with the predictions, 8-device sharding changes nothing,
 and bad input fails before any model work, naming the file, row or setting."""
 import csv
+import dataclasses
 import json
 import os
 
@@ -315,6 +316,29 @@ def test_predictions_have_one_fixed_length(model_and_params):
   assert [i for i, _ in out] == list(range(5)) and {len(t) for _, t in out} == {6}
   want = np.asarray(decoding.greedy_decode(net, params, tokens, 6))
   np.testing.assert_array_equal(np.array([t for _, t in out]), want)
+
+
+def test_model_fns_of_equal_settings_share_their_jitted_functions(model_and_params):
+  """An experiment evaluates many runs of one model: their ModelFns share the jitted score and
+  generate functions (traced and compiled once per shape); whatever the programs depend on
+  (model, decoding, mesh, logical-axis rules) gives others."""
+  from moe_flan.evaluation import model_fns  # pylint: disable=g-import-not-at-top
+  net, params = model_and_params
+  decode = model_fns.DecodeSettings(max_decode_length=6)
+
+  def jitted(model=net, settings=decode, mesh_shape=(8, 1, 1), rules=None):
+    fns = model_fns.ModelFns(model, params, part_lib.create_partitioner(mesh_shape, rules), 8,
+                             settings)
+    return fns._score, fns._generate   # pylint: disable=protected-access
+
+  first = jitted()
+  assert jitted() == first
+  rules = part_lib.create_partitioner((8, 1, 1)).rules
+  others = [jitted(settings=model_fns.DecodeSettings(max_decode_length=7)),
+            jitted(model=EncoderDecoder(dataclasses.replace(CONFIG, dropout_rate=0.5))),
+            jitted(mesh_shape=(4, 2, 1)), jitted(rules=[('batch', None)] + rules)]
+  assert all(a is not b for other in others for a, b in zip(other, first))
+  assert jitted() == first
 
 
 def test_mmlu_option_texts_are_shown_and_scored_under_their_letters(tmp_path, dirs,

@@ -6,6 +6,9 @@ trainer's step is (3) one donated jit by default; with `reuse_step_buffers` it m
 same run as the donated state on a sharded mesh, with the new state in the buffers of the state
 before last and gradients sharded like the params.
 """
+import collections
+import dataclasses
+
 import gin
 import jax
 import jax.numpy as jnp
@@ -104,6 +107,35 @@ def test_equal_settings_share_one_jitted_train_step():
   assert init(lengths, 8) is init(dict(reversed(lengths.items())), 8)
   assert init(lengths, 16) is not init(lengths, 8) and init(lengths, 8) is not first
   assert init({**lengths, 'targets': lengths['targets'] * 2}, 8) is not init(lengths, 8)
+
+
+def test_equal_settings_compile_the_train_step_once(tmp_path, monkeypatch):
+  """The loop's ahead-of-time compiled step is kept like the jitted one: a second run of equal
+  settings (another seed, directory) reuses the executable and trains as a fresh compile
+  would; other argument shapes compile anew."""
+  compiles = []
+  real_compile = jax.stages.Lowered.compile
+  monkeypatch.setattr(jax.stages.Lowered, 'compile',
+                      lambda self, *a, **k: compiles.append(1) or real_compile(self, *a, **k))
+
+  def run(name, seed, batch_size=8):
+    data = dataclasses.replace(DATA, batch_size=batch_size, truncation_check_examples=0)
+    setup = builder.build(str(tmp_path / name), tiny_model(), data, optimizers.OptimizerConfig(),
+                          ck.CheckpointConfig(period=100), (), seed=seed)
+    state, _ = setup.initial_state()
+    batch = setup.shard(next(setup.train_batches(0)))
+    _, metrics = setup.compiled_train_step(state, batch)(state, batch)
+    setup.close()
+    return float(metrics['loss'])
+
+  run('a', seed=0)
+  assert len(compiles) == 1
+  other_seed = run('b', seed=1)
+  assert len(compiles) == 1                      # the executable was reused
+  monkeypatch.setattr(builder, '_JITTED', collections.OrderedDict())   # nothing kept
+  assert run('c', seed=1) == other_seed and len(compiles) == 2
+  run('d', seed=1, batch_size=16)
+  assert len(compiles) == 3
 
 
 def _halve_step(return_grads):

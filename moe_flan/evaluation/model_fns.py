@@ -49,6 +49,29 @@ def _rows(dataset) -> tuple[np.ndarray, dict[str, np.ndarray]]:
   return np.asarray(indices), {k: np.stack([f[k] for f in feats]) for k in feats[0]}
 
 
+def _generate(model: nn.Module, decode: DecodeSettings, params: Any, tokens: jax.Array
+              ) -> jax.Array:
+  """<int32>[B, max_decode_length] greedy or beam-search (best beam) tokens for <int32>[B, L]."""
+  d = decode
+  if d.num_beams > 1:
+    return decoding.beam_search(model, params, tokens, d.max_decode_length,
+                                beam_size=d.num_beams, alpha=d.alpha, eos_id=d.eos_id)[0][:, 0]
+  return decoding.temperature_sample(model, params, tokens, d.max_decode_length, None,
+                                     temperature=0.0, eos_id=d.eos_id)
+
+
+@functools.lru_cache(maxsize=8)
+def _jitted_fns(model: nn.Module, decode: DecodeSettings, replicated: Any, rules: str
+                ) -> tuple[Any, Any]:
+  """The jitted score and generate functions of `model`, shared by every ModelFns of equal
+  model, decoding, mesh and logical-axis rules (`rules`: their repr; they are read while
+  tracing): an experiment evaluates many runs of one model, which then trace, lower and
+  compile each function once per shape instead of once per run."""
+  del rules   # part of the key only
+  return (jax.jit(functools.partial(scoring.score_rows, model), out_shardings=replicated),
+          jax.jit(functools.partial(_generate, model, decode), out_shardings=replicated))
+
+
 class ModelFns:
   """predict_fn / score_fn of one model and parameter set on a partitioner's mesh."""
 
@@ -60,17 +83,11 @@ class ModelFns:
     self.parts = partitioner.num_batch_partitions
     self.shard_id, self.num_shards = partitioner.data_shard_info()
     self.rows_fed = self.rows_total = 0   # example rows (no padding): this process's, all
-    repl = partitioner.replicated
-    self._score = jax.jit(functools.partial(scoring.score_rows, model), out_shardings=repl)
-    self._generate = jax.jit(self._generate_fn, out_shardings=repl)
-
-  def _generate_fn(self, params, tokens):
-    d = self.decode
-    if d.num_beams > 1:
-      return decoding.beam_search(self.model, params, tokens, d.max_decode_length,
-                                  beam_size=d.num_beams, alpha=d.alpha, eos_id=d.eos_id)[0][:, 0]
-    return decoding.temperature_sample(self.model, params, tokens, d.max_decode_length, None,
-                                       temperature=0.0, eos_id=d.eos_id)
+    key = (model, decode, partitioner.replicated, repr(partitioner.rules))
+    try:
+      self._score, self._generate = _jitted_fns(*key)
+    except TypeError:      # an unhashable model: jitted for this instance only
+      self._score, self._generate = _jitted_fns.__wrapped__(*key)
 
   def _shard(self, arrays: Mapping[str, np.ndarray], rows: int) -> dict[str, jax.Array]:
     """Global arrays from this process's slice of each global numpy array (leading dims

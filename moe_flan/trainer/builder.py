@@ -129,12 +129,19 @@ class StepParts:
     return _shared(key, make)
 
 
-# Jitted train steps and initialisers by key (StepParts.step_key and what they add), least
-# recently used first: runs of equal settings in one process (an experiment's seeds and stages)
-# then trace, lower and compile them once; jax keeps each jitted function's programs per
-# argument shapes and shardings.
+# Jitted train steps, initialisers and compiled train steps by key (StepParts.step_key and what
+# they add), least recently used first: runs of equal settings in one process (an experiment's
+# seeds and stages) then trace, lower and compile them once. (jax keeps a jitted function's
+# programs per argument shapes and shardings for calls, but `.lower(...).compile()` lowers and
+# compiles again each time.)
 _JITTED: collections.OrderedDict[Hashable, Callable] = collections.OrderedDict()
-_JITTED_MAX = 16
+_JITTED_MAX = 32
+
+
+def _signature(tree: Any) -> Hashable:
+  """What a program compiled for `tree`'s arrays depends on: structure, avals, shardings."""
+  leaves, treedef = jax.tree.flatten(tree)
+  return treedef, tuple((jax.typeof(x), getattr(x, 'sharding', None)) for x in leaves)
 
 
 def _shared(key: Optional[Hashable], make: Callable[[], Callable]) -> Callable:
@@ -234,8 +241,14 @@ class TrainSetup:
     if self.parts.optimizer.reuse_step_buffers:
       return self.jit_train_step()
     constants = () if self.parts.teacher is None else (self.teacher_params,)
-    with self.parts.partitioner.activate():
-      compiled = self.parts.jit_train_step().lower(state, batch, *constants).compile()
+    jitted = self.parts.jit_train_step()
+    key = None if self.parts.step_key is None else (
+        self.parts.step_key, 'compiled', _signature((state, batch, *constants)))
+
+    def compile_now() -> Callable:
+      with self.parts.partitioner.activate():
+        return jitted.lower(state, batch, *constants).compile()
+    compiled = _shared(key, compile_now)
 
     def run(state, batch):
       with self.parts.partitioner.activate():
