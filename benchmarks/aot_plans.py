@@ -124,8 +124,14 @@ def plan_model(model: str, timeout_s: float, max_candidates: int = 0,
                max_rss_bytes: float = 0, scan_layers: bool = True) -> dict[str, Any]:
   """Tries `model`'s candidates in order (the first `max_candidates`, all if 0) until one
   fits, each within `timeout_s` and `max_rss_bytes` (see run_limited), with its layers scanned
-  or unrolled; returns every attempt and writes them to results/aot/<model>.json."""
+  or unrolled; returns every attempt and writes them to results/aot/<model>.json, after the
+  attempts already recorded there (the table shows the latest that fit)."""
   os.makedirs(os.path.join(RESULTS, 'aot'), exist_ok=True)
+  path = os.path.join(RESULTS, 'aot', f'{model}.json')
+  earlier = []
+  if os.path.exists(path):
+    with open(path) as f:
+      earlier = json.load(f)['attempts']
   attempts = []
   for topology, overlay, extra in CANDIDATES[model][:max_candidates or None]:
     out = os.path.join(tempfile.gettempdir(), f'aot_plan.{model}.{topology.replace(":", "_")}.json')
@@ -143,14 +149,14 @@ def plan_model(model: str, timeout_s: float, max_candidates: int = 0,
     attempts.append(attempt)
     if attempt['returncode'] == 0:
       break
-  result = {'model': model, 'attempts': attempts}
-  with open(os.path.join(RESULTS, 'aot', f'{model}.json'), 'w') as f:
+  result = {'model': model, 'attempts': earlier + attempts}
+  with open(path, 'w') as f:
     json.dump(result, f, indent=1)
   return result
 
 
 def _row(model: str, result: dict[str, Any]) -> str:
-  fit = next((a for a in result['attempts'] if a.get('returncode') == 0), None)
+  fit = next((a for a in reversed(result['attempts']) if a.get('returncode') == 0), None)
   shown = fit or (result['attempts'][-1] if result['attempts'] else None)
   if shown is not None and 'report' not in shown and 'date' in shown:   # run, no report
     flags = dict(a.split('=', 1) for a in shown['command'].split() if '=' in a)

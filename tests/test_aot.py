@@ -246,6 +246,8 @@ def test_command_writes_json_and_batch_changes_the_compiled_step(tmp_path):
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert 'HBM per chip: FITS' in proc.stdout and 'TPU' not in proc.stderr.replace('TPU v', '')
   big = json.loads(out.read_text())
+  # libtpu started with (and accepted) the raised compiler stack, 64 MiB by default.
+  assert big['libtpu_init_args'].split()[-1] == '--fibers_default_thread_stack_size=67108864'
   small = _report('data_parallel.gin')
   assert big['batch_size'] == 32 and small['batch_size'] == 8
   bm, sm = big['memory_per_chip'], small['memory_per_chip']
@@ -330,6 +332,16 @@ def test_two_slices_exchange_only_the_gradients_over_dcn():
   a2a = [c for c in r['collectives'] if c['kind'] == 'all-to-all']
   assert a2a and {c['mesh_axes'] for c in a2a} == {'expert'}
   assert r['memory_per_chip']['fits']
+
+
+def test_the_compilers_stack_is_raised_unless_the_user_set_it():
+  flag = '--fibers_default_thread_stack_size'
+  assert topology.libtpu_init_args('', 64) == f'{flag}=67108864'
+  assert topology.libtpu_init_args('--xla_x=1', 8) == f'--xla_x=1 {flag}=8388608'
+  assert topology.libtpu_init_args(f'--xla_x=1 {flag}=1024', 64) == f'--xla_x=1 {flag}=1024'
+  assert topology.libtpu_init_args('--xla_x=1', 0) == '--xla_x=1'
+  with pytest.raises(ValueError, match=r'--compiler_stack_mib=-1: must be >= 0'):
+    topology.libtpu_init_args('', -1)
 
 
 def test_without_libtpu_says_how_to_install(monkeypatch):

@@ -32,6 +32,9 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
   parser.add_argument('--num_slices', type=int, default=1,
                       help='slices joined by DCN; the data axis spans them')
   parser.add_argument('--out', default=None, help='also write the report as JSON here')
+  parser.add_argument('--compiler_stack_mib', type=int, default=None,
+                      help="stack of libtpu's compiler fibers in MiB (default 64: ST-MoE-32B "
+                           "overflows libtpu's own default; 0 keeps it)")
   return train_cli.parse_with_gin(
       parser, argv,
       'at least one --gin_file is required (model, train run, partitioning overlay)')
@@ -47,12 +50,16 @@ def configure(gin_files: Sequence[str], bindings: Sequence[str],
 
 
 def plan(gin_files: Sequence[str], bindings: Sequence[str], topology_name: str,
-         num_slices: int = 1, search_paths: Sequence[str] = ()) -> dict[str, Any]:
-  """Checks the slice, parses gin, builds, compiles and reports (see moe_flan.aot.report)."""
+         num_slices: int = 1, search_paths: Sequence[str] = (),
+         compiler_stack_mib: Optional[int] = None) -> dict[str, Any]:
+  """Checks the slice, parses gin, builds, compiles and reports (see moe_flan.aot.report).
+  compiler_stack_mib: see `topology.libtpu_init_args` (None: its default)."""
   import jax  # pylint: disable=g-import-not-at-top  (after main set JAX_PLATFORMS)
   from moe_flan.aot import compiled_step, report, topology  # pylint: disable=g-import-not-at-top
   s = topology.parse(topology_name, num_slices)
-  devices = topology.devices(s)          # bad names fail here, before gin or the model
+  if compiler_stack_mib is None:
+    compiler_stack_mib = topology.DEFAULT_COMPILER_STACK_MIB
+  devices = topology.devices(s, compiler_stack_mib)   # bad names fail here, before gin or model
   configure(gin_files, bindings, search_paths)
   mesh = compiled_step.mesh_for(devices, s.num_slices)
   run = compiled_step.train_run_from_gin()
@@ -138,7 +145,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   # first (and logs errors) on a CPU host. Topology compiles work on the CPU platform.
   os.environ.setdefault('JAX_PLATFORMS', 'cpu')
   args, bindings = parse_args(sys.argv[1:] if argv is None else argv)
-  result = plan(args.gin_file, bindings, args.topology, args.num_slices, args.gin_search_paths)
+  result = plan(args.gin_file, bindings, args.topology, args.num_slices, args.gin_search_paths,
+                args.compiler_stack_mib)
   print(format_report(result), flush=True)
   if args.out:
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

@@ -8,6 +8,7 @@ shardings and HLO text) except the model FLOPs, counted from the config as the b
 from __future__ import annotations
 
 import collections
+import os
 import re
 from typing import Any, Optional
 
@@ -274,6 +275,7 @@ def _header(run: TrainRun, s: topology.Slice, mesh: jax.sharding.Mesh,
       'feature_lengths': dict(data.task_feature_lengths), 'dtype': cfg.dtype,
       'dispatch': cfg.moe.dispatch if cfg.moe else None, 'scan_layers': cfg.scan_layers,
       'versions': {'jax': jax.__version__, 'libtpu': _libtpu_version()},
+      'libtpu_init_args': os.environ.get('LIBTPU_INIT_ARGS', ''),
   }
 
 

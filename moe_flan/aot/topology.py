@@ -82,16 +82,41 @@ def _quiet_libtpu_env(s: Slice) -> None:
   os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
 
 
+# libtpu's compiler emits kernels on fibers with small stacks; estimating the cost of the
+# batched-matmul convolutions of a model as wide as ST-MoE-32B (16 local experts x 10 capacity
+# slots x 5,120 x 5,120) recurses deeper than libtpu 0.0.42's default allows and the compile dies
+# with SIGSEGV (stack overflow in FusedSpatialMajorConvolution::MakeConvWindows). A plan raises
+# that stack (`--compiler_stack_mib`; 0 keeps libtpu's default); it is virtual memory reserved
+# per fiber, touched only as deep as the compiler goes.
+COMPILER_STACK_FLAG = '--fibers_default_thread_stack_size'
+DEFAULT_COMPILER_STACK_MIB = 64
+
+
+def libtpu_init_args(existing: str, compiler_stack_mib: int) -> str:
+  """LIBTPU_INIT_ARGS with the compiler's fiber stack of `compiler_stack_mib` MiB added; flags
+  the user set (the stack one included) are kept as they are."""
+  if compiler_stack_mib < 0:
+    raise ValueError(f'--compiler_stack_mib={compiler_stack_mib}: must be >= 0 (0: libtpu\'s '
+                     'default)')
+  if compiler_stack_mib == 0 or COMPILER_STACK_FLAG in existing:
+    return existing
+  return ' '.join(a for a in (existing, f'{COMPILER_STACK_FLAG}={compiler_stack_mib << 20}') if a)
+
+
 def check_libtpu() -> None:
   if importlib.util.find_spec('libtpu') is None:
     raise ValueError(f'compiling for a TPU topology needs libtpu, which is not installed: '
                      f'{INSTALL_HINT}')
 
 
-def devices(s: Slice) -> Sequence:
-  """The compile-only devices of slice `s` (one per chip; two per chip on v4), ordered by id."""
+def devices(s: Slice, compiler_stack_mib: int = DEFAULT_COMPILER_STACK_MIB) -> Sequence:
+  """The compile-only devices of slice `s` (one per chip; two per chip on v4), ordered by id.
+  libtpu reads its flags (LIBTPU_INIT_ARGS, with `libtpu_init_args`) when it starts, once per
+  process."""
   check_libtpu()
   _quiet_libtpu_env(s)
+  os.environ['LIBTPU_INIT_ARGS'] = libtpu_init_args(os.environ.get('LIBTPU_INIT_ARGS', ''),
+                                                    compiler_stack_mib)
   import jax  # pylint: disable=g-import-not-at-top
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
   kwargs = {'num_slices': s.num_slices} if s.num_slices > 1 else {}
