@@ -7,6 +7,7 @@ import os
 import shutil
 
 import gin
+import jax
 import numpy as np
 import pytest
 
@@ -46,11 +47,28 @@ def clear_gin_after_module():
   gin.clear_config()
 
 
+# Ahead-of-time compiles of train steps while the experiment fixture ran.
+TRAIN_STEP_COMPILES = []
+
+
 @pytest.fixture(scope='module')
 def experiment(tmp_path_factory):
   experiment_dir = str(tmp_path_factory.mktemp('experiment'))
-  assert _main(experiment_dir) == 0
+  real_compile = jax.stages.Lowered.compile
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(jax.stages.Lowered, 'compile', lambda self, *a, **k: (
+        TRAIN_STEP_COMPILES.append(1), real_compile(self, *a, **k))[1])
+    assert _main(experiment_dir) == 0
   return experiment_dir
+
+
+def test_runs_of_equal_settings_compile_their_train_step_once(experiment):
+  """16 runs, 5 train-step programs: per model its pretraining step (rsqrt schedule, inputs
+  64) and its fine-tuning step (constant schedule, inputs 128), and the sparse model's
+  instruction-tuning step (expert dropout changes its MoE config). A run of settings seen
+  before reuses the executable; other shapes or settings compile their own."""
+  del experiment
+  assert len(TRAIN_STEP_COMPILES) == 5
 
 
 def _score(results, scope, metric):
