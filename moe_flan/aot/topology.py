@@ -82,10 +82,11 @@ def _quiet_libtpu_env(s: Slice) -> None:
   os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
 
 
-# libtpu's compiler emits kernels on fibers with small stacks; estimating the cost of the
-# batched-matmul convolutions of a model as wide as ST-MoE-32B (16 local experts x 10 capacity
-# slots x 5,120 x 5,120) recurses deeper than libtpu 0.0.42's default allows and the compile dies
-# with SIGSEGV (stack overflow in FusedSpatialMajorConvolution::MakeConvWindows). A plan raises
+# libtpu's compiler emits kernels on fibers with small stacks; its cost estimate of the large
+# batched-matmul convolutions of a model as wide as ST-MoE-32B (the largest: expert weight
+# gradients, 16 local experts x 5,120 x 5,120 over 16 groups x 10 capacity slots) recurses deeper
+# than libtpu 0.0.42's default allows and the compile dies with SIGSEGV (stack overflow in
+# FusedSpatialMajorConvolution::MakeConvWindows, on a fiber). A plan raises
 # that stack (`--compiler_stack_mib`; 0 keeps libtpu's default); it is virtual memory reserved
 # per fiber, touched only as deep as the compiler goes.
 COMPILER_STACK_FLAG = '--fibers_default_thread_stack_size'
