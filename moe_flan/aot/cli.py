@@ -17,6 +17,7 @@ import sys
 from typing import Any, Optional, Sequence
 
 from moe_flan import atomic_file
+from moe_flan.aot import topology   # (no JAX at import: main sets JAX_PLATFORMS first)
 
 GIB = 1024 ** 3
 
@@ -32,9 +33,10 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
   parser.add_argument('--num_slices', type=int, default=1,
                       help='slices joined by DCN; the data axis spans them')
   parser.add_argument('--out', default=None, help='also write the report as JSON here')
-  parser.add_argument('--compiler_stack_mib', type=int, default=None,
-                      help="stack of libtpu's compiler fibers in MiB (default 64: ST-MoE-32B "
-                           "overflows libtpu's own default; 0 keeps it)")
+  parser.add_argument('--compiler_stack_mib', type=int,
+                      default=topology.DEFAULT_COMPILER_STACK_MIB,
+                      help="stack of libtpu's compiler fibers in MiB (default %(default)s: "
+                           "ST-MoE-32B overflows libtpu's own default; 0 keeps it)")
   return train_cli.parse_with_gin(
       parser, argv,
       'at least one --gin_file is required (model, train run, partitioning overlay)')
@@ -51,14 +53,12 @@ def configure(gin_files: Sequence[str], bindings: Sequence[str],
 
 def plan(gin_files: Sequence[str], bindings: Sequence[str], topology_name: str,
          num_slices: int = 1, search_paths: Sequence[str] = (),
-         compiler_stack_mib: Optional[int] = None) -> dict[str, Any]:
+         compiler_stack_mib: int = topology.DEFAULT_COMPILER_STACK_MIB) -> dict[str, Any]:
   """Checks the slice, parses gin, builds, compiles and reports (see moe_flan.aot.report).
-  compiler_stack_mib: see `topology.libtpu_init_args` (None: its default)."""
+  compiler_stack_mib: see `topology.libtpu_init_args`."""
   import jax  # pylint: disable=g-import-not-at-top  (after main set JAX_PLATFORMS)
-  from moe_flan.aot import compiled_step, report, topology  # pylint: disable=g-import-not-at-top
+  from moe_flan.aot import compiled_step, report  # pylint: disable=g-import-not-at-top
   s = topology.parse(topology_name, num_slices)
-  if compiler_stack_mib is None:
-    compiler_stack_mib = topology.DEFAULT_COMPILER_STACK_MIB
   devices = topology.devices(s, compiler_stack_mib)   # bad names fail here, before gin or model
   configure(gin_files, bindings, search_paths)
   mesh = compiled_step.mesh_for(devices, s.num_slices)

@@ -78,8 +78,7 @@ class ModelFns:
   def __init__(self, model: nn.Module, params: Any, partitioner, batch_size: int,
                decode: DecodeSettings = DecodeSettings()):
     partitioner.check_batch_size(batch_size)
-    self.model, self.params, self.partitioner = model, params, partitioner
-    self.batch_size, self.decode = batch_size, decode
+    self.params, self.partitioner, self.batch_size = params, partitioner, batch_size
     self.parts = partitioner.num_batch_partitions
     self.shard_id, self.num_shards = partitioner.data_shard_info()
     self.rows_fed = self.rows_total = 0   # example rows (no padding): this process's, all
