@@ -1,9 +1,15 @@
 """Test set-up: 8 simulated host CPU devices, so sharded code is tested against 1 device."""
 import os
 
+# XLA:CPU's fusion emitters (the MLIR code generator, XLA's CPU default) take half or more of
+# every compile of the tests' programs: thousands of small fusions, each run for microseconds.
+# The older elemental emitters compile them in half the time; tests compare results, never speed.
+FAST_CPU_COMPILE_XLA_FLAGS = '--xla_cpu_use_fusion_emitters=false'
+
 # Must happen before jax initialises its backends (i.e. before any test imports jax).
-os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
-                           ' --xla_force_host_platform_device_count=8').strip()
+os.environ['XLA_FLAGS'] = ' '.join(filter(None, (
+    os.environ.get('XLA_FLAGS', ''), '--xla_force_host_platform_device_count=8',
+    FAST_CPU_COMPILE_XLA_FLAGS)))
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')
 if not os.environ['CUDA_VISIBLE_DEVICES']:
@@ -17,8 +23,9 @@ import pytest  # noqa: E402
 
 # XLA's backend optimisations (LLVM -O2 and its expensive passes) take half of every compile on a
 # CPU and buy nothing on the tests' tiny models, which run for milliseconds; JAX's own test suite
-# turns them off the same way. Subprocess runs keep the default unless a test passes this on.
-DISABLE_OPTIMIZATIONS_ENV = {'JAX_DISABLE_MOST_OPTIMIZATIONS': '1'}
+# turns them off the same way. Subprocess runs keep the defaults unless a test passes this on
+# (its XLA_FLAGS replaces the parent's: child processes choose their own device count).
+FAST_COMPILE_ENV = {'JAX_DISABLE_MOST_OPTIMIZATIONS': '1', 'XLA_FLAGS': FAST_CPU_COMPILE_XLA_FLAGS}
 # Modules that measure what the optimised compile produces (TPU-topology memory and collectives).
 OPTIMIZED_COMPILE_MODULES = ('test_aot',)
 

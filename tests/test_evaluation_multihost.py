@@ -16,7 +16,7 @@ import sys
 import pytest
 
 import benchmark_fixtures as bf
-from conftest import DISABLE_OPTIMIZATIONS_ENV, JAX_CACHE_DIR
+from conftest import FAST_COMPILE_ENV, JAX_CACHE_DIR
 from t5_fixtures import TINY_GIN_MODEL, write_step0_model_dir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -56,7 +56,7 @@ def _env(devices: int):
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
   env.update(JAX_PLATFORMS='cpu', JAX_NUM_CPU_DEVICES=str(devices), PYTHONPATH=REPO,
              TF_CPP_MIN_LOG_LEVEL='2', JAX_COMPILATION_CACHE_DIR=JAX_CACHE_DIR,
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0', **DISABLE_OPTIMIZATIONS_ENV)
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0', **FAST_COMPILE_ENV)
   return env
 
 

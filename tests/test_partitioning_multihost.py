@@ -18,7 +18,7 @@ import numpy as np
 from moe_flan.trainer import metrics
 
 import multihost_worker
-from conftest import DISABLE_OPTIMIZATIONS_ENV
+from conftest import FAST_COMPILE_ENV
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(ROOT, 'tests', 'multihost_worker.py')
@@ -27,7 +27,7 @@ WORKER = os.path.join(ROOT, 'tests', 'multihost_worker.py')
 def _env():
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
   # Compiled as this process compiles its reference run.
-  env.update(JAX_PLATFORMS='cpu', PYTHONPATH=ROOT, **DISABLE_OPTIMIZATIONS_ENV)
+  env.update(JAX_PLATFORMS='cpu', PYTHONPATH=ROOT, **FAST_COMPILE_ENV)
   return env
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from moe_flan.trainer import cli, data as data_lib
 from t5_fixtures import TINY_GIN_MODEL, write_step0_model_dir
-from conftest import DISABLE_OPTIMIZATIONS_ENV
+from conftest import FAST_COMPILE_ENV
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = TINY_GIN_MODEL
@@ -26,7 +26,7 @@ def _run(module, *args, cwd=REPO):
   env = {k: v for k, v in os.environ.items()
          if k not in ('TF_CPP_MIN_LOG_LEVEL', 'CUDA_VISIBLE_DEVICES', 'XLA_FLAGS')}
   env['PYTHONPATH'] = REPO
-  env.update(DISABLE_OPTIMIZATIONS_ENV)   # compiles faster; prints nothing
+  env.update(FAST_COMPILE_ENV)   # compiles faster; prints nothing
   return subprocess.run([sys.executable, '-m', module, *args], cwd=cwd, env=env,
                         capture_output=True, text=True, timeout=600)
 

@@ -15,7 +15,7 @@ import seqio
 
 from moe_flan.trainer import data as data_lib, distill, loop, plots
 
-from conftest import DISABLE_OPTIMIZATIONS_ENV, JAX_CACHE_DIR
+from conftest import FAST_COMPILE_ENV, JAX_CACHE_DIR
 from test_trainer_distill import STUDENT_BINDINGS, _partitioner, _save_random, student_model
 from test_trainer_distill import teacher_model
 
@@ -49,7 +49,7 @@ def _start_two_processes(root, teacher_dir):
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
   env.update(PYTHONPATH=REPO, PYTHON=sys.executable, DEVICES_PER_PROCESS='2',
              LOG_DIR=str(root / 'logs'), TIMEOUT_S='540', JAX_COMPILATION_CACHE_DIR=JAX_CACHE_DIR,
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0', **DISABLE_OPTIMIZATIONS_ENV)
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0', **FAST_COMPILE_ENV)
   flags = [f'--gin_file={f}' for f in FILES] + [
       f'--gin_bindings={b}' for b in _bindings(root / 'two', teacher_dir)
       + ['EXPERT_PARTITIONS = 4', 'RunConfig.write_plots = False']]

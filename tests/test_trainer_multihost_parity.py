@@ -29,7 +29,7 @@ from moe_flan import infer as infer_cli
 from moe_flan import train as train_cli
 from moe_flan.trainer import metrics
 
-from conftest import DISABLE_OPTIMIZATIONS_ENV, JAX_CACHE_DIR
+from conftest import FAST_COMPILE_ENV, JAX_CACHE_DIR
 from test_trainer_resume import TINY_GIN as RESUME_GIN
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -71,7 +71,7 @@ def _two_processes(gin_file, model_dir, steps, log_dir, scratch_dir):
              TIMEOUT_S='600', JAX_PLATFORMS='cpu', PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL='2',
              JAX_COMPILATION_CACHE_DIR=JAX_CACHE_DIR,
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
-             **DISABLE_OPTIMIZATIONS_ENV)   # compiled as this process compiles
+             **FAST_COMPILE_ENV)   # compiled as this process compiles
   proc = subprocess.run(
       [os.path.join(REPO, 'launch', 'local_multiprocess.sh'), '2',
        *_train_flags(gin_file, model_dir, steps)],

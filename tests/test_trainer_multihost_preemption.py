@@ -24,7 +24,7 @@ import pytest
 
 from moe_flan.trainer import metrics
 
-from conftest import DISABLE_OPTIMIZATIONS_ENV, JAX_CACHE_DIR
+from conftest import FAST_COMPILE_ENV, JAX_CACHE_DIR
 from test_trainer_resume import TINY_GIN as RESUME_GIN
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -54,7 +54,7 @@ def _start(gin_file, first_dir, model_dir, log_prefix, *flags):
              JAX_COMPILATION_CACHE_DIR=JAX_CACHE_DIR,
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
              SCRATCH_MODEL_DIR=str(first_dir), SCRATCH_STEPS=str(STEPS),
-             **DISABLE_OPTIMIZATIONS_ENV)
+             **FAST_COMPILE_ENV)
   port, procs, logs = _port(), [], []
   for pid in (0, 1):
     logs.append(f'{log_prefix}_{pid}.log')

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from conftest import DISABLE_OPTIMIZATIONS_ENV, JAX_CACHE_DIR
+from conftest import FAST_COMPILE_ENV, JAX_CACHE_DIR
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 40
@@ -51,7 +51,7 @@ def _env():
   env = dict(os.environ)
   env.pop('XLA_FLAGS', None)       # one CPU device, like a laptop run
   env.update(JAX_COMPILATION_CACHE_DIR=JAX_CACHE_DIR, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
-             TF_CPP_MIN_LOG_LEVEL='2', PYTHONPATH=REPO, **DISABLE_OPTIMIZATIONS_ENV)
+             TF_CPP_MIN_LOG_LEVEL='2', PYTHONPATH=REPO, **FAST_COMPILE_ENV)
   return env
 
 
