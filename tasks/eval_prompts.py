@@ -140,6 +140,7 @@ def _fit_and_tokenize(separator: str):
               np.array(list(voc.encode(dec(target))) + [voc.eos_id], np.int32),
               prompt.encode('utf-8'), np.int32(shots), np.bool_(truncated))
 
+    @tf.autograph.experimental.do_not_convert   # plain TF ops (the Python runs in numpy_function)
     def fit(ex):
       inputs, targets, prompt, shots, truncated = tf.numpy_function(
           py_fit, [ex['prefix'], ex['exemplars'], ex['question'], ex['targets_pretokenized']],
@@ -162,6 +163,7 @@ def expand_options(ds: tf.data.Dataset, output_features) -> tf.data.Dataset:
     flat = np.array([t for r in rows for t in r], np.int32)
     return flat, np.array([len(r) for r in rows], np.int64)
 
+  @tf.autograph.experimental.do_not_convert   # plain TF ops: nothing for autograph to convert
   def rows(index, ex):
     flat, lengths = tf.numpy_function(py_tokens, [ex['options']], [tf.int32, tf.int64],
                                       stateful=False)
@@ -183,7 +185,8 @@ def expand_options(ds: tf.data.Dataset, output_features) -> tf.data.Dataset:
 
 
 def _finish_generative(ds: tf.data.Dataset) -> tf.data.Dataset:
-  return ds.map(lambda ex: {k: v for k, v in ex.items() if k != 'options'},
+  without_options = lambda ex: {k: v for k, v in ex.items() if k != 'options'}
+  return ds.map(tf.autograph.experimental.do_not_convert(without_options),
                 num_parallel_calls=tf.data.AUTOTUNE)
 
 

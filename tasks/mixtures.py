@@ -86,7 +86,8 @@ class Mixture(seqio.Mixture):
         trim_output_features=trim_output_features, try_in_mem_cache=try_in_mem_cache)
     if set(ds.element_spec) == set(output_feature_keys):
       return ds
-    return ds.map(lambda ex: {k: ex[k] for k in output_feature_keys},
+    select = lambda ex: {k: ex[k] for k in output_feature_keys}
+    return ds.map(tf.autograph.experimental.do_not_convert(select),
                   num_parallel_calls=tf.data.AUTOTUNE)
 
 

@@ -112,7 +112,8 @@ def get_dataset(mixture_or_task_name: str, split: str, task_feature_lengths: Map
       num_epochs=None if repeat else 1, trim_output_features=False,
       try_in_mem_cache=try_in_mem_cache)
   if set(ds.element_spec) != set(FEATURES):   # a per-example map: only when there is a choice
-    ds = ds.map(lambda ex: {k: ex[k] for k in FEATURES}, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.map(tf.autograph.experimental.do_not_convert(lambda ex: {k: ex[k] for k in FEATURES}),
+                num_parallel_calls=tf.data.AUTOTUNE)
   return quality.truncate_and_count(ds, lengths, _eos_ids(provider)) if truncate else ds
 
 

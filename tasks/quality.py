@@ -65,6 +65,7 @@ def filter_bad_text(dataset: tf.data.Dataset, task: str,
   """Skip (and count) examples with an empty target or a field that is not valid UTF-8."""
   empty, invalid = counter('empty_target', task), counter('invalid_utf8', task)
 
+  @tf.autograph.experimental.do_not_convert   # plain TF ops: nothing for autograph to convert
   def keep(ex: Mapping[str, tf.Tensor]) -> tf.Tensor:
     ok_utf8 = tf.reduce_all(tf.stack([_valid_utf8(ex[f]) for f in text_fields]))
     nonempty = tf.strings.length(tf.strings.strip(ex['targets'])) > 0
@@ -85,6 +86,7 @@ def truncate_and_count(dataset: tf.data.Dataset, lengths: Mapping[str, int],
   """
   counters = {k: counter(f'truncated_{k}', task) for k in lengths}
 
+  @tf.autograph.experimental.do_not_convert   # `if`/`for` over Python values; tf.cond is explicit
   def cut(ex):
     ex = dict(ex)
     for k, n in lengths.items():

@@ -205,13 +205,15 @@ def _preprocess(dataset: tf.data.Dataset, spec: TfdsSpec) -> tf.data.Dataset:
   if spec.options:
     unlabeled = quality.counter('unlabeled', spec.name)
 
+    @tf.autograph.experimental.do_not_convert   # plain TF ops: nothing for autograph to convert
     def labeled(ex):
       ok = ex['label'] >= 0
       with tf.control_dependencies([unlabeled.assign_add(tf.cast(~ok, tf.int64))]):
         return tf.identity(ok)
     dataset = dataset.filter(labeled)
-  return dataset.map(functools.partial(render_example, spec),
-                     num_parallel_calls=tf.data.AUTOTUNE)
+  # `if`s and loops over the spec's Python values; tf.cond is explicit (_squad).
+  render = tf.autograph.experimental.do_not_convert(functools.partial(render_example, spec))
+  return dataset.map(render, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def task_name(spec: TfdsSpec) -> str:

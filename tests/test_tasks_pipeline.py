@@ -100,6 +100,32 @@ def test_bad_arguments_and_unknown_names():
     pipeline.get_batches(TASK, 'train', {'inputs': 8}, 2, 0)
 
 
+def test_the_pipelines_own_functions_are_left_to_run_as_written(monkeypatch):
+  """Every tf.data function of the training pipelines (packing, cuts, feature selection in a
+  mixture and in a task) is plain TF ops and marked for autograph to leave as written:
+  converting them cost ~0.5 CPU-s in every process. A function without the mark fails here;
+  a user's function (the control) is still converted."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from tensorflow.python.autograph.impl import api  # pylint: disable=g-import-not-at-top
+  converted = []
+  transform = api._TRANSPILER.transform  # pylint: disable=protected-access
+
+  def spy(fn, ctx):
+    converted.append(f'{getattr(fn, "__module__", "")}.{getattr(fn, "__qualname__", fn)}')
+    return transform(fn, ctx)
+
+  monkeypatch.setattr(api._TRANSPILER, 'transform', spy)  # pylint: disable=protected-access
+  # A mixture of tasks with extra features (its per-task selection), packed ...
+  _take(1, mixture_or_task_name='flan_embedded_zs', pack=True)
+  # ... and one task unpacked: the task's selection and tasks.quality's cuts.
+  _take(1, task_feature_lengths={'inputs': 6, 'targets': 8}, pack=False)
+  ours = [name for name in converted if name.startswith(('tasks.', 'moe_flan.'))]
+  assert not ours, ours
+  users = lambda x: x + 1 if x is not None else x
+  next(iter(tf.data.Dataset.range(3).map(users)))
+  assert any('test_tasks_pipeline' in name for name in converted), converted
+
+
 def test_quickstart_mixture_first_batch_is_quick():
   start = time.time()
   b = next(pipeline.get_batches('flan_embedded', 'train', {'inputs': 128, 'targets': 32}, 8, 0))

@@ -16,8 +16,8 @@ from tasks.flan_collection import writing
 
 def _rows(data_dir: str, files: List[str], limit: int) -> List[Dict[str, str]]:
   paths = [f'{data_dir}/{f}' for f in files]
-  ds = tf.data.TFRecordDataset(paths).take(limit).map(
-      lambda r: tf.io.parse_single_example(r, writing.feature_description()))
+  ds = tf.data.TFRecordDataset(paths).take(limit).map(tf.autograph.experimental.do_not_convert(
+      lambda r: tf.io.parse_single_example(r, writing.feature_description())))
   return [{k: v.decode('utf-8') for k, v in ex.items()} for ex in ds.as_numpy_iterator()]
 
 

@@ -37,7 +37,8 @@ GROUP_BY = ('template', 'task')
 
 
 def _text_only(dataset: tf.data.Dataset) -> tf.data.Dataset:
-  return dataset.map(lambda ex: {'inputs': ex['inputs'], 'targets': ex['targets']},
+  text = lambda ex: {'inputs': ex['inputs'], 'targets': ex['targets']}
+  return dataset.map(tf.autograph.experimental.do_not_convert(text),
                      num_parallel_calls=tf.data.AUTOTUNE)
 
 

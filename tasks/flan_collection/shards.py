@@ -34,6 +34,7 @@ def _read_ids(path: tf.Tensor) -> tf.data.Dataset:
   """{'inputs', 'targets': <int32>[n]} of one shard file, in file order."""
   description = {f: tf.io.RaggedFeature(tf.int64) for f in tokens.ID_FEATURES.values()}
 
+  @tf.autograph.experimental.do_not_convert   # plain TF ops: nothing for autograph to convert
   def parse(records):   # <string>[b] -> {feature: <int32>[b, (n)]}
     parsed = tf.io.parse_example(records, description)
     return {k: tf.cast(parsed[f], tf.int32) for k, f in tokens.ID_FEATURES.items()}
