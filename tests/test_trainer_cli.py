@@ -124,6 +124,43 @@ def test_truncation_fractions_match_the_tokenized_text(caplog):
   assert not caplog.records
 
 
+@pytest.mark.parametrize('kind', ['ragged', 'dense', 'dense_2d_extra', 'ragged_with_dense_extra'])
+def test_first_lengths_read_in_one_batch_equal_a_count_example_by_example(kind):
+  """Ragged features (embedded tasks) are read as one batch, dense ones as one batch padded
+  with -1, and element types that allow neither one by one: the lengths are the same. Token id
+  0 (padding in T5 vocabularies) inside an example counts as a token."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  rows = {'inputs': [[5, 0, 7], [3], [], [0, 0, 9, 9, 9, 1], [2, 2]],
+          'targets': [[1], [4, 4, 4, 4], [6, 1], [0], [8, 8, 8]]}
+  features = {k: tf.ragged.constant(v, tf.int32) for k, v in rows.items()}
+  if kind == 'ragged':
+    features['template_id'] = tf.range(5)         # a fixed-shape extra batches as it is
+    ds = tf.data.Dataset.from_tensor_slices(features)
+  else:
+    def gen():
+      for i in range(5):
+        ex = {k: tf.constant(v[i], tf.int64) for k, v in rows.items()}
+        if kind == 'dense_2d_extra':
+          ex['options'] = tf.fill([i, 2], 'o')    # padded_batch pads it too
+        yield ex
+    spec = {k: tf.TensorSpec([None], tf.int64) for k in rows}
+    if kind == 'dense_2d_extra':
+      spec['options'] = tf.TensorSpec([None, 2], tf.string)
+    ds = tf.data.Dataset.from_generator(gen, output_signature=spec)
+    if kind == 'ragged_with_dense_extra':   # neither batch nor padded_batch takes both
+      extra = tf.data.Dataset.from_generator(lambda: (tf.zeros([i]) for i in range(5)),
+                                             output_signature=tf.TensorSpec([None], tf.float32))
+      ragged = tf.data.Dataset.from_tensor_slices(features['inputs'])
+      ds = tf.data.Dataset.zip({'inputs': ragged, 'targets': ds.map(lambda ex: ex['targets']),
+                                'extra': extra})
+  for n in (3, 5, 9):
+    want = {k: [len(v) for v in rows[k][:n]] for k in rows}
+    got = data_lib.first_lengths(ds, ('inputs', 'targets'), n)
+    assert {k: v.tolist() for k, v in got.items()} == want, (kind, n)
+  empty = data_lib.first_lengths(ds.take(0), ('inputs', 'targets'), 4)
+  assert {k: v.tolist() for k, v in empty.items()} == {'inputs': [], 'targets': []}
+
+
 def test_a_macro_counts_as_used_wherever_a_binding_refers_to_it():
   """References inside dicts and lists count; an unreferenced command-line macro is named with
   the closest macros in use; gin files' own unused macros are not the user's typo."""
