@@ -23,9 +23,11 @@ import pytest  # noqa: E402
 
 # XLA's backend optimisations (LLVM -O2 and its expensive passes) take half of every compile on a
 # CPU and buy nothing on the tests' tiny models, which run for milliseconds; JAX's own test suite
-# turns them off the same way. Subprocess runs keep the defaults unless a test passes this on
-# (its XLA_FLAGS replaces the parent's: child processes choose their own device count).
-FAST_COMPILE_ENV = {'JAX_DISABLE_MOST_OPTIMIZATIONS': '1', 'XLA_FLAGS': FAST_CPU_COMPILE_XLA_FLAGS}
+# turns them off the same way. Subprocess runs keep the defaults unless a test passes one of these
+# on: DISABLE_OPTIMIZATIONS_ENV to a child that inherits this process's XLA_FLAGS (8 devices),
+# FAST_COMPILE_ENV to one that chooses its own device count (its XLA_FLAGS replaces ours).
+DISABLE_OPTIMIZATIONS_ENV = {'JAX_DISABLE_MOST_OPTIMIZATIONS': '1'}
+FAST_COMPILE_ENV = {**DISABLE_OPTIMIZATIONS_ENV, 'XLA_FLAGS': FAST_CPU_COMPILE_XLA_FLAGS}
 # Modules that measure what the optimised compile produces (TPU-topology memory and collectives).
 OPTIMIZED_COMPILE_MODULES = ('test_aot',)
 

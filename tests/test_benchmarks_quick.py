@@ -6,7 +6,7 @@ import math
 import pytest
 
 from benchmarks import run as run_lib
-from conftest import FAST_COMPILE_ENV
+from conftest import DISABLE_OPTIMIZATIONS_ENV
 
 # The cases compile the same programs more than once (each candidate's model init, the train step
 # of train_step and step_buffers); the quick suite measures run times, never compile times.
@@ -29,7 +29,7 @@ def test_quick_cpu_suite_writes_results(tmp_path, monkeypatch, persistent_compil
   # The memory case's child process compiles as this process does (conftest) and finds the
   # train step the train_step case compiled in the same cache; one timed round per comparison
   # still gives every row its timing, ratio and spread fields.
-  child_env = {**{k: v for k, v in FAST_COMPILE_ENV.items() if k != 'XLA_FLAGS'},  # keeps ours
+  child_env = {**DISABLE_OPTIMIZATIONS_ENV,
                'JAX_COMPILATION_CACHE_DIR': persistent_compilation_cache,
                'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0'}
   for name, value in child_env.items():

@@ -53,7 +53,7 @@ def _args(model_dir, bbh_dir, out):
 
 
 def _env(devices: int):
-  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  env = dict(os.environ)   # FAST_COMPILE_ENV below replaces XLA_FLAGS
   env.update(JAX_PLATFORMS='cpu', JAX_NUM_CPU_DEVICES=str(devices), PYTHONPATH=REPO,
              TF_CPP_MIN_LOG_LEVEL='2', JAX_COMPILATION_CACHE_DIR=JAX_CACHE_DIR,
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0', **FAST_COMPILE_ENV)

@@ -62,9 +62,8 @@ def test_the_quickstart_notebook_runs_and_shows_its_results(tmp_path, monkeypatc
   for name, value in (('TRAIN_STEPS', 12), ('BATCH_SIZE', 8), ('LOG_PERIOD', 2),
                       ('EVAL_EXAMPLES', EVAL_EXAMPLES), ('MODEL_DIR', model_dir)):
     monkeypatch.setenv(f'QUICKSTART_{name}', str(value))
-  # The kernel runs on one CPU device (the tests' 8 simulated devices only slow it down: the
-  # XLA_FLAGS below name no device count), and
-  # compiles without XLA's backend optimisations as the suite does (conftest).
+  # The kernel runs on one CPU device (the tests' 8 simulated devices only slow it down) and
+  # compiles as the suite does: FAST_COMPILE_ENV's XLA_FLAGS name no device count (conftest).
   for name, value in FAST_COMPILE_ENV.items():
     monkeypatch.setenv(name, value)
   monkeypatch.setenv('PYTHONPATH', os.pathsep.join(

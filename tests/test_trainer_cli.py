@@ -24,9 +24,9 @@ NOISE = re.compile(r'cuInit|cuda|Path not found|Metadata file does not exist|Tra
 
 def _run(module, *args, cwd=REPO):
   env = {k: v for k, v in os.environ.items()
-         if k not in ('TF_CPP_MIN_LOG_LEVEL', 'CUDA_VISIBLE_DEVICES', 'XLA_FLAGS')}
+         if k not in ('TF_CPP_MIN_LOG_LEVEL', 'CUDA_VISIBLE_DEVICES')}
   env['PYTHONPATH'] = REPO
-  env.update(FAST_COMPILE_ENV)   # compiles faster; prints nothing
+  env.update(FAST_COMPILE_ENV)   # compiles faster (one device); prints nothing
   return subprocess.run([sys.executable, '-m', module, *args], cwd=cwd, env=env,
                         capture_output=True, text=True, timeout=600)
 

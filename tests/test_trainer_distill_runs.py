@@ -46,7 +46,7 @@ def _records(model_dir):
 def _start_two_processes(root, teacher_dir):
   """The same run as `_run_here`, by 2 processes x 2 devices (expert axis 4: each process
   holds 2 of the teacher's 8 experts and feeds half of each batch)."""
-  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  env = dict(os.environ)   # FAST_COMPILE_ENV below replaces XLA_FLAGS
   env.update(PYTHONPATH=REPO, PYTHON=sys.executable, DEVICES_PER_PROCESS='2',
              LOG_DIR=str(root / 'logs'), TIMEOUT_S='540', JAX_COMPILATION_CACHE_DIR=JAX_CACHE_DIR,
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0', **FAST_COMPILE_ENV)

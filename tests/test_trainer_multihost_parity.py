@@ -62,7 +62,7 @@ def _here(main, argv):
 
 def _two_processes(gin_file, model_dir, steps, log_dir, scratch_dir):
   """Two processes that first train `scratch_dir` from step 0 to step 4, then the run."""
-  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  env = dict(os.environ)   # FAST_COMPILE_ENV below replaces XLA_FLAGS
   # The coordinator in its own process (the opt-in layout): a whole run under it, normal end.
   env.update(PYTHON=sys.executable, DEVICES_PER_PROCESS='4', LOG_DIR=str(log_dir),
              EXTERNAL_COORDINATOR='1',

@@ -48,7 +48,7 @@ def _port() -> int:
 def _start(gin_file, first_dir, model_dir, log_prefix, *flags):
   """Both processes of a pair that first trains `first_dir` to step STEPS (from its latest
   checkpoint, if any), then trains `model_dir`; returns their Popen objects and log paths."""
-  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  env = dict(os.environ)   # FAST_COMPILE_ENV below replaces XLA_FLAGS
   env.update(JAX_PLATFORMS='cpu', JAX_NUM_CPU_DEVICES='2', PYTHONPATH=REPO,
              JAX_CPU_COLLECTIVES_IMPLEMENTATION='gloo', TF_CPP_MIN_LOG_LEVEL='2',
              JAX_COMPILATION_CACHE_DIR=JAX_CACHE_DIR,

@@ -48,8 +48,7 @@ RunConfig.write_plots = False
 
 
 def _env():
-  env = dict(os.environ)
-  env.pop('XLA_FLAGS', None)       # one CPU device, like a laptop run
+  env = dict(os.environ)   # FAST_COMPILE_ENV below replaces XLA_FLAGS: one CPU device
   env.update(JAX_COMPILATION_CACHE_DIR=JAX_CACHE_DIR, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
              TF_CPP_MIN_LOG_LEVEL='2', PYTHONPATH=REPO, **FAST_COMPILE_ENV)
   return env

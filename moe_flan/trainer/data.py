@@ -119,7 +119,7 @@ def truncation_fractions(cfg: DataConfig) -> dict[str, dict[str, float]]:
                           seed=cfg.seed, num_epochs=1, trim_output_features=False,
                           use_cached=cfg.use_cached_tasks, try_in_mem_cache=False)
     sizes = first_lengths(ds, tuple(lengths), cfg.truncation_check_examples)
-    n = len(sizes['inputs'])
+    n = len(next(iter(sizes.values()), ()))
     if n:
       out[task.name] = {**{k: int(np.sum(sizes[k] > length)) / n
                            for k, length in lengths.items()}, 'examples': n}
